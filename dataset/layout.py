@@ -1,0 +1,123 @@
+"""The on-disk layout shared by frame extraction, CSV writing and the datasets.
+
+Frame folders: ``<frame_root>/<ClassName>/<video_stem>/image_00001.jpg, ...`` (1-based, 5 digits,
+consecutive), the DualVar/CoCLR layout. Split CSVs: one row per video, no header,
+``frame_dir,num_frames[,label]``; ``frame_dir`` is relative to the frame root (absolute paths, as
+DPC/CoCLR wrote them, load unchanged). Class lists: ``ClassInd.txt`` with lines
+``<1-based index> <ClassName>`` (class names may contain spaces, as in Kinetics).
+
+Kept free of torch so that the process_data scripts start fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+FRAME_TEMPLATE = "image_{:05d}.jpg"
+_FRAME_RE = re.compile(r"image_(\d{5})\.jpg")
+
+
+def frame_name(index: int) -> str:
+    """File name of the frame with 0-based ``index``."""
+    return FRAME_TEMPLATE.format(index + 1)
+
+
+def count_frames(frame_dir: str | os.PathLike) -> int:
+    """Number of top-level ``image_NNNNN.jpg`` files; stray sub-folders and other files are ignored.
+
+    Returns 0 for a missing folder.
+    """
+    try:
+        with os.scandir(frame_dir) as entries:
+            return sum(1 for e in entries if _FRAME_RE.fullmatch(e.name) and e.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+class LayoutError(ValueError):
+    """A file on disk does not follow the layout above; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    frame_dir: str  # as written in the CSV: relative to the frame root, or absolute
+    num_frames: int
+    label: int = -1  # -1: unlabelled (e.g. a pretraining-only CSV with two columns)
+
+    def path(self, frame_root: str | os.PathLike | None) -> Path:
+        p = Path(self.frame_dir)
+        return p if p.is_absolute() or frame_root is None else Path(frame_root) / p
+
+
+def read_split_csv(path: str | os.PathLike) -> list[VideoRecord]:
+    """Read a split CSV; every row must have the same number of columns (2 or 3)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LayoutError(f"split CSV {path} does not exist: run process_data/src/write_csv.py first")
+    records: list[VideoRecord] = []
+    columns = None
+    with open(path, newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if not row:
+                continue
+            if columns is None:
+                columns = len(row)
+            if len(row) not in (2, 3) or len(row) != columns:
+                raise LayoutError(
+                    f"{path}:{line_no}: expected rows 'frame_dir,num_frames[,label]' with the same "
+                    f"number of columns on every line, got {len(row)} columns ({row!r}); "
+                    "re-create the file with process_data/src/write_csv.py")
+            try:
+                num_frames = int(row[1])
+                label = int(row[2]) if len(row) == 3 else -1
+            except ValueError:
+                raise LayoutError(
+                    f"{path}:{line_no}: num_frames and label must be integers, got {row!r}; "
+                    "re-create the file with process_data/src/write_csv.py") from None
+            records.append(VideoRecord(row[0], num_frames, label))
+    if not records:
+        raise LayoutError(f"split CSV {path} is empty: re-run process_data/src/write_csv.py")
+    return records
+
+
+def write_split_csv(path: str | os.PathLike, records: list[VideoRecord]) -> None:
+    """Write a split CSV atomically (a crash never leaves a half-written file behind)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        for r in records:
+            writer.writerow([r.frame_dir, r.num_frames] + ([r.label] if r.label >= 0 else []))
+    os.replace(tmp, path)
+
+
+def read_class_index(path: str | os.PathLike) -> list[str]:
+    """Class names in label order from ``<1-based index> <ClassName>`` lines (CRLF tolerated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LayoutError(f"class list {path} does not exist: run process_data/src/write_csv.py first")
+    names: dict[int, str] = {}
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        index, _, name = line.partition(" ")
+        if not index.isdigit() or not name.strip():
+            raise LayoutError(f"{path}:{line_no}: expected '<1-based index> <ClassName>', got {line!r}")
+        names[int(index)] = name.strip()
+    if sorted(names) != list(range(1, len(names) + 1)):
+        raise LayoutError(f"{path}: class indices must be 1..{len(names)} without gaps")
+    return [names[i] for i in range(1, len(names) + 1)]
+
+
+def write_class_index(path: str | os.PathLike, class_names: list[str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{i} {name}\n" for i, name in enumerate(class_names, start=1)))
+    os.replace(tmp, path)
