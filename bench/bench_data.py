@@ -1,0 +1,168 @@
+"""Data-pipeline throughput of the DualVar pretraining sample; prints one JSON line.
+
+The sample: 3 views (A, B, A'), 16 frames at stride 4, full augmentation, 112x112, one process,
+no DataLoader workers. Three figures on the same frames and the same sampled indices:
+- ``samples_per_s``: VideoFrameDataset(..., "dualvar")[i];
+- ``decode_only_samples_per_s``: only reading and decoding the distinct frames of A and B with the
+  fastest available decoder, the physical limit of the pipeline;
+- ``pil_samples_per_s``: a straightforward per-frame PIL pipeline (PIL open, PIL resize and crop,
+  per-frame jitter and blur, to tensor, normalise; A's images reused for A').
+Targets: samples_per_s >= 0.5 x decode-only and >= 5 x PIL.
+
+Frames come from the demo generator (make_demo_data.py + extract_frame.py, run here unless
+``--frames-dir`` points at existing frame folders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TVF
+from PIL import Image, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dataset import sampling  # noqa: E402
+from dataset import video_dataset as vd  # noqa: E402
+from dataset.layout import VideoRecord, count_frames, frame_name  # noqa: E402
+from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+CLIP_LEN, STRIDE, SIZE, RESIZE = 16, 4, 112, (128, 171)
+
+
+def make_demo_frames(work: Path, videos_per_class: int) -> Path:
+    scripts = Path(__file__).resolve().parents[1] / "process_data" / "src"
+    subprocess.run([sys.executable, str(scripts / "make_demo_data.py"), "--out", str(work),
+                    "--videos-per-class", str(videos_per_class)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, str(scripts / "extract_frame.py"), "--video-root", str(work / "videos"),
+                    "--frame-root", str(work / "frames")], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return work / "frames"
+
+
+def scan_records(frame_root: Path) -> list[VideoRecord]:
+    videos = sorted(p for p in frame_root.glob("*/*") if p.is_dir())
+    records = [VideoRecord(str(p.relative_to(frame_root)), count_frames(p)) for p in videos]
+    records = [r for r in records if r.num_frames > 0]
+    if not records:
+        raise SystemExit(f"no frame folders under {frame_root} (expected <Class>/<video>/image_00001.jpg)")
+    return records
+
+
+def sample_indices(record: VideoRecord, epoch: int, index: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same A and B indices VideoFrameDataset draws for this item."""
+    rng = np.random.default_rng([seed, epoch, index])
+    return sampling.dualvar_clip_pair(record.num_frames, rng, CLIP_LEN, STRIDE)
+
+
+def timed(run_one, items) -> float:
+    """Samples per second of ``run_one`` over ``items`` after a short warm-up."""
+    for item in items[:3]:
+        run_one(*item)
+    start = time.perf_counter()
+    for item in items:
+        run_one(*item)
+    return len(items) / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- the PIL reference pipeline
+
+def pil_view(images: list[Image.Image], rng: np.random.Generator, full: bool) -> torch.Tensor:
+    """Per-frame PIL: resize to 171x128, crop 112 (one box), jitter and blur frame by frame."""
+    top, left = int(rng.integers(0, RESIZE[0] - SIZE + 1)), int(rng.integers(0, RESIZE[1] - SIZE + 1))
+    jitter = full and rng.random() < 0.64
+    factors = (rng.uniform(0.2, 1.8), rng.uniform(0.2, 1.8), rng.uniform(0.2, 1.8), rng.uniform(-0.2, 0.2))
+    order = rng.permutation(4)
+    sigma = rng.uniform(0.1, 2.0) if full and rng.random() < 0.5 else None
+    ops = (TVF.adjust_brightness, TVF.adjust_contrast, TVF.adjust_saturation, TVF.adjust_hue)
+    frames = []
+    for image in images:
+        image = image.resize((RESIZE[1], RESIZE[0]), Image.BILINEAR).crop((left, top, left + SIZE, top + SIZE))
+        if jitter:
+            for i in order:
+                image = ops[i](image, factors[i])
+        if sigma is not None:
+            image = image.filter(ImageFilter.GaussianBlur(sigma))
+        frames.append(TVF.normalize(TVF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD))
+    return torch.stack(frames, dim=1)  # (3, T, H, W)
+
+
+def pil_sample(frame_root: Path, record: VideoRecord, idx_a: np.ndarray, idx_b: np.ndarray, seed: int):
+    video = record.path(frame_root)
+    rng = np.random.default_rng(seed)
+
+    def open_frames(indices):
+        return [Image.open(video / frame_name(int(i))).convert("RGB") for i in indices]
+    images_a = open_frames(idx_a)
+    views = [pil_view(images_a, rng, full=rng.random() >= 0.2), pil_view(open_frames(idx_b), rng, True),
+             pil_view(images_a, rng, True)]
+    return torch.stack(views)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames-dir", type=Path, default=None,
+                        help="existing frame root (<Class>/<video>/image_*.jpg); default: generate demo frames")
+    parser.add_argument("--videos-per-class", type=int, default=4, help="demo videos per class to generate")
+    parser.add_argument("--samples", type=int, default=150, help="samples timed per pipeline")
+    parser.add_argument("--pil-samples", type=int, default=30, help="samples timed for the slow PIL pipeline")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1 = what each DataLoader worker gets)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        frame_root = args.frames_dir or make_demo_frames(Path(tmp) / "demo", args.videos_per_class)
+        records = scan_records(frame_root)
+        dataset = vd.VideoFrameDataset(records, frame_root, "dualvar", seed=args.seed, num_frames=CLIP_LEN,
+                                       stride=STRIDE, size=SIZE, resize=RESIZE)
+        # item k of the run: (epoch, index) walks through the videos, epoch after epoch
+        keys = [(k // len(records), k % len(records)) for k in range(args.samples)]
+
+        def dataset_sample(epoch, index):
+            dataset.set_epoch(epoch)
+            return dataset[index]
+        samples_per_s = timed(dataset_sample, keys)
+
+        decode_rates = {}
+        for decoder in vd.DECODERS:
+            def decode_sample(epoch, index, decoder=decoder):
+                record = records[index]
+                idx_a, idx_b = sample_indices(record, epoch, index, args.seed)
+                return vd.read_frames(record.path(frame_root), np.concatenate([idx_a, idx_b]), decoder)
+            try:
+                decode_rates[decoder] = timed(decode_sample, keys)
+            except ImportError:
+                continue
+        fastest = max(decode_rates, key=decode_rates.get)
+
+        def pil_run(epoch, index):
+            record = records[index]
+            return pil_sample(frame_root, record, *sample_indices(record, epoch, index, args.seed), seed=index)
+        pil_samples_per_s = timed(pil_run, keys[:args.pil_samples])
+        frame_hw = tuple(vd.read_frames(records[0].path(frame_root), np.zeros(1, np.int64)).shape[-2:])
+
+    print(json.dumps({
+        "bench": "data_dualvar_sample", "views": 3, "clip_len": CLIP_LEN, "stride": STRIDE, "size": SIZE,
+        "frame_hw": list(frame_hw), "videos": len(records), "torch_threads": args.threads,
+        "decoder": vd.DEFAULT_DECODER, "samples_per_s": round(samples_per_s, 2),
+        "decode_only_samples_per_s": round(decode_rates[fastest], 2), "decode_only_decoder": fastest,
+        "ratio_to_decode_only": round(samples_per_s / decode_rates[fastest], 3),
+        "pil_samples_per_s": round(pil_samples_per_s, 2),
+        "speedup_over_pil": round(samples_per_s / pil_samples_per_s, 2),
+        "decode_only_samples_per_s_by_decoder": {k: round(v, 2) for k, v in decode_rates.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""Clip augmentation on whole clips (METHOD.md §3).
+
+Every random parameter is drawn once per clip from the caller's NumPy generator and applied to all
+frames (one crop box, one flip decision, one set of jitter factors and order, one blur sigma), so a
+clip stays temporally consistent. ``per_frame_jitter`` draws the four jitter factors per frame
+instead (an option; off by default).
+
+Input: uint8 frames ``(T, 3, H, W)`` as decoded. Output: float32 ``(3, T, size, size)``, ImageNet
+normalised (or in [0, 1] with ``normalize=False``), written into the caller's buffer when given.
+
+The pixel work runs in OpenCV on channels-last NumPy clips ``(T, S, S, 3)`` (SIMD, one call per op
+on the whole clip where frames cannot bleed into each other), for speed:
+- the uint8 frames are cropped (and flipped) first; a view without jitter or blur goes straight
+  from uint8 to the planar normalised output;
+- brightness, contrast and saturation are affine colour maps (3x4 matrices, per frame for contrast,
+  whose grey mean differs per frame). Consecutive maps are composed into one and applied lazily;
+  only a factor > 1, which can leave [0, 1], forces applying them and clamping as torchvision does
+  (a factor <= 1 mixes values in [0, 1] convexly). The Gaussian blur is linear with weights summing
+  to one, so it commutes with pending maps, and the last pending map is folded into normalisation;
+- hue goes through OpenCV's float32 HSV (H in degrees, no quantisation);
+- the colour maps and hue equal torchvision's float definitions to ~1e-6 (tests compare them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114])  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+
+# Per-view recipes of METHOD.md §3. jitter_p 0.64 = 0.8 (RandomApply) x 0.8 (inner ColorJitter p)
+# in the authors' pipeline.
+RECIPES = {
+    "pretrain": dict(jitter_p=0.64, blur_p=0.5, flip=False, random_crop=True),
+    "crop_only": dict(jitter_p=0.0, blur_p=0.0, flip=False, random_crop=True),
+    "finetune": dict(jitter_p=0.8, blur_p=0.0, flip=True, random_crop=True),
+    "eval": dict(jitter_p=0.0, blur_p=0.0, flip=False, random_crop=False),
+}
+
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # jitter op ids, in torchvision's ColorJitter order
+
+# Blur taps lighter than this (relative to the centre tap) are dropped: below float32 resolution
+# of [0, 1] values, they only cost time (all of them for sigma < 0.16).
+_NEGLIGIBLE_TAP = 1e-8
+
+_cv2_threads_pid = None
+
+
+def _match_cv2_threads() -> None:
+    """Give OpenCV as many threads as torch has (1 in a DataLoader worker), once per process,
+    so that workers do not each start a thread per core."""
+    global _cv2_threads_pid
+    if _cv2_threads_pid != os.getpid():
+        _cv2_threads_pid = os.getpid()
+        cv2.setNumThreads(torch.get_num_threads())
+
+
+# ---------------------------------------------------------------- colour maps
+# A colour map is an affine map of RGB, float64 (T, 3, 4): [M | o] per frame, out = M @ rgb + o.
+# ``factor`` is a float or a (T,) array (one factor per frame).
+
+def _frame_factors(factor, frames: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(factor, dtype=np.float64), (frames,))
+
+
+def _scaled_identity(f: np.ndarray) -> np.ndarray:
+    maps = np.zeros((len(f), 3, 4))
+    maps[:, [0, 1, 2], [0, 1, 2]] = f[:, None]
+    return maps  # (T, 3, 4)
+
+
+def brightness_map(factor, frames: int) -> np.ndarray:
+    return _scaled_identity(_frame_factors(factor, frames))
+
+
+def contrast_map(factor, rgb_means: np.ndarray) -> np.ndarray:
+    """Blend with each frame's mean grey level; ``rgb_means`` (T, 3) are the frames' channel means."""
+    f = _frame_factors(factor, len(rgb_means))
+    maps = _scaled_identity(f)
+    maps[:, :, 3] = ((1 - f) * (rgb_means @ _GRAY_WEIGHTS))[:, None]
+    return maps
+
+
+def saturation_map(factor, frames: int) -> np.ndarray:
+    """Blend with the pixel's own grey level: f * rgb + (1 - f) * (w . rgb) on every channel."""
+    f = _frame_factors(factor, frames)
+    maps = _scaled_identity(f)
+    maps[:, :, :3] += (1 - f)[:, None, None] * _GRAY_WEIGHTS
+    return maps
+
+
+def compose(outer: np.ndarray, inner: np.ndarray | None) -> np.ndarray:
+    """The map ``outer(inner(rgb))``; (T, 3, 4) each (or broadcastable)."""
+    if inner is None:
+        return outer
+    composed = outer[..., :3] @ inner  # (T, 3, 4): M_o [M_i | o_i]
+    composed[..., 3] += outer[..., 3]
+    return composed
+
+
+def apply_map(x: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Apply colour maps in place to a float32 clip ``x`` (T, H, W, 3); one call when all frames share one."""
+    maps = maps.astype(np.float32)
+    if (maps == maps[:1]).all():
+        flat = x.reshape(-1, x.shape[-2], 3)  # (T * H, W, 3): a pixelwise op may see one tall image
+        cv2.transform(flat, maps[0], dst=flat)
+    else:
+        for frame, frame_map in zip(x, maps):
+            cv2.transform(frame, frame_map, dst=frame)
+    return x
+
+
+def clamp(x: np.ndarray, lower: bool = True) -> np.ndarray:
+    """Clamp in place to [0, 1] (to <= 1 only when ``lower`` is False)."""
+    flat = x.reshape(-1, x.shape[-2], 3)
+    cv2.threshold(flat, 1.0, 1.0, cv2.THRESH_TRUNC, dst=flat)
+    if lower:
+        cv2.threshold(flat, 0.0, 0.0, cv2.THRESH_TOZERO, dst=flat)
+    return x
+
+
+def channel_means(x: np.ndarray) -> np.ndarray:
+    return np.array([cv2.mean(frame)[:3] for frame in x])  # (T, 3)
+
+
+# The torchvision colour ops, in place on float32 (T, H, W, 3) clips in [0, 1]:
+
+def adjust_brightness(x: np.ndarray, factor) -> np.ndarray:
+    return clamp(apply_map(x, brightness_map(factor, len(x))), lower=False)
+
+
+def adjust_contrast(x: np.ndarray, factor) -> np.ndarray:
+    return clamp(apply_map(x, contrast_map(factor, channel_means(x))))
+
+
+def adjust_saturation(x: np.ndarray, factor) -> np.ndarray:
+    return clamp(apply_map(x, saturation_map(factor, len(x))))
+
+
+def adjust_hue(x: np.ndarray, shift) -> np.ndarray:
+    """Rotate the HSV hue by ``shift`` (in turns, [-0.5, 0.5]); value and saturation are kept."""
+    flat = x.reshape(-1, x.shape[-2], 3)  # (T * H, W, 3)
+    hsv = cv2.cvtColor(flat, cv2.COLOR_RGB2HSV)  # float32: H in degrees [0, 360), S and V in [0, 1]
+    # HSV->RGB wraps hues in [0, 720) but not negative ones, hence the shift taken modulo one turn
+    degrees = 360.0 * np.remainder(_frame_factors(shift, len(x)), 1.0)
+    if (degrees == degrees[0]).all():
+        cv2.add(hsv, (float(degrees[0]), 0.0, 0.0, 0.0), dst=hsv)
+    else:
+        for frame_hsv, d in zip(hsv.reshape(x.shape), degrees):
+            cv2.add(frame_hsv, (float(d), 0.0, 0.0, 0.0), dst=frame_hsv)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=flat).reshape(x.shape)
+
+
+def gaussian_kernel(sigma: float, kernel_size: int) -> np.ndarray:
+    """torchvision's 1-D kernel (float32), with negligible outer taps dropped."""
+    half = (kernel_size - 1) * 0.5
+    taps = np.linspace(-half, half, kernel_size, dtype=np.float32)
+    kernel = np.exp(-0.5 * (taps / np.float32(sigma)) ** 2)
+    kernel /= kernel.sum()
+    keep = int((kernel >= _NEGLIGIBLE_TAP * kernel.max()).sum())  # odd: the kernel is symmetric
+    drop = (kernel_size - keep) // 2
+    return kernel[drop:kernel_size - drop]
+
+
+def gaussian_blur(x: np.ndarray, sigma: float, kernel_size: int) -> np.ndarray:
+    """Gaussian blur of each frame of a float32 (T, H, W, 3) clip with reflect padding (torchvision's
+    kernel and border); returns a new array."""
+    kernel = gaussian_kernel(sigma, kernel_size)
+    blurred = np.empty_like(x)
+    if len(kernel) == 1:  # sigma so small that every neighbour weighs below float precision
+        np.copyto(blurred, x)
+        return blurred
+    for frame, frame_out in zip(x, blurred):  # per frame: the blur must not cross frame borders
+        cv2.sepFilter2D(frame, -1, kernel, kernel, dst=frame_out, borderType=cv2.BORDER_REFLECT_101)
+    return blurred
+
+
+# ---------------------------------------------------------------- the clip transform
+
+@dataclass
+class ViewParams:
+    """Every random choice of one view; jitter factors are (n,) arrays, n = 1 or T (per frame)."""
+
+    top: int
+    left: int
+    flip: bool = False
+    jitter_order: tuple[int, ...] = ()  # empty: no jitter
+    jitter_factors: tuple[np.ndarray, ...] = ()  # brightness, contrast, saturation, hue shift
+    blur_sigma: float | None = None
+
+
+@dataclass
+class ClipTransform:
+    """One view's augmentation; ``recipe`` is a key of RECIPES.
+
+    ``resize``: the (H, W) every frame is (conceptually) resized to before cropping; the authors'
+    code really used (171, 128) because it passed (128, 171) to a (width, height) API, which
+    ``resize_quirk`` reproduces. ``blur_kernel`` is 10% of the crop side rounded to odd, as SimCLR.
+    """
+
+    recipe: str = "pretrain"
+    size: int = 112
+    resize: tuple[int, int] = (128, 171)
+    resize_quirk: bool = False
+    per_frame_jitter: bool = False
+    normalize: bool = True
+    jitter_strength: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown augmentation recipe {self.recipe!r}; choose one of {sorted(RECIPES)}")
+        rh, rw = self.resize_hw
+        if self.size > min(rh, rw):
+            raise ValueError(f"--size {self.size} is larger than the resized frame {rh}x{rw} (--resize)")
+        self.blur_kernel = int(round(0.1 * self.size)) // 2 * 2 + 1
+        mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+        # output = scale * x + offset per channel, x in [0, 1]
+        self._scale = 1 / std if self.normalize else np.ones(3)
+        self._offset = -mean / std if self.normalize else np.zeros(3)
+
+    @property
+    def resize_hw(self) -> tuple[int, int]:
+        h, w = self.resize
+        return (w, h) if self.resize_quirk else (h, w)
+
+    def crop_box(self, rng: np.random.Generator) -> tuple[int, int]:
+        """Top-left corner of the crop in resized-frame coordinates."""
+        rh, rw = self.resize_hw
+        if RECIPES[self.recipe]["random_crop"]:
+            return int(rng.integers(0, rh - self.size + 1)), int(rng.integers(0, rw - self.size + 1))
+        return (rh - self.size) // 2, (rw - self.size) // 2
+
+    def draw(self, rng: np.random.Generator, num_frames: int) -> ViewParams:
+        recipe = RECIPES[self.recipe]
+        params = ViewParams(*self.crop_box(rng))
+        params.flip = recipe["flip"] and rng.random() < 0.5
+        if recipe["jitter_p"] > 0 and rng.random() < recipe["jitter_p"]:
+            b, c, s, h = self.jitter_strength
+            n = num_frames if self.per_frame_jitter else 1
+            params.jitter_factors = (rng.uniform(1 - b, 1 + b, n), rng.uniform(1 - c, 1 + c, n),
+                                     rng.uniform(1 - s, 1 + s, n), rng.uniform(-h, h, n))
+            params.jitter_order = tuple(int(i) for i in rng.permutation(4))  # random per clip, as ColorJitter
+        if recipe["blur_p"] > 0 and rng.random() < recipe["blur_p"]:
+            params.blur_sigma = float(rng.uniform(*self.blur_sigma))
+        return params
+
+    def crop(self, frames: np.ndarray, top: int, left: int, flip: bool = False) -> np.ndarray:
+        """uint8 (T, H, W, 3) -> new uint8 (T, size, size, 3): resize to resize_hw, crop at (top, left).
+
+        When the frames already have the resize target's shape this is a plain crop. Otherwise only
+        the source region that maps onto the crop is resized (area averaging when shrinking), which
+        equals resize-then-crop up to rounding the box to whole source pixels, at a fraction of the cost.
+        """
+        t, h, w = frames.shape[:3]
+        rh, rw = self.resize_hw
+        step = -1 if flip else 1
+        if (h, w) == (rh, rw):
+            return np.ascontiguousarray(frames[:, top:top + self.size, left:left + self.size][:, :, ::step])
+        sy, sx = h / rh, w / rw
+        y0, x0 = round(top * sy), round(left * sx)
+        y1, x1 = max(round((top + self.size) * sy), y0 + 1), max(round((left + self.size) * sx), x0 + 1)
+        shrink = (y1 - y0) * (x1 - x0) > self.size ** 2
+        cropped = np.empty((t, self.size, self.size, 3), np.uint8)
+        for frame, frame_out in zip(frames, cropped):
+            cv2.resize(np.ascontiguousarray(frame[y0:y1, x0:x1]), (self.size, self.size), dst=frame_out,
+                       interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return cropped[:, :, ::step].copy() if flip else cropped
+
+    def __call__(self, frames: torch.Tensor, rng: np.random.Generator,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (T, 3, H, W) -> float32 (3, T, size, size), written into ``out`` when given."""
+        return self.apply(frames, self.draw(rng, frames.shape[0]), out)
+
+    def apply(self, frames: torch.Tensor, params: ViewParams, out: torch.Tensor | None = None) -> torch.Tensor:
+        _match_cv2_threads()
+        t = frames.shape[0]
+        direct = out is not None and out.device.type == "cpu" and out.dtype == torch.float32 \
+            and out.is_contiguous() and out.shape == (3, t, self.size, self.size)
+        result = out if direct else torch.empty(3, t, self.size, self.size)
+        planes = result.numpy().reshape(3, t * self.size, self.size)  # (3, T * S, S), the output's memory
+        # the decoder's (T, H, W, 3) memory seen through the (T, 3, H, W) tensor: a free view
+        clip = self.crop(frames.permute(0, 2, 3, 1).numpy(), params.top, params.left, params.flip)
+
+        if not params.jitter_order and params.blur_sigma is None:  # uint8 straight to the output
+            for channel, (plane, scale, offset) in enumerate(zip(planes, self._scale, self._offset)):
+                uint8_plane = cv2.extractChannel(clip.reshape(-1, self.size, 3), channel)
+                cv2.addWeighted(uint8_plane, scale / 255, uint8_plane, 0, offset, dst=plane, dtype=cv2.CV_32F)
+        else:
+            x = np.multiply(clip, np.float32(1 / 255), dtype=np.float32)  # (T, S, S, 3) in [0, 1]
+            pending = self._jitter(x, params)
+            if params.blur_sigma is not None:
+                x = gaussian_blur(x, params.blur_sigma, self.blur_kernel)
+            normalise = np.zeros((1, 3, 4))
+            normalise[0, [0, 1, 2], [0, 1, 2]] = self._scale
+            normalise[0, :, 3] = self._offset
+            apply_map(x, compose(normalise, pending))
+            flat = x.reshape(-1, self.size, 3)
+            for channel, plane in enumerate(planes):
+                cv2.extractChannel(flat, channel, dst=plane)
+        if out is not None and not direct:
+            return out.copy_(result)
+        return result
+
+    @staticmethod
+    def _jitter(x: np.ndarray, params: ViewParams) -> np.ndarray | None:
+        """Apply the jitter ops in ``params.jitter_order`` in place to float32 (T, S, S, 3) ``x``.
+
+        Returns the colour maps (T, 3, 4) still to be applied (None when none are pending): the
+        affine ops accumulate into one map and are applied only where a clamp or hue needs them.
+        """
+        frames = len(x)
+        pending = None
+        for op in params.jitter_order:
+            factor = params.jitter_factors[op]
+            if op == HUE:
+                if pending is not None:
+                    apply_map(x, pending)
+                    pending = None
+                adjust_hue(x, factor)
+                continue
+            if op == BRIGHTNESS:
+                op_map = brightness_map(factor, frames)
+            elif op == SATURATION:
+                op_map = saturation_map(factor, frames)
+            else:  # the grey mean of the image as it is after the pending maps (means are linear)
+                means = channel_means(x)
+                if pending is not None:
+                    means = np.einsum("tij,tj->ti", pending[..., :3], means) + pending[..., 3]
+                op_map = contrast_map(factor, means)
+            pending = compose(op_map, pending)
+            if (factor > 1).any():  # the only case that can leave [0, 1]
+                apply_map(x, pending)
+                pending = None
+                clamp(x, lower=op != BRIGHTNESS)
+        return pending

@@ -1,0 +1,320 @@
+"""Frame-folder datasets: CSV rows -> decoded, sampled, augmented clips (METHOD.md §2-3).
+
+Every random choice of item i in epoch e comes from ``np.random.default_rng([seed, e, i])``, so an
+item is a pure function of (seed, epoch, index): any number of DataLoader workers gives the same
+batches, no two workers share a stream, and a resumed run sees the same data.
+
+Items are dicts with "index" (row in the split) and "label" (-1 when unlabelled) plus
+- "dualvar":  "clips" (3, 3, T, H, W), views A, B, A' (A' = A's frames, augmented again);
+- "two_view": "clips" (2, 3, T, H, W), views A, B (drawn and augmented as in "dualvar");
+- "iic":      "clip" (3, T, H, W) in [0, 1], cropped only (no colour work, not normalised);
+- "finetune": "clip" (3, T, H, W);
+- "eval":     "clips" (10, 3, T, H, W), centre crops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dataset import sampling
+from dataset.layout import LayoutError, VideoRecord, count_frames, frame_name, read_split_csv
+from dataset.local_dataset import REGISTRY, DatasetPaths, resolve_dataset
+from dataset.transforms import ClipTransform
+
+SPLITS = ("trainval", "train", "val", "test")
+SAMPLERS = ("dualvar", "two_view", "iic", "finetune", "eval")
+HOLDOUT_SEED = 666
+CROP_ONLY_P = 0.2  # view A skips colour jitter and blur with this probability (METHOD.md §3)
+NUM_EVAL_CLIPS = 10
+
+
+# ---------------------------------------------------------------- JPEG decoding
+
+# Each decoder maps JPEG bytes to a list of uint8 (H, W, 3) RGB arrays.
+
+def _decode_torchvision(blobs: list[bytes]) -> list[np.ndarray]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    return [t.permute(1, 2, 0).numpy() for t in decode_jpeg(tensors, mode=ImageReadMode.RGB)]
+
+
+def _decode_simplejpeg(blobs: list[bytes]) -> list[np.ndarray]:
+    import simplejpeg
+    return [simplejpeg.decode_jpeg(b, colorspace="RGB") for b in blobs]
+
+
+def _decode_cv2(blobs: list[bytes]) -> list[np.ndarray]:
+    import cv2
+    frames = []
+    for b in blobs:
+        bgr = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError("OpenCV could not decode the data")
+        frames.append(bgr[..., ::-1])
+    return frames
+
+
+DECODERS = {"simplejpeg": _decode_simplejpeg, "cv2": _decode_cv2, "torchvision": _decode_torchvision}
+
+
+def _default_decoder() -> str:
+    # simplejpeg (libjpeg-turbo) measured fastest on 128x171 frames (bench/bench_data.py: ~1.6x
+    # OpenCV and torchvision, whose image decoding is deprecated since 0.29); OpenCV is the fallback.
+    try:
+        import simplejpeg  # noqa: F401
+        return "simplejpeg"
+    except ImportError:
+        return "cv2"
+
+
+DEFAULT_DECODER = _default_decoder()
+
+_REDO_HINT = ("re-run process_data/src/extract_frame.py for this video and then "
+              "process_data/src/write_csv.py so that the CSV matches the frames on disk")
+
+
+def read_frames(video_dir: Path, indices: np.ndarray, decoder: str = DEFAULT_DECODER,
+                expected_frames: int | None = None) -> torch.Tensor:
+    """uint8 frames ``(len(indices), 3, H, W)`` of one video; each distinct file is read and decoded once.
+
+    Raises LayoutError naming the folder or file for a missing folder, a missing frame (fewer frames
+    on disk than the CSV says) and a file the decoder rejects.
+    """
+    unique, inverse = np.unique(indices, return_inverse=True)
+    blobs = []
+    for i in unique:
+        path = video_dir / frame_name(int(i))
+        try:
+            with open(path, "rb") as f:
+                blobs.append(f.read())
+        except FileNotFoundError:
+            if not video_dir.is_dir():
+                raise LayoutError(f"frame folder {video_dir} does not exist; {_REDO_HINT}") from None
+            raise LayoutError(
+                f"frame {path} is missing: {video_dir} has {count_frames(video_dir)} frames on disk but the "
+                f"CSV says {expected_frames}; {_REDO_HINT}") from None
+    for path_index, blob in zip(unique, blobs):
+        if not blob:
+            raise LayoutError(f"frame {video_dir / frame_name(int(path_index))} is empty; {_REDO_HINT}")
+    try:
+        decoded = DECODERS[decoder](blobs)
+    except (RuntimeError, ValueError) as error:
+        bad = _first_undecodable(video_dir, unique, blobs, decoder)
+        raise LayoutError(f"cannot decode {bad} ({error}): the JPEG is truncated or corrupt; "
+                          f"{_REDO_HINT}") from None
+    try:
+        frames = np.stack([decoded[j] for j in inverse.reshape(-1)])  # (N, H, W, 3), repeats by reference
+    except ValueError:
+        sizes = sorted({f.shape[:2] for f in decoded})
+        raise LayoutError(f"the frames of {video_dir} have different sizes {sizes}; {_REDO_HINT}") from None
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last memory
+
+
+def _first_undecodable(video_dir: Path, unique: np.ndarray, blobs: list[bytes], decoder: str) -> Path:
+    """Find the file that made a batched decode fail (only called on the error path)."""
+    for i, blob in zip(unique, blobs):
+        try:
+            DECODERS[decoder]([blob])
+        except (RuntimeError, ValueError):
+            return video_dir / frame_name(int(i))
+    return video_dir
+
+
+# ---------------------------------------------------------------- allocator
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_malloc_tuned_pid = None
+
+
+def keep_freed_memory_for_reuse() -> None:
+    """Stop glibc from returning every freed clip-sized buffer (1-3 MB) to the OS.
+
+    By default each such tensor is a fresh mmap, so every augmentation op pays page faults on
+    zero-filled pages: measured 3x slower per view (16 -> 5 ms, bench/bench_data.py). Serving
+    blocks up to 32 MB from the heap and trimming only above 128 MB of free heap removes that.
+    Per process (DataLoader workers call it on their first item); a no-op outside glibc.
+    """
+    global _malloc_tuned_pid
+    if _malloc_tuned_pid == os.getpid() or not sys.platform.startswith("linux"):
+        return
+    _malloc_tuned_pid = os.getpid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): keep the default allocator
+        pass
+
+
+# ---------------------------------------------------------------- splits
+
+def holdout_split(records: list[VideoRecord], val_size: float,
+                  seed: int = HOLDOUT_SEED) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """(train, val): ``val_size`` rows (a count, or a fraction when < 1) drawn without replacement
+    with ``default_rng(seed)``; train keeps every other row, in CSV order. Disjoint, union = input."""
+    count = int(round(val_size * len(records))) if val_size < 1 else int(val_size)
+    if not 0 < count < len(records):
+        raise ValueError(f"--val-size {val_size} must leave at least one video on each side of the hold-out; "
+                         f"the train split has {len(records)} videos")
+    val_rows = np.sort(np.random.default_rng(seed).choice(len(records), size=count, replace=False))
+    is_val = np.zeros(len(records), dtype=bool)
+    is_val[val_rows] = True
+    return ([r for r, v in zip(records, is_val) if not v], [records[i] for i in val_rows])
+
+
+# ---------------------------------------------------------------- the dataset
+
+class VideoFrameDataset(Dataset):
+    """Clips from frame folders; ``sampler`` (one of SAMPLERS) picks the frames and the augmentation."""
+
+    def __init__(self, records: list[VideoRecord], frame_root: Path, sampler: str,
+                 class_names: list[str] | None = None, num_classes: int | None = None, seed: int = 0,
+                 num_frames: int = 16, stride: int = 4, size: int = 112,
+                 resize: tuple[int, int] = (128, 171), resize_quirk: bool = False,
+                 per_frame_jitter: bool = False, decoder: str = DEFAULT_DECODER):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown JPEG decoder {decoder!r}; choose one of {sorted(DECODERS)}")
+        self.records = records
+        self.frame_root = Path(frame_root)
+        self.sampler = sampler
+        self.class_names = list(class_names or [])
+        self.num_classes = num_classes if num_classes is not None else len(self.class_names)
+        self.seed = seed
+        self.num_frames = num_frames
+        self.stride = stride
+        self.size = size
+        self.decoder = decoder
+        # shared memory, so that set_epoch reaches persistent DataLoader workers too
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+        def transform(recipe: str, normalize: bool = True) -> ClipTransform:
+            return ClipTransform(recipe, size=size, resize=tuple(resize), resize_quirk=resize_quirk,
+                                 per_frame_jitter=per_frame_jitter, normalize=normalize)
+        self.full = transform("pretrain")
+        self.crop_only = transform("crop_only")
+        self.iic = transform("crop_only", normalize=False)
+        self.finetune = transform("finetune")
+        self.eval = transform("eval")
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        keep_freed_memory_for_reuse()
+        record = self.records[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        video_dir = record.path(self.frame_root)
+        length = record.num_frames
+        if length < 1:
+            raise LayoutError(f"video {video_dir} has num_frames={length} in the CSV; {_REDO_HINT}")
+
+        def load(indices: np.ndarray) -> torch.Tensor:
+            return read_frames(video_dir, indices, self.decoder, expected_frames=length)
+
+        item = {"index": index, "label": record.label}
+        T = self.num_frames
+        if self.sampler in ("dualvar", "two_view"):
+            idx_a, idx_b = sampling.dualvar_clip_pair(length, rng, T, self.stride)
+            frames = load(np.concatenate([idx_a, idx_b]))  # (2T, 3, H, W): A's and B's frames decoded once
+            frames_a, frames_b = frames[:T], frames[T:]
+            clips = torch.empty(3 if self.sampler == "dualvar" else 2, 3, T, self.size, self.size)
+            (self.crop_only if rng.random() < CROP_ONLY_P else self.full)(frames_a, rng, out=clips[0])
+            self.full(frames_b, rng, out=clips[1])
+            if self.sampler == "dualvar":
+                self.full(frames_a, rng, out=clips[2])  # A': A's frames, augmented independently
+            item["clips"] = clips  # (V, 3, T, H, W)
+        elif self.sampler == "iic":
+            item["clip"] = self.iic(load(sampling.iic_clip_indices(length, rng, T)), rng)
+        elif self.sampler == "finetune":
+            item["clip"] = self.finetune(load(sampling.finetune_clip_indices(length, rng, T, self.stride)), rng)
+        else:
+            indices = sampling.eval_clip_indices(length, T, self.stride, NUM_EVAL_CLIPS)  # (10, T)
+            frames = load(indices.reshape(-1)).unflatten(0, indices.shape)  # (10, T, 3, H, W)
+            clips = torch.empty(NUM_EVAL_CLIPS, 3, T, self.size, self.size)
+            for clip_frames, clip in zip(frames, clips):
+                self.eval(clip_frames, rng, out=clip)
+            item["clips"] = clips  # (10, 3, T, H, W)
+        return item
+
+
+# ---------------------------------------------------------------- command line
+
+def _val_size(text: str) -> float:
+    value = float(text)
+    if value <= 0 or (value >= 1 and value != int(value)):
+        raise argparse.ArgumentTypeError(f"expected a count (e.g. 800) or a fraction in (0, 1), got {text!r}")
+    return value
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="demo",
+                       help=f"registered dataset ({', '.join(REGISTRY)}) or the path of a CSV folder "
+                            "(train_split0k.csv, test_split0k.csv, ClassInd.txt)")
+    group.add_argument("--data-root", default=None,
+                       help="folder holding <dataset>/frames and <dataset>/csv; default $VSSL_DATA_ROOT, "
+                            "else <repo>/data")
+    group.add_argument("--frame-root", default=None, help="override the dataset's frame folder root")
+    group.add_argument("--csv-dir", default=None, help="override the dataset's CSV folder")
+    group.add_argument("--split", type=int, default=1, help="official split number k (split0k CSVs)")
+    group.add_argument("--val-size", type=_val_size, default=None,
+                       help="videos held out of the train split for validation (seed 666): a count, or a "
+                            "fraction < 1; default 800 for real datasets, 0.2 for the demo and CSV folders")
+    group.add_argument("--num-frames", type=int, default=16, help="frames per clip (T)")
+    group.add_argument("--stride", type=int, default=4,
+                       help="temporal stride between clip frames (4 for DualVar pretraining, 2 for "
+                            "finetuning and testing; IIC always uses 1)")
+    group.add_argument("--size", type=int, default=112, help="crop side in pixels")
+    group.add_argument("--resize", type=int, nargs=2, default=[128, 171], metavar=("H", "W"),
+                       help="frames are resized to H x W before cropping")
+    group.add_argument("--resize-quirk", action="store_true",
+                       help="resize to W x H instead, as the authors' code really did (faithful reproduction)")
+    group.add_argument("--per-frame-jitter", action="store_true",
+                       help="draw colour-jitter factors per frame instead of once per clip")
+    group.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
+    return parser
+
+
+def _load_split(paths: DatasetPaths, split: str, k: int, val_size: float | None) -> list[VideoRecord]:
+    if split == "test":
+        return read_split_csv(paths.split_csv("test", k))
+    records = read_split_csv(paths.split_csv("train", k))
+    if split == "trainval":
+        return records
+    train, val = holdout_split(records, paths.default_val_size if val_size is None else val_size)
+    return train if split == "train" else val
+
+
+def build_dataset(args: argparse.Namespace, split: str, sampler: str) -> VideoFrameDataset:
+    """The dataset of ``args.dataset`` (see add_data_args) for ``split`` in SPLITS with ``sampler``."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    paths = resolve_dataset(args.dataset, args.data_root, args.frame_root, args.csv_dir)
+    records = _load_split(paths, split, args.split, args.val_size)
+    labels = [r.label for r in records]
+    if paths.num_classes and max(labels) >= paths.num_classes:
+        raise LayoutError(f"a label in the {split} CSV of {paths.csv_dir} is {max(labels)}, but the dataset has "
+                          f"{paths.num_classes} classes; re-run process_data/src/write_csv.py")
+    return VideoFrameDataset(
+        records, paths.frame_root, sampler, class_names=paths.class_names, num_classes=paths.num_classes,
+        seed=getattr(args, "seed", 0), num_frames=args.num_frames,
+        stride=1 if sampler == "iic" else args.stride, size=args.size, resize=tuple(args.resize),
+        resize_quirk=args.resize_quirk, per_frame_jitter=args.per_frame_jitter)
