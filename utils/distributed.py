@@ -1,0 +1,157 @@
+"""Process-group plumbing: torchrun initialisation, rank queries and the collectives the code needs.
+
+Every helper degrades to the single-process behaviour (identity, rank 0, world size 1) when no process
+group is initialised, so callers never branch on whether they run under torchrun.
+
+All processes must call the collectives in the same order with tensors of the same shape (training
+loaders therefore drop the last incomplete batch).
+"""
+import argparse
+import os
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+
+
+def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("device and distributed")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    group.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
+                       help="GPU index on this node; set by legacy launchers, torchrun sets LOCAL_RANK instead "
+                            "(leave unset)")
+    group.add_argument("--dist-backend", default="auto", choices=["auto", "gloo", "nccl"],
+                       help="process-group backend under torchrun; auto: nccl on CUDA, gloo on CPU")
+    return parser
+
+
+def _launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _resolve_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was given but no CUDA device is visible; "
+                           "use --device cpu (or auto) or check CUDA_VISIBLE_DEVICES")
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"local rank {local_rank} needs GPU {local_rank}, but only "
+                           f"{torch.cuda.device_count()} are visible; start at most that many processes per node "
+                           f"(torchrun --nproc-per-node)")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(args: argparse.Namespace) -> torch.device:
+    """Join the torchrun process group (env:// rendezvous) if launched by torchrun; return the device.
+
+    Reads RANK, WORLD_SIZE and LOCAL_RANK from the environment (a `--local-rank` flag is used when
+    LOCAL_RANK is absent). `args.device` picks the device (auto: cuda:LOCAL_RANK if CUDA is available,
+    else cpu) and `args.dist_backend` the backend (auto: nccl on CUDA, gloo on CPU). Without torchrun's
+    environment nothing is initialised and the run is single-process.
+    """
+    requested = getattr(args, "device", "auto")
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {requested!r}")
+    env_local_rank = os.environ.get("LOCAL_RANK")
+    flag_local_rank = getattr(args, "local_rank", None)
+    local_rank = int(env_local_rank) if env_local_rank is not None else (flag_local_rank or 0)
+    device = _resolve_device(requested, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not _launched_by_torchrun() or is_dist():
+        return device
+
+    missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
+    if missing:
+        raise RuntimeError(f"RANK and WORLD_SIZE are set but {', '.join(missing)} is not: launch with torchrun "
+                           f"(which sets all of them) or set the rendezvous variables yourself")
+    backend = getattr(args, "dist_backend", "auto")
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise RuntimeError("--dist-backend nccl needs CUDA devices; use --dist-backend gloo (or auto) on CPU")
+    dist.init_process_group(backend=backend, init_method="env://",
+                            device_id=device if device.type == "cuda" else None)
+    return device
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` (B, ...) of every process along dim 0 -> (W·B, ...), carrying gradients.
+
+    The backward pass reduce-scatters (sums) the gradient of the gathered tensor, so each process's
+    slice receives the gradients that every process's loss sends to it. Identity when not distributed.
+    """
+    if get_world_size() == 1:
+        return x
+    gathered = funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
+    # Waiting here hands callers a plain tensor (autograd is preserved) instead of an async wrapper.
+    return gathered.wait() if isinstance(gathered, funcol.AsyncCollectiveTensor) else gathered
+
+
+@torch.no_grad()
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` (B, ...) of every process along dim 0 -> (W·B, ...), detached."""
+    if get_world_size() == 1:
+        return x.detach()
+    x = x.detach().contiguous()
+    gathered = x.new_empty((get_world_size() * x.shape[0], *x.shape[1:]))
+    dist.all_gather_single(gathered, x)
+    return gathered
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def all_reduce_mean(x):
+    """Mean of `x` over processes: a tensor gives a new float tensor, a Python number gives a float."""
+    if not torch.is_tensor(x):
+        if not is_dist():
+            return float(x)
+        return all_reduce_mean(torch.tensor(float(x), device=_collective_device())).item()
+    if not is_dist():
+        return x.detach().float().clone()
+    reduced = x.detach().to(_collective_device(), torch.float32, copy=True)
+    dist.all_reduce(reduced)
+    reduced /= get_world_size()
+    return reduced.to(x.device)
+
+
+def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite `x` in place with rank `src`'s value and return it (identity when not distributed)."""
+    if is_dist():
+        dist.broadcast(x, src)
+    return x
