@@ -1,0 +1,41 @@
+"""Self-supervised methods: `add_method_args(parser)` and `build_method(args)`.
+
+A method is an nn.Module with `.backbone`, `.num_views`, `.loss_weights` and `forward(clips)` returning
+a dict of named fp32 loss terms (`loss_*`) and logged metrics. Adding one is one registry entry
+(plus its flags in `ARG_ADDERS`).
+"""
+
+import argparse
+from collections.abc import Callable
+
+import torch.nn as nn
+
+from model.backbones import BACKBONES
+from model.dualvar import MoCoDualVar, SimCLRDualVar, add_dualvar_args
+
+METHODS: dict[str, Callable[[argparse.Namespace], nn.Module]] = {
+    "simclr": SimCLRDualVar,
+    "moco": MoCoDualVar,
+}
+
+# each adds the flags of one method family
+ARG_ADDERS: list[Callable[[argparse.ArgumentParser], None]] = [add_dualvar_args]
+
+
+def add_method_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("method and backbone")
+    group.add_argument("--model", default="simclr", choices=sorted(METHODS),
+                       help="self-supervised method; --mode picks its DualVar loss terms")
+    group.add_argument("--net", default="r21d", choices=sorted(BACKBONES),
+                       help="backbone: r21d / r3d = the paper's R(2+1)D-10 / R3D-10; r3d_18, r21d_18, s3d, c3d")
+    group.add_argument("--base-width", type=int, default=64,
+                       help="width of the first backbone stage, later stages scale with it "
+                            "(64 = published networks; 8-16 for a quick CPU demo; s3d supports only 64)")
+    for add_args in ARG_ADDERS:
+        add_args(parser)
+
+
+def build_method(args: argparse.Namespace) -> nn.Module:
+    if args.model not in METHODS:
+        raise ValueError(f"unknown --model {args.model!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[args.model](args)

@@ -1,0 +1,288 @@
+"""DualVar on SimCLR and MoCo (METHOD.md §5).
+
+Every clip gets a clip embedding z (128-d, L2-normalised) and a series embedding s (n vectors of d
+dims, each L2-normalised) from one backbone and two MLP heads. The modes pick the loss terms:
+`clip` (plain two-view baseline), `clip-sr` (+ shuffle-rank), `clip-tc` (+ temporal coherent
+contrast), `clip-sr-tc` (the full method).
+
+`forward(clips)` takes (B, V, 3, T, H, W) with views (A, B, A′) when the mode has SR, else (A, B),
+and returns unweighted fp32 loss terms `loss_*` plus detached metrics `acc_*`; the engine applies
+`.loss_weights`. Randomness (segment permutations, MoCo's BN shuffle) comes from torch's global RNG.
+"""
+
+import argparse
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.backbones import build_backbone
+from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_rank_loss, shuffle_segments,
+                          temporal_coherent_loss)
+from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, is_dist
+
+MODES = ("clip", "clip-sr", "clip-tc", "clip-sr-tc")
+
+
+def parse_clamp(text: str) -> float | None:
+    """`--rank-clamp` value: a number, or "none" to disable the clamp."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rank-clamp takes a number or 'none', got {text!r}") from None
+
+
+def add_dualvar_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("DualVar (SimCLR / MoCo)")
+    group.add_argument("--mode", default="clip-sr-tc", choices=MODES,
+                       help="loss terms: clip = plain two-view baseline; clip-sr adds shuffle-rank (paper's "
+                            "'only-seg'); clip-tc adds temporal coherent contrast; clip-sr-tc = full DualVar")
+    group.add_argument("--temperature", type=float, default=0.07, help="temperature of the clip contrast")
+    group.add_argument("--tc-temperature", type=float, default=0.07,
+                       help="temperature of the temporal coherent (series) contrast")
+    group.add_argument("--theta", type=float, default=0.05, help="margin scale θ of the shuffle-rank loss")
+    group.add_argument("--rank-clamp", type=parse_clamp, default=5.0,
+                       help="clamp on (G[a,c] - G[a,pos]) / θ before the softplus of the rank loss; "
+                            "'none' disables it")
+    group.add_argument("--n-series", type=int, default=2,
+                       help="temporal segments per clip = vectors in the series embedding (T must divide by it)")
+    group.add_argument("--series-dim", type=int, default=64, help="dimension d of each series vector")
+    group.add_argument("--embed-dim", type=int, default=128, help="dimension of the clip embedding")
+    group.add_argument("--clip-loss-weight", type=float, default=1.0,
+                       help="weight of the clip contrast; 0.125 reproduces the authors' 8-GPU balance (METHOD §5.5)")
+    group.add_argument("--sr-loss-weight", type=float, default=1.0, help="weight of the shuffle-rank loss")
+    group.add_argument("--tc-loss-weight", type=float, default=1.0, help="weight of the temporal coherent loss")
+    group.add_argument("--derangement", action="store_true",
+                       help="shuffle-rank never draws the identity permutation (published: identity allowed)")
+    group.add_argument("--moco-k", type=int, default=16384,
+                       help="MoCo queue length; must be a multiple of the global batch (batch size × processes)")
+    group.add_argument("--moco-m", type=float, default=0.999, help="MoCo key-encoder momentum")
+
+
+def mlp(in_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear C→C, ReLU, Linear C→out (no BatchNorm, as published)."""
+    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim))
+
+
+class DualEncoder(nn.Module):
+    """Backbone + global average pool + clip head (+ series head when the mode uses series)."""
+
+    def __init__(self, net: str, base_width: int, embed_dim: int, n_series: int, series_dim: int,
+                 with_series: bool) -> None:
+        super().__init__()
+        self.backbone, channels = build_backbone(net, base_width)
+        self.clip_head = mlp(channels, embed_dim)
+        self.series_head = mlp(channels, n_series * series_dim) if with_series else None
+        self.n_series, self.series_dim = n_series, series_dim
+
+    def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """clips (B, 3, T, H, W) -> z (B, D) normalised, series (B, n, d) NOT normalised (or None)."""
+        pooled = self.backbone(clips).mean(dim=(2, 3, 4)).float()  # (B, C)
+        # The heads run in fp32 whatever autocast the engine uses: the losses expect fp32 embeddings.
+        with torch.autocast(pooled.device.type, enabled=False):
+            z = F.normalize(self.clip_head(pooled), dim=1)  # (B, D)
+            if self.series_head is None:
+                return z, None
+            series = self.series_head(pooled).view(-1, self.n_series, self.series_dim)  # (B, n, d)
+        return z, series
+
+
+def mean_series(s: torch.Tensor) -> torch.Tensor:
+    """(N, n, d) normalised series -> (N, d) mean vector; S(x, y) = mean(x)·mean(y) (METHOD §5.2)."""
+    return s.mean(dim=1)
+
+
+class DualVarBase(nn.Module):
+    """Shared configuration, the query encoder and the SR term of both variants."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__()
+        if args.mode not in MODES:
+            raise ValueError(f"unknown --mode {args.mode!r}; choose one of {', '.join(MODES)}")
+        self.mode = args.mode
+        self.use_sr = "sr" in args.mode.split("-")
+        self.use_tc = "tc" in args.mode.split("-")
+        if self.use_sr and args.n_series < 2:
+            raise ValueError(f"--n-series {args.n_series}: shuffle-rank needs at least 2 segments")
+        if args.n_series < 1 or args.series_dim < 1 or args.embed_dim < 1:
+            raise ValueError("--n-series, --series-dim and --embed-dim must be positive")
+        for flag, value in (("--temperature", args.temperature), ("--tc-temperature", args.tc_temperature),
+                            ("--theta", args.theta)):
+            if value <= 0:
+                raise ValueError(f"{flag} must be positive, got {value}")
+        self.temperature = args.temperature
+        self.tc_temperature = args.tc_temperature
+        self.theta = args.theta
+        self.rank_clamp = args.rank_clamp
+        self.n_series = args.n_series
+        self.derangement = args.derangement
+        self.num_views = 3 if self.use_sr else 2
+        self.encoder = DualEncoder(args.net, args.base_width, args.embed_dim, args.n_series, args.series_dim,
+                                   with_series=self.use_sr or self.use_tc)
+        self.loss_weights = {"loss_clip": args.clip_loss_weight}
+        if self.use_sr:
+            self.loss_weights["loss_sr"] = args.sr_loss_weight
+        if self.use_tc:
+            self.loss_weights["loss_tc"] = args.tc_loss_weight
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder.backbone
+
+    def check_input(self, clips: torch.Tensor) -> None:
+        if clips.dim() != 6 or clips.shape[1] != self.num_views or clips.shape[2] != 3:
+            views = "(A, B, A′): use the 'dualvar' sampler" if self.use_sr else "(A, B): use the 'two_view' sampler"
+            raise ValueError(f"--mode {self.mode} expects clips of shape (B, {self.num_views}, 3, T, H, W) with "
+                             f"views {views}; got {tuple(clips.shape)}")
+        if self.use_sr and clips.shape[3] % self.n_series:
+            raise ValueError(f"--num-frames {clips.shape[3]} is not divisible by --n-series {self.n_series}: "
+                             "shuffle-rank splits each clip into equal segments")
+
+    def shuffle(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shuffle the n temporal segments of each clip (B, 3, T, H, W) -> (shuffled, permutations (B, n))."""
+        return shuffle_segments(clips, self.n_series, derangement=self.derangement)
+
+    def shuffle_rank(self, s_a: torch.Tensor, s_a_prime: torch.Tensor, shuffled_series: torch.Tensor,
+                     permutations: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_SR = 0.5·Rank(s(A), p) + 0.5·Rank(s(A′), p), p = the calibrated, normalised series of shuffled A′."""
+        p = F.normalize(calibrate(shuffled_series, permutations), dim=-1)  # (B, n, d)
+        loss = 0.5 * (shuffle_rank_loss(s_a, p, self.theta, self.rank_clamp)
+                      + shuffle_rank_loss(s_a_prime, p, self.theta, self.rank_clamp))
+        accuracy = 0.5 * (rank_accuracy(s_a.detach(), p.detach()) + rank_accuracy(s_a_prime.detach(), p.detach()))
+        return {"loss_sr": loss, "acc_rank": accuracy}
+
+
+class SimCLRDualVar(DualVarBase):
+    """SimCLR with DualVar terms: NT-Xent over the global batch for the clip and the series embeddings."""
+
+    def forward(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.check_input(clips)
+        batch = clips.shape[0]
+        # One pass over all views so that BatchNorm sees A, B (and A′) together.
+        z, series = self.encoder(clips.transpose(0, 1).flatten(0, 1))  # (V·B, D), (V·B, n, d) view-major
+        z_a, z_b = z[:batch], z[batch:2 * batch]
+        out = dict(zip(("loss_clip", "acc_clip"), nt_xent(z_a, z_b, self.temperature, return_top1=True)))
+        if series is None:
+            return out
+        s = F.normalize(series, dim=-1)  # (V·B, n, d)
+        if self.use_tc:
+            out.update(zip(("loss_tc", "acc_tc"), temporal_coherent_loss(s[:batch], s[batch:2 * batch],
+                                                                         self.tc_temperature, return_top1=True)))
+        if self.use_sr:
+            shuffled, permutations = self.shuffle(clips[:, 2])
+            _, shuffled_series = self.encoder(shuffled)  # (B, n, d)
+            out.update(self.shuffle_rank(s[:batch], s[2 * batch:], shuffled_series, permutations))
+        return out
+
+
+class MoCoDualVar(DualVarBase):
+    """MoCo with DualVar terms (METHOD §5.4): view A is the query, view B the key.
+
+    The key encoder follows the query encoder by momentum (updated before the keys are computed) and
+    is never touched by the optimizer. Queues of K clip keys (K, D) and, with TC, series keys
+    (K, n, d) share one pointer; all three are buffers, so they live in the state_dict.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        if args.moco_k < 1:
+            raise ValueError(f"--moco-k must be positive, got {args.moco_k}")
+        if not 0.0 <= args.moco_m <= 1.0:
+            raise ValueError(f"--moco-m must lie in [0, 1], got {args.moco_m}")
+        self.queue_size = args.moco_k
+        self.momentum = args.moco_m
+        self.key_encoder = copy.deepcopy(self.encoder)
+        for parameter in self.key_encoder.parameters():
+            parameter.requires_grad_(False)
+        self.register_buffer("clip_queue", F.normalize(torch.randn(args.moco_k, args.embed_dim), dim=1))
+        if self.use_tc:
+            self.register_buffer("series_queue", F.normalize(
+                torch.randn(args.moco_k, args.n_series, args.series_dim), dim=-1))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """key ← m·key + (1 − m)·query, parameters only (the key encoder keeps its own BN statistics)."""
+        key_params = list(self.key_encoder.parameters())
+        query_params = list(self.encoder.parameters())
+        torch._foreach_mul_(key_params, self.momentum)
+        torch._foreach_add_(key_params, query_params, alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def encode_keys(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Key embeddings of clips (B, 3, T, H, W), with the batch shuffled across processes for BatchNorm.
+
+        Without the shuffle each process's BN statistics would come from the same videos as its
+        queries, which leaks the positive pair through the batch statistics (MoCo's shuffle-BN).
+        """
+        if not is_dist():
+            return self.key_encoder(clips)
+        batch, world_size, rank = clips.shape[0], get_world_size(), get_rank()
+        all_clips = all_gather_no_grad(clips)  # (N, 3, T, H, W)
+        permutation = torch.randperm(all_clips.shape[0]).to(clips.device)
+        permutation = broadcast(permutation, 0)  # every process uses rank 0's permutation
+        mine = permutation.view(world_size, batch)[rank]  # (B,) rows of the global batch for this process
+        z, series = self.key_encoder(all_clips[mine])
+        inverse = torch.argsort(permutation).view(world_size, batch)[rank]
+        z = all_gather_no_grad(z)[inverse]  # (B, D), back in this process's order
+        if series is not None:
+            series = all_gather_no_grad(series)[inverse]
+        return z, series
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor, series_keys: torch.Tensor | None) -> None:
+        """Write the global batch of keys at the pointer, overwriting the oldest ones."""
+        keys = all_gather_no_grad(keys)  # (N, D)
+        ptr = int(self.queue_ptr)
+        self.clip_queue[ptr:ptr + keys.shape[0]] = keys
+        if self.use_tc:
+            self.series_queue[ptr:ptr + keys.shape[0]] = all_gather_no_grad(series_keys)
+        self.queue_ptr[0] = (ptr + keys.shape[0]) % self.queue_size
+
+    def check_queue(self, batch: int) -> None:
+        global_batch = batch * get_world_size()
+        if self.queue_size % global_batch:
+            raise ValueError(f"--moco-k {self.queue_size} is not a multiple of the global batch {global_batch} "
+                             f"(batch size {batch} × {get_world_size()} processes); choose --moco-k as a multiple "
+                             "of it (the training loader must drop incomplete last batches)")
+
+    def forward(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.check_input(clips)
+        batch = clips.shape[0]
+        self.check_queue(batch)
+        z_q, series_q = self.encoder(clips[:, 0])  # (B, D), (B, n, d)
+        self.momentum_update()
+        z_k, series_k = self.encode_keys(clips[:, 1])
+
+        targets = torch.zeros(batch, dtype=torch.long, device=clips.device)
+        # Logits over thousands of queued keys lose digits in half precision: fp32 whatever the engine's autocast.
+        with torch.autocast(clips.device.type, enabled=False):
+            clip_logits = torch.cat([
+                (z_q * z_k).sum(dim=1, keepdim=True),  # (B, 1) positive
+                z_q @ self.clip_queue.clone().T,  # (B, K) negatives; a copy, as the queue changes before backward
+            ], dim=1) / self.temperature
+            out = {"loss_clip": F.cross_entropy(clip_logits, targets),
+                   "acc_clip": (clip_logits.detach().argmax(dim=1) == 0).float().mean()}
+
+            if self.use_tc:
+                query_mean = mean_series(F.normalize(series_q, dim=-1))  # (B, d)
+                key_mean = mean_series(F.normalize(series_k, dim=-1))  # (B, d)
+                tc_logits = torch.cat([
+                    (query_mean * key_mean).sum(dim=1, keepdim=True),  # (B, 1)
+                    query_mean @ mean_series(self.series_queue).T,  # (B, K)
+                ], dim=1) / self.tc_temperature
+                out["loss_tc"] = F.cross_entropy(tc_logits, targets)
+                out["acc_tc"] = (tc_logits.detach().argmax(dim=1) == 0).float().mean()
+
+        if self.use_sr:
+            a_prime = clips[:, 2]
+            shuffled, permutations = self.shuffle(a_prime)
+            _, series_pair = self.encoder(torch.cat([a_prime, shuffled]))  # (2B, n, d): A′ then shuffled A′
+            out.update(self.shuffle_rank(F.normalize(series_q, dim=-1), F.normalize(series_pair[:batch], dim=-1),
+                                         series_pair[batch:], permutations))
+
+        self.enqueue(z_k, F.normalize(series_k, dim=-1) if self.use_tc else None)
+        return out
