@@ -1,0 +1,168 @@
+"""Cost of one DualVar training step against its limit, the backbone passes alone. Prints one JSON line.
+
+    python bench/bench_step.py                  # CPU, --base-width 16, batch 8, 8×64×64
+    python bench/bench_step.py --device cuda --base-width 64 --batch-size 8 --num-frames 16 --size 112
+
+- ``dualvar_step_s``: one SimCLR clip-sr-tc step (forward over the 3B clips A, B, A′ and over the B
+  shuffled clips, losses, backward, SGD step), median over ``--repeats`` after ``--warmup`` steps;
+- ``backbone_only_s``: the same backbone passes (3B clips, then B clips) with a fixed random linear
+  function of the feature maps as the loss and the same SGD step on the backbone: no heads, losses or
+  shuffling — the limit;
+- ``overhead`` = dualvar_step_s / backbone_only_s (target ≤ 1.05);
+- ``simclr_step_s``: the plain two-view baseline (``--mode clip``), and ``dualvar_over_simclr``;
+- ``*_peak_mb``: on the CPU the growth of the peak resident set size (``getrusage`` max RSS) of a fresh
+  process over building the model and running two steps (one subprocess per kind, so that peaks do
+  not mask each other); on CUDA ``torch.cuda.max_memory_allocated``.
+Timed steps of the three kinds take turns in one process, so load changes on a shared machine hit
+all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from model import add_method_args, build_method  # noqa: E402 (needs the repository on sys.path)
+from model.backbones import build_backbone  # noqa: E402
+from utils.engine import autocast, weighted_loss  # noqa: E402
+
+MEASUREMENTS = ("dualvar", "backbone", "simclr")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", default="r21d", help="backbone (--net of train_ssl.py)")
+    parser.add_argument("--base-width", type=int, default=16, help="backbone width (64 = published)")
+    parser.add_argument("--batch-size", type=int, default=8, help="videos per step (B)")
+    parser.add_argument("--num-frames", type=int, default=8, help="frames per clip (T)")
+    parser.add_argument("--size", type=int, default=64, help="crop size (H = W)")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast as in training")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps of each kind; the median is reported")
+    parser.add_argument("--memory-of", choices=MEASUREMENTS, help=argparse.SUPPRESS)  # internal: one memory probe
+    return parser
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def build_step(name: str, args: argparse.Namespace):
+    """A closure running one training step of kind ``name`` (see the module docstring)."""
+    device = torch.device(args.device)
+    batch, clip_shape = args.batch_size, (3, args.num_frames, args.size, args.size)
+    if name == "backbone":
+        model = build_backbone(args.net, args.base_width)[0].to(device)
+        views = torch.randn(3 * batch, *clip_shape, device=device)  # A, B, A′
+        shuffled = torch.randn(batch, *clip_shape, device=device)
+
+        probes = {}  # fixed random weights per feature-map shape
+
+        def probe(features):
+            # Not a plain mean: BatchNorm cancels a constant gradient, leaving denormal residues that make
+            # CPU convolutions many times slower and the limit meaningless.
+            if features.shape not in probes:
+                probes[features.shape] = torch.randn(features.shape, device=device)
+            return (features.float() * probes[features.shape]).mean()
+
+        def loss_fn():
+            return probe(model(views)) + probe(model(shuffled))
+    else:
+        parser = argparse.ArgumentParser()
+        add_method_args(parser)
+        mode = "clip-sr-tc" if name == "dualvar" else "clip"
+        model = build_method(parser.parse_args(["--model", "simclr", "--mode", mode, "--net", args.net,
+                                                "--base-width", str(args.base_width)])).to(device)
+        clips = torch.randn(batch, model.num_views, *clip_shape, device=device)
+
+        def loss_fn():
+            return weighted_loss(model(clips), model.loss_weights)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    model.train()
+
+    def step() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(args.amp, device):
+            loss = loss_fn()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - tic
+    return step
+
+
+def peak_memory_mb(name: str, args: argparse.Namespace) -> float:
+    """Peak memory of building and running two steps of ``name``; call in a fresh process."""
+    rss_before = max_rss_mb()
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step = build_step(name, args)
+    step(), step()
+    return torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else max_rss_mb() - rss_before
+
+
+def step_times(args: argparse.Namespace) -> dict[str, float]:
+    """Median step time of each kind; the kinds take turns so that a change in machine load hits all alike."""
+    steps = {name: build_step(name, args) for name in MEASUREMENTS}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in MEASUREMENTS}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            times[name].append(step())
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.memory_of:
+        print(json.dumps({"peak_mb": peak_memory_mb(args.memory_of, args)}))
+        return {}
+    peaks = {}
+    for name in MEASUREMENTS:
+        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--memory-of", name], capture_output=True,
+                              text=True, cwd=REPO)
+        if done.returncode != 0:
+            sys.exit(f"bench_step: measuring the memory of the {name} step failed:\n{done.stderr}")
+        peaks[name] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+    torch.manual_seed(0)
+    times = step_times(args)
+    report = {
+        "device": args.device, "net": args.net, "base_width": args.base_width, "batch_size": args.batch_size,
+        "clip": f"{args.num_frames}x{args.size}x{args.size}", "amp": args.amp, "threads": torch.get_num_threads(),
+        "dualvar_step_s": round(times["dualvar"], 4),
+        "backbone_only_s": round(times["backbone"], 4),
+        "overhead": round(times["dualvar"] / times["backbone"], 3),
+        "simclr_step_s": round(times["simclr"], 4),
+        "dualvar_over_simclr": round(times["dualvar"] / times["simclr"], 3),
+        "dualvar_peak_mb": round(peaks["dualvar"], 1),
+        "backbone_only_peak_mb": round(peaks["backbone"], 1),
+        "simclr_peak_mb": round(peaks["simclr"], 1),
+        "memory": "torch.cuda.max_memory_allocated" if args.device == "cuda"
+        else "growth of max RSS (getrusage) over building + 2 steps, in a fresh process per step kind",
+    }
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

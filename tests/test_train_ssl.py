@@ -1,0 +1,179 @@
+"""train_ssl.py end to end on a tiny frame-folder dataset: exact resume (epoch boundary and SIGKILL
+mid-epoch), the non-finite guard, --dry-run for every method × mode."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import train_ssl
+from dataset.layout import VideoRecord, write_class_index, write_split_csv
+from model.dualvar import MODES
+from utils.checkpoint import load_checkpoint
+from utils.engine import NonFiniteLossError
+from utils.training import lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_VIDEOS = 6  # batch 2 -> 3 iterations per epoch
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """6 videos of 10 JPEG frames (36×40) in 2 classes; returns (csv dir, frame root)."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    rng = np.random.default_rng(0)
+    records = []
+    for v in range(NUM_VIDEOS):
+        label = v % 2
+        frame_dir = f"Class{label}/v_Class{label}_g{v:02d}_c01"
+        (root / "frames" / frame_dir).mkdir(parents=True)
+        for t in range(10):
+            image = rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)
+            cv2.imwrite(str(root / "frames" / frame_dir / f"image_{t + 1:05d}.jpg"), image)
+        records.append(VideoRecord(frame_dir, 10, label))
+    write_split_csv(root / "csv" / "train_split01.csv", records)
+    write_split_csv(root / "csv" / "test_split01.csv", records[:2])
+    write_class_index(root / "csv" / "ClassInd.txt", ["Class0", "Class1"])
+    return root / "csv", root / "frames"
+
+
+def cli_args(tiny_data, output_dir, *extra):
+    csv_dir, frame_root = tiny_data
+    return ["--dataset", str(csv_dir), "--frame-root", str(frame_root), "--output-dir", str(output_dir),
+            "--model", "simclr", "--mode", "clip-sr-tc", "--net", "r3d", "--base-width", "8",
+            "--num-frames", "8", "--stride", "1", "--size", "32", "--resize", "36", "40",
+            "--batch-size", "2", "--workers", "0", "--epochs", "2", "--schedule", "1", "--lr", "0.05",
+            "--seed", "5", "--log-every", "1", "--device", "cpu", *extra]
+
+
+def run(tiny_data, output_dir, *extra):
+    train_ssl.main(train_ssl.get_args_parser().parse_args(cli_args(tiny_data, output_dir, *extra)))
+
+
+def final_weights(output_dir):
+    ckpt = load_checkpoint(Path(output_dir) / "checkpoint.pth")
+    assert (ckpt["epoch"], ckpt["iteration"], ckpt["global_step"]) == (2, 0, 2 * NUM_VIDEOS // 2)
+    return ckpt["model"]
+
+
+def logged_losses(output_dir):
+    lines = [json.loads(line) for line in (Path(output_dir) / "log.jsonl").read_text().splitlines()]
+    return [(line["kind"], line["step"], line["loss"]) for line in lines]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("uninterrupted")
+    run(tiny_data, output_dir)
+    return output_dir
+
+
+def test_uninterrupted_run_writes_logs_and_checkpoints(uninterrupted):
+    names = {p.name for p in uninterrupted.iterdir()}
+    assert {"checkpoint.pth", "config.json", "log.jsonl", "tensorboard"} <= names
+    lines = [json.loads(line) for line in (uninterrupted / "log.jsonl").read_text().splitlines()]
+    iters = [line for line in lines if line["kind"] == "iter"]
+    assert len(iters) == 6 and all(np.isfinite(line["loss"]) for line in iters)
+    assert {"loss_clip", "loss_sr", "loss_tc", "acc_rank", "lr", "samples_per_s"} <= set(iters[0])
+    assert [line["lr"] for line in iters] == pytest.approx([0.05] * 3 + [0.005] * 3)  # --schedule 1
+    assert [line["epoch"] for line in lines if line["kind"] == "epoch"] == [0, 1]
+    config = json.loads((uninterrupted / "config.json").read_text())
+    assert config["config"]["resolved"]["loss_weights"] == {"loss_clip": 1.0, "loss_sr": 1.0, "loss_tc": 1.0}
+
+
+def test_resume_at_epoch_boundary_reaches_the_same_weights(tiny_data, uninterrupted, tmp_path):
+    run(tiny_data, tmp_path, "--epochs", "1", "--save-freq", "1")
+    assert load_checkpoint(tmp_path / "epoch000.pth")["epoch"] == 1
+    run(tiny_data, tmp_path)  # --resume auto is the default
+    assert_same_weights(final_weights(tmp_path), final_weights(uninterrupted))
+
+
+def test_resume_after_sigkill_mid_epoch_reaches_the_same_weights(tiny_data, uninterrupted, tmp_path):
+    # The child sleeps in every step so that the kill lands mid-epoch; nothing else is patched.
+    child = textwrap.dedent(f"""
+        import sys, time
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "process_data" / "src")!r}]
+        import train_ssl
+        forward = train_ssl.ssl_forward
+        train_ssl.ssl_forward = lambda *a: (time.sleep(0.5), forward(*a))[1]
+        train_ssl.main(train_ssl.get_args_parser().parse_args(sys.argv[1:]))
+    """)
+    args = cli_args(tiny_data, tmp_path, "--save-every-iters", "1")
+    process = subprocess.Popen([sys.executable, "-c", child, *args], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint, killed_at = tmp_path / "checkpoint.pth", None
+    deadline = time.monotonic() + 120
+    try:
+        while killed_at is None and time.monotonic() < deadline and process.poll() is None:
+            if checkpoint.is_file():
+                ckpt = load_checkpoint(checkpoint)
+                if ckpt["iteration"] > 0:
+                    os.kill(process.pid, signal.SIGKILL)
+                    killed_at = (ckpt["epoch"], ckpt["iteration"])
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        stderr = process.communicate()[1].decode()
+    assert killed_at is not None, f"no mid-epoch checkpoint appeared; child stderr:\n{stderr}"
+    assert load_checkpoint(checkpoint)["epoch"] < 2  # the kill left work to do
+
+    run(tiny_data, tmp_path, "--workers", "1")  # a different worker count must not matter
+    assert_same_weights(final_weights(tmp_path), final_weights(uninterrupted))
+    # every step logged once, with the losses of the uninterrupted run (epoch means of the resumed
+    # epoch cover only its resumed part, so compare the iterations)
+    resumed, reference = logged_losses(tmp_path), logged_losses(uninterrupted)
+    assert [line[:2] for line in resumed] == [line[:2] for line in reference]
+    assert [line[2] for line in resumed if line[0] == "iter"] == pytest.approx(
+        [line[2] for line in reference if line[0] == "iter"], rel=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
+    run(tiny_data, tmp_path, "--epochs", "1", "--max-iters-per-epoch", "1")
+    before = (tmp_path / "checkpoint.pth").read_bytes()
+    with (pytest.raises(NonFiniteLossError, match=r"epoch 1, iteration 0 .*loss=inf.*loss_tc=[0-9.]+"
+                                                  r".*last good checkpoint: .*checkpoint.pth"),
+          pytest.warns(UserWarning, match=r"changed configuration \(tc_loss_weight: 1.0 -> inf\)")):
+        run(tiny_data, tmp_path, "--max-iters-per-epoch", "1", "--tc-loss-weight", "inf")
+    assert (tmp_path / "checkpoint.pth").read_bytes() == before
+
+
+def test_fp16_on_cpu_is_refused(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
+        run(tiny_data, tmp_path, "--amp", "fp16")
+
+
+def test_lr_factor_warms_up_then_decays_at_the_schedule():
+    args = train_ssl.get_args_parser().parse_args(["--warmup-epochs", "2", "--schedule", "3", "4", "--lr-gamma", "0.1"])
+    assert [lr_factor(e, args) for e in range(5)] == pytest.approx([0.5, 1, 1, 0.1, 0.01])
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+@pytest.mark.parametrize("mode", MODES)
+def test_dry_run_prints_the_configuration_without_touching_data(method, mode, tmp_path, capsys):
+    args = train_ssl.get_args_parser().parse_args([
+        "--dry-run", "--dataset", str(tmp_path / "no_such_dataset"), "--output-dir", str(tmp_path / "out"),
+        "--model", method, "--mode", mode, "--base-width", "8"])
+    train_ssl.main(args)
+    config = json.loads(capsys.readouterr().out)
+    assert (config["model"], config["mode"]) == (method, mode)
+    resolved = config["resolved"]
+    expected_terms = {"loss_clip"} | {f"loss_{t}" for t in ("sr", "tc") if t in mode.split("-")}
+    assert set(resolved["loss_weights"]) == expected_terms
+    assert resolved["num_views"] == (3 if "sr" in mode else 2)
+    assert resolved["sampler"] == ("dualvar" if "sr" in mode else "two_view")
+    assert not (tmp_path / "out").exists()

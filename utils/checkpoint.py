@@ -1,0 +1,206 @@
+"""Training checkpoints that resume exactly, written atomically and loadable with ``weights_only=True``.
+
+A checkpoint records the position of the *next* iteration to run: ``epoch`` (0-based) and
+``iteration`` (batches of that epoch already done). The one written at the end of epoch e therefore
+holds ``epoch = e + 1, iteration = 0``; ``epochNNN.pth`` copies are named after the finished epoch e
+(``epoch189.pth`` = the state after the 190th epoch, as in the published recipe). Keys:
+``model`` (state dict of the unwrapped module), ``optimizer``, ``scheduler``, ``scaler``, ``epoch``,
+``iteration``, ``global_step``, ``config`` (plain dict) and ``rng`` (one entry per process).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from utils.distributed import get_rank, get_world_size, is_dist, is_main_process
+
+CHECKPOINT_NAME = "checkpoint.pth"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; the message names the file and the fix."""
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def get_rng_state() -> dict:
+    """Every RNG state of this process, as tensors and plain values that ``weights_only`` accepts."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda_states = state["cuda"]
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            warnings.warn(f"the checkpoint holds CUDA RNG states for {len(cuda_states)} devices but "
+                          f"{torch.cuda.device_count()} are visible; CUDA random streams are not restored")
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
+
+
+def gather_rng_states() -> list[dict]:
+    """The RNG states of all processes, in rank order (a collective: every rank must call it)."""
+    state = get_rng_state()
+    if not is_dist():
+        return [state]
+    states: list = [None] * get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Write ``state`` to ``path`` atomically: a crash at any moment leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint on the CPU with ``weights_only=True``; errors name the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: check the path given to --resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several unrelated types for truncated or foreign files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {reason}); it is truncated, "
+                           "corrupt or not a checkpoint of this project: delete it or pass --resume none") from e
+
+
+def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
+    """``auto``: OUTPUT_DIR/checkpoint.pth when it exists, else a fresh start; ``none``: a fresh start;
+    anything else: a checkpoint path that must exist."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        latest = Path(output_dir) / CHECKPOINT_NAME
+        return latest if latest.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint file (use 'auto' to restart from "
+                                f"{Path(output_dir) / CHECKPOINT_NAME} when present, or 'none')")
+    return path
+
+
+@dataclass
+class ResumePoint:
+    epoch: int = 0
+    iteration: int = 0
+    global_step: int = 0
+    path: Path | None = None
+
+
+class Checkpointer:
+    """Saves and restores everything a run needs to continue bit-exactly.
+
+    ``save`` is a collective (it gathers every rank's RNG state); only rank 0 writes.
+    """
+
+    # flags that may change between a run and its resumption without a warning
+    RESUMABLE_CHANGES = frozenset({"resume", "output_dir", "epochs", "dry_run", "log_every", "save_freq",
+                                   "save_every_iters", "workers", "local_rank", "data_root", "frame_root", "csv_dir",
+                                   "resolved"})
+    REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "iteration", "global_step", "rng")
+
+    def __init__(self, output_dir, model, optimizer, scheduler=None, scaler=None, config: dict | None = None):
+        self.output_dir = Path(output_dir)
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.config = config or {}
+
+    @property
+    def latest_path(self) -> Path:
+        return self.output_dir / CHECKPOINT_NAME
+
+    def state(self, epoch: int, iteration: int, global_step: int) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "epoch": epoch,
+            "iteration": iteration,
+            "global_step": global_step,
+            "config": self.config,
+            "rng": gather_rng_states(),
+        }
+
+    def save(self, epoch: int, iteration: int, global_step: int, copy_name: str | None = None) -> None:
+        """Write OUTPUT_DIR/checkpoint.pth, and OUTPUT_DIR/``copy_name`` too when given."""
+        state = self.state(epoch, iteration, global_step)
+        if is_main_process():
+            save_checkpoint(state, self.latest_path)
+            if copy_name:
+                save_checkpoint(state, self.output_dir / copy_name)
+
+    def resume(self, resume: str) -> ResumePoint:
+        """Restore model, optimizer, scheduler, scaler and this rank's RNG states per ``--resume``."""
+        path = resolve_resume(resume, self.output_dir)
+        if path is None:
+            return ResumePoint()
+        ckpt = load_checkpoint(path)
+        missing = [key for key in self.REQUIRED_KEYS if key not in ckpt]
+        if missing:
+            raise CheckpointError(f"{path} lacks {', '.join(missing)}: it is not a training checkpoint of this "
+                                  "project and cannot be resumed (to start from its weights, use the script's "
+                                  "weight-loading option instead of --resume)")
+        try:
+            unwrap(self.model).load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {path} does not fit this model (was it written with other "
+                                  f"--model/--mode/--net/--base-width flags?): {e}") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt["scheduler"]:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self._warn_config_changes(path, ckpt.get("config", {}))
+        rng = ckpt["rng"]
+        if len(rng) == get_world_size():
+            set_rng_state(rng[get_rank()])
+        else:
+            warnings.warn(f"{path} was written by {len(rng)} processes, this run has {get_world_size()}: "
+                          "random streams are not restored and the data are sharded differently, so the run "
+                          "continues but does not replay the uninterrupted one exactly")
+        return ResumePoint(ckpt["epoch"], ckpt["iteration"], ckpt["global_step"], path)
+
+    def _warn_config_changes(self, path: Path, saved: dict) -> None:
+        changed = sorted(k for k in set(saved) | set(self.config)
+                         if k not in self.RESUMABLE_CHANGES and saved.get(k) != self.config.get(k))
+        if changed and is_main_process():
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {self.config.get(k)!r}" for k in changed)
+            warnings.warn(f"resuming from {path} with a changed configuration ({details})")
