@@ -7,7 +7,8 @@ no DataLoader workers. Three figures on the same frames and the same sampled ind
   fastest available decoder, the physical limit of the pipeline;
 - ``pil_samples_per_s``: a straightforward per-frame PIL pipeline (PIL open, PIL resize and crop,
   per-frame jitter and blur, to tensor, normalise; A's images reused for A').
-Targets: samples_per_s >= 0.5 x decode-only and >= 5 x PIL.
+Targets: samples_per_s >= 0.5 x decode-only and >= 5 x PIL. The machine may be shared: run it a few
+times (or pinned with ``taskset -c N``) and read the spread.
 
 Frames come from the demo generator (make_demo_data.py + extract_frame.py, run here unless
 ``--frames-dir`` points at existing frame folders).
@@ -24,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torchvision.transforms.functional as TVF
@@ -115,7 +117,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=150, help="samples timed per pipeline")
     parser.add_argument("--pil-samples", type=int, default=30, help="samples timed for the slow PIL pipeline")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1 = what each DataLoader worker gets)")
+                        help="torch intra-op threads (1 = what each DataLoader worker gets; OpenCV always uses 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -155,6 +157,7 @@ def main() -> None:
     print(json.dumps({
         "bench": "data_dualvar_sample", "views": 3, "clip_len": CLIP_LEN, "stride": STRIDE, "size": SIZE,
         "frame_hw": list(frame_hw), "videos": len(records), "torch_threads": args.threads,
+        "cv2_threads": cv2.getNumThreads(),
         "decoder": vd.DEFAULT_DECODER, "samples_per_s": round(samples_per_s, 2),
         "decode_only_samples_per_s": round(decode_rates[fastest], 2), "decode_only_decoder": fastest,
         "ratio_to_decode_only": round(samples_per_s / decode_rates[fastest], 3),

@@ -23,7 +23,6 @@ on the whole clip where frames cannot bleed into each other), for speed:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import cv2
@@ -49,24 +48,26 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # jitter op ids, in torchvisio
 # of [0, 1] values, they only cost time (all of them for sigma < 0.16).
 _NEGLIGIBLE_TAP = 1e-8
 
-_cv2_threads_pid = None
-
-
-def _match_cv2_threads() -> None:
-    """Give OpenCV as many threads as torch has (1 in a DataLoader worker), once per process,
-    so that workers do not each start a thread per core."""
-    global _cv2_threads_pid
-    if _cv2_threads_pid != os.getpid():
-        _cv2_threads_pid = os.getpid()
-        cv2.setNumThreads(torch.get_num_threads())
+# The per-clip images are too small for OpenCV's thread pool to pay off, and changing the pool size
+# inside a forked DataLoader worker deadlocks on the parent's pool state: fix it once, at import,
+# in the parent.
+cv2.setNumThreads(1)
 
 
 # ---------------------------------------------------------------- colour maps
 # A colour map is an affine map of RGB, float64 (T, 3, 4): [M | o] per frame, out = M @ rgb + o.
 # ``factor`` is a float or a (T,) array (one factor per frame).
 
+def _flat(x: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) -> (T * H, W, 3), a view: pixelwise OpenCV ops see the clip as one tall image."""
+    if not x.flags.c_contiguous:
+        raise ValueError("the colour ops take a C-contiguous (T, H, W, 3) float32 clip")
+    return x.reshape(-1, x.shape[-2], 3)
+
+
 def _frame_factors(factor, frames: int) -> np.ndarray:
-    return np.broadcast_to(np.asarray(factor, dtype=np.float64), (frames,))
+    factor = np.asarray(factor, dtype=np.float64).reshape(-1)
+    return factor if len(factor) == frames else np.full(frames, factor[0])
 
 
 def _scaled_identity(f: np.ndarray) -> np.ndarray:
@@ -104,21 +105,41 @@ def compose(outer: np.ndarray, inner: np.ndarray | None) -> np.ndarray:
     return composed
 
 
+def _split_offsets(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(shared 3x4 map, per-frame offsets (T, 3) added after it, or None) when all frames share the
+    3x3 part (as with per-clip factors: contrast differs per frame by an offset only); else None."""
+    if (maps[:, :, :3] != maps[:1, :, :3]).any():
+        return None
+    residual = maps[:, :, 3] - maps[0, :, 3]  # (T, 3)
+    return maps[0], (residual if residual.any() else None)
+
+
 def apply_map(x: np.ndarray, maps: np.ndarray) -> np.ndarray:
-    """Apply colour maps in place to a float32 clip ``x`` (T, H, W, 3); one call when all frames share one."""
-    maps = maps.astype(np.float32)
-    if (maps == maps[:1]).all():
-        flat = x.reshape(-1, x.shape[-2], 3)  # (T * H, W, 3): a pixelwise op may see one tall image
-        cv2.transform(flat, maps[0], dst=flat)
-    else:
-        for frame, frame_map in zip(x, maps):
+    """Apply colour maps in place to a float32 clip ``x`` (T, H, W, 3).
+
+    One OpenCV call on the whole clip when the frames share the 3x3 part, plus one NumPy call for
+    per-frame offsets (equal on all channels after brightness, contrast and saturation); else per frame.
+    """
+    split = _split_offsets(maps)
+    if split is None:
+        for frame, frame_map in zip(x, maps.astype(np.float32)):
             cv2.transform(frame, frame_map, dst=frame)
+        return x
+    shared, offsets = split
+    flat = _flat(x)
+    cv2.transform(flat, shared.astype(np.float32), dst=flat)
+    if offsets is not None:
+        if (offsets == offsets[:, :1]).all():
+            x.reshape(len(x), -1)[...] += offsets[:, :1].astype(np.float32)  # (T, H * W * 3) + (T, 1)
+        else:
+            for frame, frame_offsets in zip(x, offsets):
+                cv2.add(frame, (*map(float, frame_offsets), 0.0), dst=frame)
     return x
 
 
 def clamp(x: np.ndarray, lower: bool = True) -> np.ndarray:
     """Clamp in place to [0, 1] (to <= 1 only when ``lower`` is False)."""
-    flat = x.reshape(-1, x.shape[-2], 3)
+    flat = _flat(x)
     cv2.threshold(flat, 1.0, 1.0, cv2.THRESH_TRUNC, dst=flat)
     if lower:
         cv2.threshold(flat, 0.0, 0.0, cv2.THRESH_TOZERO, dst=flat)
@@ -145,7 +166,7 @@ def adjust_saturation(x: np.ndarray, factor) -> np.ndarray:
 
 def adjust_hue(x: np.ndarray, shift) -> np.ndarray:
     """Rotate the HSV hue by ``shift`` (in turns, [-0.5, 0.5]); value and saturation are kept."""
-    flat = x.reshape(-1, x.shape[-2], 3)  # (T * H, W, 3)
+    flat = _flat(x)
     hsv = cv2.cvtColor(flat, cv2.COLOR_RGB2HSV)  # float32: H in degrees [0, 360), S and V in [0, 1]
     # HSV->RGB wraps hues in [0, 720) but not negative ones, hence the shift taken modulo one turn
     degrees = 360.0 * np.remainder(_frame_factors(shift, len(x)), 1.0)
@@ -168,17 +189,21 @@ def gaussian_kernel(sigma: float, kernel_size: int) -> np.ndarray:
     return kernel[drop:kernel_size - drop]
 
 
-def gaussian_blur(x: np.ndarray, sigma: float, kernel_size: int) -> np.ndarray:
+def gaussian_blur(x: np.ndarray, sigma: float, kernel_size: int, out: np.ndarray | None = None) -> np.ndarray:
     """Gaussian blur of each frame of a float32 (T, H, W, 3) clip with reflect padding (torchvision's
-    kernel and border); returns a new array."""
+    kernel and border); into ``out`` (may be ``x``) when given."""
     kernel = gaussian_kernel(sigma, kernel_size)
-    blurred = np.empty_like(x)
+    if out is None:
+        out = np.empty(x.shape, np.float32)
     if len(kernel) == 1:  # sigma so small that every neighbour weighs below float precision
-        np.copyto(blurred, x)
-        return blurred
-    for frame, frame_out in zip(x, blurred):  # per frame: the blur must not cross frame borders
-        cv2.sepFilter2D(frame, -1, kernel, kernel, dst=frame_out, borderType=cv2.BORDER_REFLECT_101)
-    return blurred
+        np.copyto(out, x)
+        return out
+    rows = np.empty(x.shape, np.float32)
+    # horizontal pass in one call (rows never cross frames), vertical pass frame by frame
+    cv2.filter2D(_flat(x), -1, kernel.reshape(1, -1), dst=_flat(rows), borderType=cv2.BORDER_REFLECT_101)
+    for frame, frame_out in zip(rows, out):
+        cv2.filter2D(frame, -1, kernel.reshape(-1, 1), dst=frame_out, borderType=cv2.BORDER_REFLECT_101)
+    return out
 
 
 # ---------------------------------------------------------------- the clip transform
@@ -224,6 +249,9 @@ class ClipTransform:
         # output = scale * x + offset per channel, x in [0, 1]
         self._scale = 1 / std if self.normalize else np.ones(3)
         self._offset = -mean / std if self.normalize else np.zeros(3)
+        self._normalise_map = np.zeros((1, 3, 4))  # (1, 3, 4)
+        self._normalise_map[0, [0, 1, 2], [0, 1, 2]] = self._scale
+        self._normalise_map[0, :, 3] = self._offset
 
     @property
     def resize_hw(self) -> tuple[int, int]:
@@ -252,7 +280,8 @@ class ClipTransform:
         return params
 
     def crop(self, frames: np.ndarray, top: int, left: int, flip: bool = False) -> np.ndarray:
-        """uint8 (T, H, W, 3) -> new uint8 (T, size, size, 3): resize to resize_hw, crop at (top, left).
+        """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3), possibly a strided view: resize to resize_hw,
+        crop at (top, left), flip left-right when ``flip``.
 
         When the frames already have the resize target's shape this is a plain crop. Otherwise only
         the source region that maps onto the crop is resized (area averaging when shrinking), which
@@ -262,7 +291,7 @@ class ClipTransform:
         rh, rw = self.resize_hw
         step = -1 if flip else 1
         if (h, w) == (rh, rw):
-            return np.ascontiguousarray(frames[:, top:top + self.size, left:left + self.size][:, :, ::step])
+            return frames[:, top:top + self.size, left:left + self.size, :][:, :, ::step]  # a view
         sy, sx = h / rh, w / rw
         y0, x0 = round(top * sy), round(left * sx)
         y1, x1 = max(round((top + self.size) * sy), y0 + 1), max(round((left + self.size) * sx), x0 + 1)
@@ -271,7 +300,7 @@ class ClipTransform:
         for frame, frame_out in zip(frames, cropped):
             cv2.resize(np.ascontiguousarray(frame[y0:y1, x0:x1]), (self.size, self.size), dst=frame_out,
                        interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        return cropped[:, :, ::step].copy() if flip else cropped
+        return cropped[:, :, ::step]
 
     def __call__(self, frames: torch.Tensor, rng: np.random.Generator,
                  out: torch.Tensor | None = None) -> torch.Tensor:
@@ -279,7 +308,6 @@ class ClipTransform:
         return self.apply(frames, self.draw(rng, frames.shape[0]), out)
 
     def apply(self, frames: torch.Tensor, params: ViewParams, out: torch.Tensor | None = None) -> torch.Tensor:
-        _match_cv2_threads()
         t = frames.shape[0]
         direct = out is not None and out.device.type == "cpu" and out.dtype == torch.float32 \
             and out.is_contiguous() and out.shape == (3, t, self.size, self.size)
@@ -289,24 +317,36 @@ class ClipTransform:
         clip = self.crop(frames.permute(0, 2, 3, 1).numpy(), params.top, params.left, params.flip)
 
         if not params.jitter_order and params.blur_sigma is None:  # uint8 straight to the output
+            clip = np.ascontiguousarray(clip).reshape(-1, self.size, 3)  # (T * S, S, 3)
             for channel, (plane, scale, offset) in enumerate(zip(planes, self._scale, self._offset)):
-                uint8_plane = cv2.extractChannel(clip.reshape(-1, self.size, 3), channel)
+                uint8_plane = cv2.extractChannel(clip, channel)
                 cv2.addWeighted(uint8_plane, scale / 255, uint8_plane, 0, offset, dst=plane, dtype=cv2.CV_32F)
         else:
-            x = np.multiply(clip, np.float32(1 / 255), dtype=np.float32)  # (T, S, S, 3) in [0, 1]
+            x = np.empty(clip.shape, np.float32)  # (T, S, S, 3) in [0, 1], C order whatever the input's
+            np.multiply(clip, np.float32(1 / 255), out=x)
             pending = self._jitter(x, params)
-            if params.blur_sigma is not None:
-                x = gaussian_blur(x, params.blur_sigma, self.blur_kernel)
-            normalise = np.zeros((1, 3, 4))
-            normalise[0, [0, 1, 2], [0, 1, 2]] = self._scale
-            normalise[0, :, 3] = self._offset
-            apply_map(x, compose(normalise, pending))
-            flat = x.reshape(-1, self.size, 3)
-            for channel, plane in enumerate(planes):
-                cv2.extractChannel(flat, channel, dst=plane)
+            if params.blur_sigma is not None:  # commutes with the pending map (affine; the weights sum to 1)
+                x = gaussian_blur(x, params.blur_sigma, self.blur_kernel, out=x)
+            self._write_planes(x, compose(self._normalise_map, pending), planes)
         if out is not None and not direct:
             return out.copy_(result)
         return result
+
+    @staticmethod
+    def _write_planes(x: np.ndarray, maps: np.ndarray, planes: np.ndarray) -> None:
+        """Apply colour maps (T or 1, 3, 4) to float32 (T, S, S, 3) ``x`` and write the channels to
+        ``planes`` (3, T * S, S): one pass per channel (a 1x4 map row yields one channel)."""
+        split = _split_offsets(maps)
+        if split is None:  # per-frame maps (per-frame jitter): apply them first, in place
+            apply_map(x, maps)
+            split = _scaled_identity(np.ones(1))[0], None
+        shared, offsets = split
+        shared = shared.astype(np.float32)
+        flat = _flat(x)
+        for channel, plane in enumerate(planes):
+            cv2.transform(flat, shared[channel:channel + 1], dst=plane)
+            if offsets is not None:
+                plane.reshape(len(x), -1)[...] += offsets[:, channel:channel + 1].astype(np.float32)
 
     @staticmethod
     def _jitter(x: np.ndarray, params: ViewParams) -> np.ndarray | None:
