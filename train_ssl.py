@@ -25,7 +25,8 @@ from utils.distributed import add_distributed_args, cleanup, get_rank, get_world
 from utils.engine import (NonFiniteLossError, check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler,
                           train_one_epoch)
 from utils.logging import RunLogger, config_to_dict
-from utils.training import build_optimizer, build_scheduler, seed_everything
+from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
+                            seed_everything)
 
 # the clip sampler of the dataset for each number of views a method asks for
 SAMPLER_FOR_VIEWS = {3: "dualvar", 2: "two_view"}
@@ -34,44 +35,16 @@ SAMPLER_FOR_VIEWS = {3: "dualvar", 2: "two_view"}
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Self-supervised video pretraining (DualVar on SimCLR / MoCo)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, default=200, help="number of epochs (published: 200)")
-    group.add_argument("--batch-size", type=int, default=8,
-                       help="clips per process; the global batch is this × processes (published: 8 × 8 GPUs)")
-    group.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="sgd is the published one")
-    group.add_argument("--lr", type=float, default=0.003,
-                       help="base learning rate, not rescaled with the batch size (published: 0.003 for 64)")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    group.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay on all parameters")
-    group.add_argument("--schedule", type=int, nargs="*", default=[120, 160],
-                       help="epochs at which the learning rate is multiplied by --lr-gamma")
-    group.add_argument("--lr-gamma", type=float, default=0.1, help="factor applied at each --schedule epoch")
-    group.add_argument("--warmup-epochs", type=int, default=0,
-                       help="linear warm-up of the learning rate over this many epochs")
-    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                       help="mixed precision: bf16 (CPU or recent GPUs; ~2x faster on CPU) or fp16 (CUDA only, "
-                            "with loss scaling); losses are computed in fp32")
-    group.add_argument("--seed", type=int, default=0,
-                       help="seeds the model, the data order and every augmentation (same seed = same run)")
+    group = add_training_args(
+        parser, title="training", epochs=200, batch_size=8, lr=0.003, weight_decay=1e-4, schedule=[120, 160],
+        output_dir="runs/pretrain",
+        published={"epochs": "200", "batch_size": "8 × 8 GPUs", "lr": "0.003 for a global batch of 64",
+                   "weight_decay": "1e-4", "schedule": "120 160"})
     group.add_argument("--sync-bn", action="store_true",
                        help="synchronise BatchNorm statistics across processes (CUDA only)")
-    group.add_argument("--output-dir", default="runs/pretrain",
-                       help="checkpoints, config.json, log.jsonl and tensorboard events go here")
-    group.add_argument("--resume", default="auto",
-                       help="auto: continue from OUTPUT_DIR/checkpoint.pth when it exists; a checkpoint path; "
-                            "or none to start afresh (overwriting OUTPUT_DIR/checkpoint.pth)")
     group.add_argument("--save-freq", type=int, default=10,
                        help="also keep OUTPUT_DIR/epochNNN.pth every this many epochs (NNN = 0-based epoch "
                             "just finished); 0 disables")
-    group.add_argument("--save-every-iters", type=int, default=0,
-                       help="also write OUTPUT_DIR/checkpoint.pth every this many iterations (0: only at epoch "
-                            "ends); useful on preemptible machines")
-    group.add_argument("--max-iters-per-epoch", type=int, default=0,
-                       help="cut every epoch after this many iterations (0: full epochs); for smoke runs")
-    group.add_argument("--log-every", type=int, default=10,
-                       help="write per-iteration values to log.jsonl and tensorboard every this many iterations")
-    group.add_argument("--dry-run", action="store_true",
-                       help="print the resolved configuration as JSON and exit without reading data")
     add_data_args(parser)
     add_method_args(parser)
     add_distributed_args(parser)
@@ -79,14 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for flag in ("epochs", "batch_size", "warmup_epochs", "save_freq", "save_every_iters", "max_iters_per_epoch"):
-        minimum = 1 if flag in ("epochs", "batch_size") else 0
-        if getattr(args, flag) < minimum:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {getattr(args, flag)}")
-    if args.log_every < 1:
-        raise ValueError(f"--log-every must be at least 1, got {args.log_every}")
-    if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+    check_training_args(args, {"save_freq": 0})
 
 
 def resolved_config(args: argparse.Namespace, method: torch.nn.Module) -> dict:

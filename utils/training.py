@@ -32,3 +32,59 @@ def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.o
 def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace):
     """Per-epoch LambdaLR implementing `lr_factor`; its state is part of every checkpoint."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, args))
+
+
+def add_training_args(parser: argparse.ArgumentParser, *, title: str, epochs: int, batch_size: int, lr: float,
+                      weight_decay: float, schedule: list[int], output_dir: str, published: dict[str, str]):
+    """The optimisation, AMP, output and resume flags every training script shares; returns the group so
+    that a script adds its own flags beside them. ``published`` maps a flag's dest to the published
+    setting, shown in its help text."""
+    def note(dest: str) -> str:
+        return f" (published: {published[dest]})" if dest in published else ""
+
+    group = parser.add_argument_group(title)
+    group.add_argument("--epochs", type=int, default=epochs, help="number of epochs" + note("epochs"))
+    group.add_argument("--batch-size", type=int, default=batch_size,
+                       help="clips per process; the global batch is this × processes" + note("batch_size"))
+    group.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="sgd is the published one")
+    group.add_argument("--lr", type=float, default=lr,
+                       help="learning rate, not rescaled with the batch size" + note("lr"))
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    group.add_argument("--weight-decay", type=float, default=weight_decay,
+                       help="weight decay on all trainable parameters" + note("weight_decay"))
+    group.add_argument("--schedule", type=int, nargs="*", default=schedule,
+                       help="epochs at which the learning rate is multiplied by --lr-gamma" + note("schedule"))
+    group.add_argument("--lr-gamma", type=float, default=0.1, help="factor applied at each --schedule epoch")
+    group.add_argument("--warmup-epochs", type=int, default=0,
+                       help="linear warm-up of the learning rate over this many epochs")
+    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                       help="mixed precision: bf16 (GPUs, and CPUs with AVX512-BF16/AMX; slower than fp32 on "
+                            "other CPUs) or fp16 (CUDA only, with loss scaling); losses are computed in fp32")
+    group.add_argument("--seed", type=int, default=0,
+                       help="seeds the model, the data order and every augmentation (same seed = same run)")
+    group.add_argument("--output-dir", default=output_dir,
+                       help="checkpoints, config.json, log.jsonl, tensorboard events and results go here")
+    group.add_argument("--resume", default="auto",
+                       help="auto: continue from OUTPUT_DIR/checkpoint.pth when it exists; a checkpoint path; "
+                            "or none to start afresh (overwriting OUTPUT_DIR/checkpoint.pth)")
+    group.add_argument("--save-every-iters", type=int, default=0,
+                       help="also write OUTPUT_DIR/checkpoint.pth every this many iterations (0: only at epoch "
+                            "ends); useful on preemptible machines")
+    group.add_argument("--max-iters-per-epoch", type=int, default=0,
+                       help="cut every epoch after this many iterations (0: full epochs); for smoke runs")
+    group.add_argument("--log-every", type=int, default=10,
+                       help="write per-iteration values to log.jsonl and tensorboard every this many iterations")
+    group.add_argument("--dry-run", action="store_true",
+                       help="print the resolved configuration as JSON and exit without reading data")
+    return group
+
+
+def check_training_args(args: argparse.Namespace, minimums: dict[str, int] | None = None) -> None:
+    """Range checks of the add_training_args flags (and of the script's own integer flags in ``minimums``)."""
+    minimums = {"epochs": 1, "batch_size": 1, "warmup_epochs": 0, "save_every_iters": 0, "max_iters_per_epoch": 0,
+                "log_every": 1, **(minimums or {})}
+    for flag, minimum in minimums.items():
+        if getattr(args, flag) < minimum:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {getattr(args, flag)}")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")

@@ -1,0 +1,231 @@
+"""Supervised finetuning or linear probing of a pretrained backbone (METHOD.md §7).
+
+    python finetune.py --dataset ucf101 --pretrain runs/dualvar_ucf101/epoch189.pth --output-dir runs/ft_ucf101
+    python finetune.py ... --train-what last          # linear probe: frozen backbone
+    python finetune.py ... --pretrain none            # random-initialisation baseline
+    torchrun --nproc_per_node 4 finetune.py ...       # multi-process
+
+Trains on the train split minus the hold-out (seed 666) and validates on the hold-out after every
+--val-freq epochs with the test protocol (10 clips per video, centre crop, mean softmax). Writes
+OUTPUT_DIR/checkpoint.pth (exact resume with --resume auto), OUTPUT_DIR/best.pth (best validation
+top-1; pass it to test.py) and OUTPUT_DIR/finetune_results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from dataset.layout import LayoutError
+from dataset.video_dataset import add_data_args, build_dataset
+from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
+                              check_modality, classification_loss, load_backbone, prepare_input, read_checkpoint,
+                              resolve_backbone_args, snapshot)
+from utils.checkpoint import CheckpointError, Checkpointer, load_checkpoint
+from utils.distributed import (add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist,
+                               is_main_process)
+from utils.engine import (NonFiniteLossError, check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler,
+                          train_one_epoch)
+from utils.evaluation import classification_report, classify_videos, dataset_labels
+from utils.logging import RunLogger, config_to_dict
+from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
+                            seed_everything)
+
+LOSS_WEIGHTS = {"loss_ce": 1.0}
+BEST_NAME = "best.pth"
+RESULTS_NAME = "finetune_results.json"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Finetune or linear-probe a pretrained video backbone",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group = add_training_args(
+        parser, title="finetuning", epochs=100, batch_size=16, lr=0.05, weight_decay=1e-3, schedule=[30, 60, 80],
+        output_dir="runs/finetune",
+        published={"epochs": "100 from UCF101 pretraining, 150 from K400", "batch_size": "16", "lr": "0.05",
+                   "weight_decay": "1e-3", "schedule": "30 60 80 from UCF101 pretraining, 50 100 from K400"})
+    group.add_argument("--pretrain", required=True,
+                       help="checkpoint whose backbone initialises the network (train_ssl.py's checkpoint.pth or "
+                            "epochNNN.pth, or a finetune.py checkpoint), or 'none' for random initialisation")
+    group.add_argument("--train-what", default="ft", choices=["ft", "last"],
+                       help="ft: train every layer; last: linear probe (backbone frozen, in eval mode, checked "
+                            "unchanged after training)")
+    group.add_argument("--modality", default="rgb", choices=MODALITIES,
+                       help="network input: rgb, or res = raw residual x_t - x_{t-1} of the normalised clip "
+                            "(IIC's finetuning input); u/v (optical flow) arrive with IIC")
+    group.add_argument("--dropout", type=float, default=0.0, help="dropout before the linear layer (0: none)")
+    group.add_argument("--val-freq", type=int, default=1,
+                       help="validate on the hold-out every this many epochs (and after the last); 0: never")
+    group.add_argument("--eval-batch-size", type=int, default=4,
+                       help="videos per validation batch (each is 10 clips)")
+    add_backbone_args(parser)
+    add_data_args(parser)
+    parser.set_defaults(stride=2)  # METHOD.md §2: finetuning and testing sample at stride 2
+    add_distributed_args(parser)
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    check_training_args(args, {"eval_batch_size": 1, "val_freq": 0})
+    if not 0 <= args.dropout < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    check_modality(args.modality)
+
+
+class FinetuneCheckpointer(Checkpointer):
+    """A Checkpointer whose checkpoints also record the best validation result so far, so that a
+    resumed run keeps choosing best.pth against the right record."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.best = {"val_top1": float("-inf"), "epoch": -1}
+
+    def state(self, epoch: int, iteration: int, global_step: int) -> dict:
+        return {**super().state(epoch, iteration, global_step), "best": dict(self.best)}
+
+
+def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict | None) -> dict:
+    """Initialise the backbone from --pretrain; returns what was loaded, for the configuration."""
+    if ckpt is None:
+        print("--pretrain none: the backbone starts from random initialisation", flush=True)
+        return {"pretrain_kind": "none", "loaded_tensors": 0}
+    loaded = load_backbone(model.backbone, args.pretrain, ckpt, args.net, args.base_width)
+    kind = backbone_state(ckpt, args.pretrain)[1]
+    print(f"loaded {loaded} backbone tensors from {args.pretrain} ({kind})", flush=True)
+    return {"pretrain_kind": kind, "loaded_tensors": loaded}
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    """Run the finetuning; returns the results written to finetune_results.json (None for --dry-run)."""
+    check_args(args)
+    ckpt = None if args.pretrain == "none" else read_checkpoint(args.pretrain, "--pretrain")
+    resolve_backbone_args(args, ckpt)
+    if args.dry_run:
+        print(json.dumps(config_to_dict(args), indent=2, sort_keys=True))
+        return None
+    device = init_distributed(args)
+    try:
+        return _finetune(args, device, ckpt)
+    finally:
+        cleanup()
+
+
+def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:
+    check_amp(args.amp, device)
+    train_set = build_dataset(args, "train", "finetune")
+    val_set = build_dataset(args, "val", "eval")
+    if train_set.num_classes < 2 or (dataset_labels(train_set) < 0).any():
+        raise LayoutError(f"--dataset {args.dataset}: finetuning needs labelled videos of at least 2 classes "
+                          f"(found {train_set.num_classes} classes); check ClassInd.txt and the CSV labels")
+    iters = iterations_per_epoch(train_set, args.batch_size, args.max_iters_per_epoch)
+
+    seed_everything(args.seed)  # same head initialisation on every rank
+    linear_probe = args.train_what == "last"
+    classifier = VideoClassifier(args.net, args.base_width, train_set.num_classes, args.dropout,
+                                 frozen_backbone=linear_probe)
+    loaded = load_pretrained(classifier, args, ckpt)
+    frozen_reference = snapshot(classifier.backbone) if linear_probe else None
+    classifier.to(device)
+    seed_everything(args.seed + 1_000 * get_rank())  # one dropout stream per rank
+
+    model = classifier
+    if is_dist():
+        model = torch.nn.parallel.DistributedDataParallel(
+            classifier, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(classifier, args)
+    scheduler = build_scheduler(optimizer, args)
+    scaler = make_grad_scaler(args.amp, device)
+    config = config_to_dict(args)
+    config["resolved"] = {
+        **loaded, "num_classes": train_set.num_classes, "class_names": train_set.class_names,
+        "train_videos": len(train_set), "val_videos": len(val_set), "world_size": get_world_size(),
+        "global_batch_size": args.batch_size * get_world_size(),
+        "trainable_parameters": sum(p.numel() for p in classifier.parameters() if p.requires_grad),
+    }
+    checkpointer = FinetuneCheckpointer(args.output_dir, model, optimizer, scheduler, scaler, config)
+    start = checkpointer.resume(args.resume)
+    if start.path is not None:
+        checkpointer.best = load_checkpoint(start.path).get("best", checkpointer.best)
+    logger = RunLogger(args.output_dir, purge_step=start.global_step + 1 if start.path else None)
+    logger.start(config)
+    if logger.enabled:
+        where = f"resuming from {start.path} at epoch {start.epoch}" if start.path else "starting afresh"
+        print(f"{where}; {len(train_set)} training / {len(val_set)} validation videos, {iters} iterations per "
+              f"epoch, {get_world_size()} process(es) on {device}", flush=True)
+
+    def forward(m: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        clips = prepare_input(batch["clip"].to(device, non_blocking=True), args.modality)  # (B, 3, T, H, W)
+        return classification_loss(m(clips), batch["label"].to(device, non_blocking=True))
+
+    global_step, start_iter, last_val = start.global_step, start.iteration, {}
+    try:
+        for epoch in range(start.epoch, args.epochs):
+            loader = epoch_loader(train_set, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                                  epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
+            stats, global_step = train_one_epoch(
+                model, loader, optimizer, forward_fn=forward, loss_weights=LOSS_WEIGHTS, epoch=epoch,
+                num_iters=iters, start_iter=start_iter, global_step=global_step, device=device, amp=args.amp,
+                scaler=scaler, logger=logger, log_every=args.log_every, save_every_iters=args.save_every_iters,
+                save_fn=checkpointer.save)
+            start_iter = 0
+            scheduler.step()
+            last_epoch = epoch + 1 == args.epochs
+            if args.val_freq and ((epoch + 1) % args.val_freq == 0 or last_epoch):
+                last_val = validate(classifier, val_set, args, device)
+                stats.update(last_val)
+            improved = "val_top1" in stats and stats["val_top1"] > checkpointer.best["val_top1"]
+            if improved:
+                checkpointer.best = {"val_top1": stats["val_top1"], "epoch": epoch}
+            logger.log("epoch", global_step, stats, epoch=epoch)
+            checkpointer.save(epoch + 1, 0, global_step, copy_name=BEST_NAME if improved else None)
+            if logger.enabled:
+                print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
+    except NonFiniteLossError as e:
+        kept = checkpointer.latest_path if checkpointer.latest_path.is_file() else "none written yet"
+        raise NonFiniteLossError(f"{e}; last good checkpoint: {kept}") from None
+    finally:
+        logger.close()
+
+    if frozen_reference is not None:
+        assert_unchanged(classifier.backbone, frozen_reference)
+    results = {
+        "best_epoch": checkpointer.best["epoch"],
+        "best_val_top1": checkpointer.best["val_top1"] if checkpointer.best["epoch"] >= 0 else None,
+        "last_validation": last_val,
+        "epochs": args.epochs,
+        "train_what": args.train_what,
+        "modality": args.modality,
+        "pretrain": args.pretrain,
+        **loaded,
+        "best_checkpoint": str(Path(args.output_dir) / BEST_NAME),
+        "last_checkpoint": str(checkpointer.latest_path),
+    }
+    if is_main_process():
+        path = Path(args.output_dir) / RESULTS_NAME
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(tmp, path)
+        print(f"results in {path}: best validation top-1 {results['best_val_top1']} at epoch {results['best_epoch']}")
+    return results
+
+
+def validate(classifier: VideoClassifier, val_set, args: argparse.Namespace, device: torch.device) -> dict:
+    """10-clip top-1 / top-5 / mean class accuracy (percent) on the hold-out, as test.py measures them."""
+    scores = classify_videos(classifier, val_set, prepare=lambda x: prepare_input(x, args.modality),
+                             batch_size=args.eval_batch_size, workers=args.workers, device=device, amp=args.amp,
+                             desc="validation")
+    report = classification_report(scores, dataset_labels(val_set), val_set.class_names)
+    return {f"val_{k}": report[k] for k in ("top1", "top5", "mean_class_accuracy")}
+
+
+if __name__ == "__main__":
+    cli_args = get_args_parser().parse_args()
+    try:
+        main(cli_args)
+    except (NonFiniteLossError, CheckpointError, LayoutError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,216 @@
+"""Downstream models: a backbone with a linear head, and loading a backbone from any checkpoint.
+
+`load_backbone` is strict on purpose (METHOD.md §10): a checkpoint whose backbone tensors do not
+match the freshly built network one for one, by name and shape, is refused with a message naming
+the keys, the file and the flags it was written with, instead of finetuning a random network.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
+from model.backbones import BACKBONES, build_backbone
+from utils.checkpoint import CheckpointError, load_checkpoint
+
+# Where each kind of checkpoint of this project keeps its backbone (first match wins). A new method
+# adds its prefix here. MoCo's `key_encoder.backbone.*` (the momentum encoder) never matches.
+BACKBONE_PREFIXES = {
+    "encoder.backbone.": "pretraining checkpoint (SimCLR / MoCo query encoder)",
+    "backbone.": "classifier checkpoint (finetune.py)",
+}
+DDP_PREFIX = "module."
+FALLBACK_NET, FALLBACK_BASE_WIDTH = "r21d", 64
+# "rgb": the clip as the dataset gives it; "res": frame differences (see `prepare_input`).
+MODALITIES = ("rgb", "res", "u", "v")
+FLOW_MODALITIES = ("u", "v")
+
+
+def add_backbone_args(parser: argparse.ArgumentParser) -> None:
+    """--net and --base-width, defaulting to the values stored in the loaded checkpoint."""
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--net", default=None, choices=sorted(BACKBONES),
+                       help=f"backbone; default: the --net the checkpoint was written with (else {FALLBACK_NET})")
+    group.add_argument("--base-width", type=int, default=None,
+                       help="width of the first backbone stage; default: the checkpoint's (else "
+                            f"{FALLBACK_BASE_WIDTH}, the published networks)")
+
+
+def checkpoint_config(ckpt: dict) -> dict:
+    return ckpt.get("config") or {}
+
+
+def resolve_backbone_args(args: argparse.Namespace, ckpt: dict | None) -> None:
+    """Fill ``args.net`` / ``args.base_width`` left unset from the checkpoint's config, else the fallback."""
+    config = checkpoint_config(ckpt) if ckpt is not None else {}
+    if args.net is None:
+        args.net = config.get("net", FALLBACK_NET)
+    if args.base_width is None:
+        args.base_width = config.get("base_width", FALLBACK_BASE_WIDTH)
+
+
+def read_checkpoint(path: str | Path, flag: str = "--ckpt") -> dict:
+    """A checkpoint of this project with a ``model`` state dict (errors name the file and the flag)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such checkpoint file")
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path} has no 'model' state dict: it is not a checkpoint of this project "
+                              "(train_ssl.py or finetune.py writes one)")
+    return ckpt
+
+
+def strip_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the leading ``module.`` that a DistributedDataParallel-wrapped save puts on every key."""
+    if state and all(k.startswith(DDP_PREFIX) for k in state):
+        return {k[len(DDP_PREFIX):]: v for k, v in state.items()}
+    return state
+
+
+def _written_with(ckpt: dict) -> str:
+    config = checkpoint_config(ckpt)
+    if "net" not in config:
+        return "its configuration does not record the backbone"
+    return f"it was written with --net {config['net']} --base-width {config.get('base_width')}"
+
+
+def _few(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def check_state_matches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], what: str,
+                        path: str | Path, ckpt: dict, built_with: str) -> None:
+    """Raise CheckpointError naming a few missing, unexpected and wrong-shape tensors, if any."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong_shape = [f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
+                   for k in sorted(set(expected) & set(given)) if given[k].shape != expected[k].shape]
+    if not (missing or unexpected or wrong_shape):
+        return
+    problems = [f"{label}: {_few(keys)}" for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape (checkpoint vs model)", wrong_shape))
+                if keys]
+    raise CheckpointError(f"the {what} in {path} does not fit the {built_with} built here ({'; '.join(problems)}); "
+                          f"{_written_with(ckpt)}: pass the same --net/--base-width (or leave them unset to take "
+                          "the checkpoint's)")
+
+
+def backbone_state(ckpt: dict, path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The backbone tensors of ``ckpt`` with their prefix removed, and the kind of checkpoint."""
+    state = strip_ddp_prefix(ckpt["model"])
+    for prefix, kind in BACKBONE_PREFIXES.items():
+        found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if found:
+            return found, kind
+    raise CheckpointError(f"{path} holds no backbone tensors (no key starts with any of "
+                          f"{', '.join(BACKBONE_PREFIXES)}; its first keys are {_few(sorted(state))}); "
+                          "pass a checkpoint written by train_ssl.py or finetune.py")
+
+
+def load_backbone(backbone: nn.Module, path: str | Path, ckpt: dict | None = None, net: str = "?",
+                  base_width: int | str = "?") -> int:
+    """Load the backbone tensors of checkpoint ``path`` into ``backbone``, strictly; returns how many."""
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
+    state, kind = backbone_state(ckpt, path)
+    expected = backbone.state_dict()
+    check_state_matches(expected, state, f"backbone of this {kind}", path, ckpt,
+                        f"--net {net} --base-width {base_width} backbone")
+    backbone.load_state_dict(state)
+    return len(state)
+
+
+class VideoClassifier(nn.Module):
+    """Backbone → global average pool → dropout → Linear (init N(0, 0.01), bias 0).
+
+    With ``frozen_backbone`` (linear probe) the backbone takes no gradient and stays in eval mode,
+    so its BatchNorm statistics never move either.
+    """
+
+    def __init__(self, net: str, base_width: int, num_classes: int, dropout: float = 0.0,
+                 frozen_backbone: bool = False) -> None:
+        super().__init__()
+        self.backbone, channels = build_backbone(net, base_width)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(channels, num_classes)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+        self.frozen_backbone = frozen_backbone
+        if frozen_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "VideoClassifier":
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(clips).mean(dim=(2, 3, 4))  # (B, C, T', H', W') -> (B, C)
+        return self.fc(self.dropout(features))  # (B, num_classes)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every tensor of ``module``: parameters and buffers (BatchNorm statistics included)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_unchanged(module: nn.Module, reference: dict[str, torch.Tensor], what: str = "backbone") -> None:
+    """The linear-probe guard: raise if any tensor of ``module`` differs from ``reference``."""
+    current = module.state_dict()
+    changed = sorted(k for k in reference if not torch.equal(current[k].cpu(), reference[k].cpu()))
+    if changed or current.keys() != reference.keys():
+        raise AssertionError(f"the frozen {what} changed during linear probing ({len(changed)} tensors, e.g. "
+                             f"{_few(changed)}); a parameter or BatchNorm buffer was updated although it "
+                             "should be frozen")
+
+
+def check_modality(modality: str) -> None:
+    if modality in FLOW_MODALITIES:
+        raise ValueError(f"--modality {modality} (optical flow) arrives with the IIC issue: pre-computed TV-L1 "
+                         "flow frames are not read yet; use --modality rgb or res")
+    if modality not in MODALITIES:
+        raise ValueError(f"--modality {modality!r}: choose one of {', '.join(MODALITIES)}")
+
+
+def frame_difference(clips: torch.Tensor) -> torch.Tensor:
+    """x_t − x_{t−1} along time with a circular shift (frame 0 uses the last frame), so T is kept.
+
+    clips (..., 3, T, H, W) -> the same shape.
+    """
+    return clips - torch.roll(clips, shifts=1, dims=-3)
+
+
+def unnormalize(clips: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised clips (..., 3, T, H, W) back to [0, 1] pixel values."""
+    shape = (3, 1, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=clips.dtype, device=clips.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, dtype=clips.dtype, device=clips.device).view(shape)
+    return clips * std + mean
+
+
+def prepare_input(clips: torch.Tensor, modality: str) -> torch.Tensor:
+    """The network input for ``modality`` from normalised RGB clips (..., 3, T, H, W).
+
+    "res" is IIC's finetuning input, the raw residual x_t − x_{t−1}, taken on the normalised clip:
+    the per-channel mean cancels, so this is the [0, 1]-pixel residual divided by the ImageNet std.
+    """
+    check_modality(modality)
+    return clips if modality == "rgb" else frame_difference(clips)
+
+
+def residual_view(clips: torch.Tensor) -> torch.Tensor:
+    """IIC's view 2 from normalised RGB clips: (x_t − x_{t−1} + 1) / 2 on [0, 1] pixels (METHOD.md §6)."""
+    return (frame_difference(unnormalize(clips)) + 1) / 2
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Cross-entropy in fp32 plus the batch top-1 accuracy, the dict the training engine expects."""
+    loss = F.cross_entropy(logits.float(), labels)
+    accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
+    return {"loss_ce": loss, "acc_top1": accuracy}

@@ -1,0 +1,188 @@
+"""Nearest-neighbour video retrieval with pretrained features, no finetuning (METHOD.md §6-7).
+
+    python retrieve.py --dataset ucf101 --ckpt runs/dualvar_ucf101/epoch189.pth --output-dir runs/retrieval
+    python retrieve.py ... --layer conv5 --merge       # IIC's features: max-pooled conv5, RGB + residual
+
+Every video of the train split (gallery) and of the test split (queries) gives 10 evenly spaced centre
+clips (stride --stride); its feature is the mean of the clips' backbone features. Each set is centred
+on its own mean and L2-normalised; a query is a hit at k when one of its k most cosine-similar gallery
+videos has its class. Writes OUTPUT_DIR/retrieval.json (R@1 ... R@50 in percent), the features
+(features_train.npz, features_test.npz: features, labels, video_ids), retrieval_examples.png and
+tsne_test.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dataset.layout import LayoutError
+from dataset.video_dataset import add_data_args, build_dataset, read_frames
+from model.backbones import build_backbone
+from model.classifier import (add_backbone_args, backbone_state, checkpoint_config, load_backbone, read_checkpoint,
+                              residual_view, resolve_backbone_args)
+from utils.checkpoint import CheckpointError
+from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
+from utils.engine import check_amp
+from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, plot_embedding,
+                              plot_retrieval_examples, recall_at_k, run_inference)
+from utils.logging import config_to_dict, git_revision
+
+LAYERS = ("pool", "conv5")
+DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171]}
+NUM_NEIGHBOURS_SHOWN = 5
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Video retrieval with the features of a pretrained backbone",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group = parser.add_argument_group("retrieval")
+    group.add_argument("--ckpt", required=True,
+                       help="checkpoint whose backbone gives the features (train_ssl.py's, or a finetune.py one)")
+    group.add_argument("--layer", default="pool", choices=LAYERS,
+                       help="pool: global average of the last feature map (DualVar); conv5: the last feature map "
+                            "max-pooled by (1, 2, 2) and flattened (IIC)")
+    group.add_argument("--merge", action="store_true",
+                       help="concatenate the RGB features with those of the residual view (x_t - x_{t-1} + 1) / 2 "
+                            "through the same backbone (IIC)")
+    group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is 10 clips)")
+    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                       help="mixed-precision inference: bf16 (CPU or recent GPUs) or fp16 (CUDA only)")
+    group.add_argument("--num-examples", type=int, default=6,
+                       help="queries shown with their top-5 neighbours in retrieval_examples.png (0: no PNG)")
+    group.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot of the test features")
+    group.add_argument("--output-dir", default="runs/retrieval",
+                       help="retrieval.json, features_{train,test}.npz and the PNGs go here")
+    group.add_argument("--dry-run", action="store_true",
+                       help="print the resolved configuration as JSON and exit without reading data")
+    add_backbone_args(parser)
+    add_data_args(parser)
+    # stride 4 is DualVar's retrieval setting (METHOD.md §2); the clip size follows the checkpoint
+    parser.set_defaults(stride=4, num_frames=None, size=None, resize=None)
+    for action in parser._actions:
+        if action.dest in DATA_FALLBACKS:
+            action.help += f"; default: the checkpoint's value, else {DATA_FALLBACKS[action.dest]}"
+    add_distributed_args(parser)
+    return parser
+
+
+def clip_features(backbone: torch.nn.Module, clips: torch.Tensor, layer: str) -> torch.Tensor:
+    """(N, 3, T, H, W) -> (N, D): global average pool, or conv5 max-pooled (1, 2, 2) and flattened."""
+    feature_map = backbone(clips)  # (N, C, T', H', W')
+    if layer == "pool":
+        return feature_map.mean(dim=(2, 3, 4))  # (N, C)
+    return F.max_pool3d(feature_map, kernel_size=(1, 2, 2), stride=(1, 2, 2), ceil_mode=True).flatten(1)
+
+
+def video_features(backbone: torch.nn.Module, clips: torch.Tensor, layer: str, merge: bool) -> torch.Tensor:
+    """(B, n_clips, 3, T, H, W) normalised clips -> (B, D) mean clip features (D doubles with ``merge``)."""
+    flat = clips.flatten(0, 1)  # (B·n_clips, 3, T, H, W)
+    views = [flat, residual_view(flat)] if merge else [flat]
+    features = torch.cat([clip_features(backbone, view, layer) for view in views], dim=1)  # (B·n_clips, D)
+    return features.unflatten(0, clips.shape[:2]).float().mean(dim=1)  # (B, D)
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    """Run the retrieval; returns the contents of retrieval.json (None for --dry-run)."""
+    for flag in ("batch_size", "num_examples"):
+        if getattr(args, flag) < (1 if flag == "batch_size" else 0):
+            raise ValueError(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
+    ckpt = read_checkpoint(args.ckpt)
+    resolve_backbone_args(args, ckpt)
+    inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
+    if args.dry_run:
+        print(json.dumps(config_to_dict(args), indent=2, sort_keys=True))
+        return None
+    device = init_distributed(args)
+    try:
+        return _retrieve(args, device, ckpt)
+    finally:
+        cleanup()
+
+
+def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
+    check_amp(args.amp, device)
+    backbone, _ = build_backbone(args.net, args.base_width)
+    loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
+    kind = backbone_state(ckpt, args.ckpt)[1]
+    backbone.to(device).eval()
+    gallery_set = build_dataset(args, "trainval", "eval")
+    query_set = build_dataset(args, "test", "eval")
+    if is_main_process():
+        print(f"loaded {loaded} backbone tensors from {args.ckpt} ({kind}); {len(gallery_set)} gallery and "
+              f"{len(query_set)} query videos", flush=True)
+
+    def extract(batch: dict) -> torch.Tensor:
+        return video_features(backbone, batch["clips"].to(device, non_blocking=True), args.layer, args.merge)
+
+    common = dict(batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp)
+    gallery = run_inference(extract, gallery_set, desc="gallery (train)", **common)  # (G, D)
+    queries = run_inference(extract, query_set, desc="queries (test)", **common)  # (Q, D)
+    gallery_labels, query_labels = dataset_labels(gallery_set), dataset_labels(query_set)
+    if (gallery_labels < 0).any() or (query_labels < 0).any():
+        raise LayoutError(f"--dataset {args.dataset}: retrieval needs the class of every video, but some CSV rows "
+                          "have no label; re-run process_data/src/write_csv.py")
+    recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels, RECALL_KS)
+    results = {**recall, "num_queries": len(queries), "num_gallery": len(gallery), "feature_dim": gallery.shape[1],
+               "layer": args.layer, "merge": args.merge, "checkpoint": str(args.ckpt), "checkpoint_kind": kind,
+               "loaded_tensors": loaded, "git": git_revision(), "config": config_to_dict(args)}
+    if is_main_process():
+        write_outputs(args, results, gallery_set, query_set, gallery, queries, neighbours)
+    return results
+
+
+def write_outputs(args, results, gallery_set, query_set, gallery, queries, neighbours) -> None:
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, dataset, features in (("train", gallery_set, gallery), ("test", query_set, queries)):
+        np.savez(out / f"features_{name}.npz", features=features, labels=dataset_labels(dataset),
+                 video_ids=np.array([r.frame_dir for r in dataset.records]))
+    if args.num_examples:
+        plot_examples(query_set, gallery_set, neighbours, args.num_examples, out / "retrieval_examples.png")
+    if not args.no_tsne:
+        results["embedding_plot"] = plot_embedding(centre_and_normalise(queries), dataset_labels(query_set),
+                                                   query_set.class_names, out / "tsne_test.png",
+                                                   title="test-split features (centred, normalised)")
+    tmp = out / ".retrieval.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, out / "retrieval.json")
+    print("  ".join(f"R@{k} {results[f'R@{k}']:.2f}" for k in RECALL_KS) +
+          f"  ({results['num_queries']} queries, {results['num_gallery']} gallery videos) -> {out}", flush=True)
+
+
+def middle_frame(dataset, row: int) -> np.ndarray:
+    """(H, W, 3) uint8 middle frame of video ``row``, as stored on disk."""
+    record = dataset.records[row]
+    index = np.array([record.num_frames // 2])
+    return read_frames(record.path(dataset.frame_root), index, expected_frames=record.num_frames)[0].permute(
+        1, 2, 0).numpy()
+
+
+def plot_examples(query_set, gallery_set, neighbours: np.ndarray, count: int, path: Path) -> None:
+    """Evenly spaced queries with their nearest gallery videos (one middle frame each)."""
+    rows = np.unique(np.linspace(0, len(query_set) - 1, min(count, len(query_set))).astype(int))
+
+    def class_name(dataset, row):
+        label = dataset.records[row].label
+        return dataset.class_names[label] if 0 <= label < len(dataset.class_names) else str(label)
+
+    shown = [neighbours[q, :NUM_NEIGHBOURS_SHOWN] for q in rows]
+    plot_retrieval_examples([middle_frame(query_set, q) for q in rows],
+                            [[middle_frame(gallery_set, g) for g in n] for n in shown],
+                            [class_name(query_set, q) for q in rows],
+                            [[class_name(gallery_set, g) for g in n] for n in shown], path)
+
+
+if __name__ == "__main__":
+    cli_args = get_args_parser().parse_args()
+    try:
+        main(cli_args)
+    except (CheckpointError, LayoutError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,140 @@
+"""Action-recognition test of a finetuned classifier: 10 clips per video (METHOD.md §7).
+
+    python test.py --dataset ucf101 --ckpt runs/ft_ucf101/best.pth --output-dir runs/ft_ucf101/test
+    torchrun --nproc_per_node 4 test.py ...   # every video still counted exactly once
+
+Each video gives 10 evenly spaced centre-cropped clips; its score is the mean of the clips' softmax
+(or of their logits with --aggregate logits). Writes OUTPUT_DIR/test_results.json (top1, top5,
+mean_class_accuracy in percent, num_videos, per-class accuracy, per-video predictions) and
+OUTPUT_DIR/confusion_matrix.png. The backbone, the input modality and the clip geometry default to
+the values the checkpoint was finetuned with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataset.layout import LayoutError
+from dataset.video_dataset import add_data_args, build_dataset
+from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, check_modality, check_state_matches,
+                              checkpoint_config, prepare_input, read_checkpoint, resolve_backbone_args,
+                              strip_ddp_prefix)
+from utils.checkpoint import CheckpointError
+from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
+from utils.engine import check_amp
+from utils.evaluation import (classification_report, classify_videos, dataset_labels, inherit_flags,
+                              plot_confusion_matrix, ranked_classes)
+from utils.logging import config_to_dict, git_revision
+
+RESULTS_NAME = "test_results.json"
+# clip geometry: taken from the checkpoint's configuration unless given
+DATA_FALLBACKS = {"num_frames": 16, "stride": 2, "size": 112, "resize": [128, 171]}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("10-clip action-recognition test of a finetuned classifier",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group = parser.add_argument_group("test")
+    group.add_argument("--ckpt", required=True, help="finetune.py checkpoint (best.pth or checkpoint.pth)")
+    group.add_argument("--test-split", default="test", choices=["test", "val"],
+                       help="which videos to score: the official test split, or the finetuning hold-out")
+    group.add_argument("--aggregate", default="softmax", choices=["softmax", "logits"],
+                       help="video score = mean over its 10 clips of the softmax (published) or of the logits")
+    group.add_argument("--modality", default=None, choices=MODALITIES,
+                       help="network input (rgb, res); default: the modality the checkpoint was finetuned with")
+    group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is 10 clips)")
+    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                       help="mixed-precision inference: bf16 (CPU or recent GPUs) or fp16 (CUDA only)")
+    group.add_argument("--output-dir", default="runs/test", help="test_results.json and confusion_matrix.png go here")
+    group.add_argument("--dry-run", action="store_true",
+                       help="print the resolved configuration as JSON and exit without reading data")
+    add_backbone_args(parser)
+    add_data_args(parser)
+    parser.set_defaults(num_frames=None, stride=None, size=None, resize=None)
+    for action in parser._actions:  # say where the geometry defaults come from
+        if action.dest in DATA_FALLBACKS:
+            action.help += f"; default: the checkpoint's value, else {DATA_FALLBACKS[action.dest]}"
+    add_distributed_args(parser)
+    return parser
+
+
+def build_classifier(args: argparse.Namespace, ckpt: dict) -> VideoClassifier:
+    """The finetuned classifier of --ckpt, every tensor checked by name and shape."""
+    state = strip_ddp_prefix(ckpt["model"])
+    if "fc.weight" not in state:
+        raise CheckpointError(f"{args.ckpt} has no classifier layer (fc.weight): it is not a finetune.py checkpoint; "
+                              "finetune a pretraining checkpoint with finetune.py first, or use retrieve.py for "
+                              "feature retrieval")
+    num_classes = state["fc.weight"].shape[0]
+    model = VideoClassifier(args.net, args.base_width, num_classes)
+    check_state_matches(model.state_dict(), state, "classifier", args.ckpt, ckpt,
+                        f"--net {args.net} --base-width {args.base_width} classifier")
+    model.load_state_dict(state)
+    return model
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    """Run the test; returns the contents of test_results.json (None for --dry-run)."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    ckpt = read_checkpoint(args.ckpt)
+    config = checkpoint_config(ckpt)
+    resolve_backbone_args(args, ckpt)
+    inherit_flags(args, config, {**DATA_FALLBACKS, "modality": "rgb"})
+    check_modality(args.modality)
+    if args.dry_run:
+        print(json.dumps(config_to_dict(args), indent=2, sort_keys=True))
+        return None
+    device = init_distributed(args)
+    try:
+        return _test(args, device, ckpt)
+    finally:
+        cleanup()
+
+
+def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
+    check_amp(args.amp, device)
+    model = build_classifier(args, ckpt).to(device)
+    dataset = build_dataset(args, args.test_split, "eval")
+    num_classes = model.fc.out_features
+    if dataset.num_classes != num_classes:
+        raise LayoutError(f"--dataset {args.dataset} has {dataset.num_classes} classes but {args.ckpt} was "
+                          f"finetuned for {num_classes}: test on the dataset it was finetuned on")
+    scores = classify_videos(model, dataset, prepare=lambda x: prepare_input(x, args.modality),
+                             aggregate=args.aggregate, batch_size=args.batch_size, workers=args.workers,
+                             device=device, amp=args.amp)  # (N, K) on every process
+    labels = dataset_labels(dataset)
+    report = classification_report(scores, labels, dataset.class_names)
+    top5 = ranked_classes(scores, 5)
+    report["per_video"] = [
+        {"video": record.frame_dir, "label": int(label), "prediction": int(best[0]), "top5": best.tolist(),
+         "score": float(row[best[0]])}
+        for record, label, best, row in zip(dataset.records, labels, top5, scores)]
+    report.update(checkpoint=str(args.ckpt), split=args.test_split, aggregate=args.aggregate,
+                  class_names=dataset.class_names, git=git_revision(), config=config_to_dict(args))
+    if is_main_process():
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{RESULTS_NAME}.tmp"
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+        os.replace(tmp, out / RESULTS_NAME)
+        names = dataset.class_names if len(dataset.class_names) == num_classes else [str(i) for i in range(num_classes)]
+        plot_confusion_matrix(np.array(report["confusion_matrix"]), names, out / "confusion_matrix.png")
+        print(f"{report['num_videos']} videos: top1 {report['top1']:.2f}%  top5 {report['top5']:.2f}%  "
+              f"mean class accuracy {report['mean_class_accuracy']:.2f}%  -> {out / RESULTS_NAME}", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    cli_args = get_args_parser().parse_args()
+    try:
+        main(cli_args)
+    except (CheckpointError, LayoutError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")

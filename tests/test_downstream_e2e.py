@@ -1,0 +1,131 @@
+"""End to end on a tiny generated demo set: pretrain -> finetune (ft and linear probe, with resume)
+-> test -> retrieve, all through the entry points' main(args) in this process."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import finetune
+import retrieve
+import train_ssl
+from conftest import DEMO_CLASSES, tiny_demo_flags
+from utils.checkpoint import CheckpointError, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("test_script", REPO / "test.py")  # not the stdlib `test`
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
+
+
+@pytest.fixture(scope="module")
+def demo(tiny_demo):
+    return tiny_demo
+
+
+def data_flags(demo):
+    return tiny_demo_flags(demo) + ["--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(demo):
+    out = demo / "pretrain"
+    train_ssl.main(train_ssl.get_args_parser().parse_args(
+        data_flags(demo) + ["--output-dir", str(out), "--model", "simclr", "--mode", "clip", "--net", "r3d",
+                            "--base-width", "8", "--batch-size", "2", "--epochs", "1", "--max-iters-per-epoch",
+                            "1", "--stride", "1"]))
+    return out / "checkpoint.pth"
+
+
+def run_finetune(demo, pretrain, out, *extra):
+    # --net and --base-width come from the checkpoint's configuration
+    return finetune.main(finetune.get_args_parser().parse_args(
+        data_flags(demo) + ["--pretrain", str(pretrain), "--output-dir", str(out), "--batch-size", "3",
+                            "--epochs", "2", "--schedule", "1", "--log-every", "1", *extra]))
+
+
+@pytest.fixture(scope="module")
+def finetuned(demo, pretrained):
+    out = demo / "finetune"
+    results = run_finetune(demo, pretrained, out)
+    return out, results
+
+
+def test_finetune_writes_results_checkpoints_and_validates_each_epoch(finetuned):
+    out, results = finetuned
+    assert results["loaded_tensors"] > 0 and results["pretrain_kind"].startswith("pretraining")
+    assert json.loads((out / "finetune_results.json").read_text()) == results
+    assert (out / "best.pth").is_file() and (out / "checkpoint.pth").is_file()
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1] and all(0 <= e["val_top1"] <= 100 for e in epochs)
+    best = max(epochs, key=lambda e: e["val_top1"])  # first epoch wins a tie
+    assert (results["best_epoch"], results["best_val_top1"]) == (best["epoch"], best["val_top1"])
+    assert load_checkpoint(out / "best.pth")["epoch"] == best["epoch"] + 1
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["net"], config["base_width"], config["stride"]) == ("r3d", 8, 2)  # inherited; finetune stride
+
+
+def test_finetune_resume_reaches_the_same_weights(demo, pretrained, finetuned, tmp_path):
+    run_finetune(demo, pretrained, tmp_path, "--epochs", "1")
+    run_finetune(demo, pretrained, tmp_path)  # --resume auto
+    resumed = load_checkpoint(tmp_path / "checkpoint.pth")
+    reference = load_checkpoint(finetuned[0] / "checkpoint.pth")
+    assert resumed["best"] == reference["best"]
+    for key, value in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_linear_probe_runs_with_the_frozen_backbone_check(demo, pretrained, tmp_path):
+    results = run_finetune(demo, pretrained, tmp_path, "--train-what", "last", "--epochs", "1", "--modality", "res")
+    assert results["train_what"] == "last"
+    pretrained_state = load_checkpoint(pretrained)["model"]
+    probed = load_checkpoint(tmp_path / "checkpoint.pth")["model"]
+    backbone_keys = [k for k in probed if k.startswith("backbone.")]
+    assert backbone_keys
+    for key in backbone_keys:
+        assert torch.equal(probed[key], pretrained_state["encoder." + key]), key
+
+
+def test_finetune_refuses_a_checkpoint_of_another_architecture(demo, pretrained, tmp_path):
+    with pytest.raises(CheckpointError, match=r"wrong shape.*written with --net r3d --base-width 8"):
+        run_finetune(demo, pretrained, tmp_path, "--base-width", "16")
+    with pytest.raises(ValueError, match="optical flow"):
+        run_finetune(demo, pretrained, tmp_path, "--modality", "u")
+
+
+def test_test_script_scores_every_test_video_once(demo, finetuned, tmp_path):
+    args = test_script.get_args_parser().parse_args(
+        data_flags(demo) + ["--ckpt", str(finetuned[0] / "best.pth"), "--output-dir", str(tmp_path),
+                            "--batch-size", "4"])  # 6 test videos: a partial last batch
+    report = test_script.main(args)
+    assert args.stride == 2 and args.modality == "rgb"  # from the checkpoint's configuration
+    saved = json.loads((tmp_path / "test_results.json").read_text())
+    assert saved["num_videos"] == 6 == len(saved["per_video"]) == sum(map(sum, saved["confusion_matrix"]))
+    assert sorted(v["video"] for v in saved["per_video"]) == sorted(
+        line.split(",")[0] for line in (demo / "csv" / "test_split01.csv").read_text().splitlines())
+    hits = [v["prediction"] == v["label"] for v in saved["per_video"]]
+    assert saved["top1"] == pytest.approx(100 * np.mean(hits)) and saved["top5"] == 100.0  # 3 classes
+    assert set(saved["per_class_accuracy"]) == set(DEMO_CLASSES) and report["top1"] == saved["top1"]
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
+    with pytest.raises(CheckpointError, match="not a finetune.py checkpoint"):
+        test_script.main(test_script.get_args_parser().parse_args(
+            data_flags(demo) + ["--ckpt", str(demo / "pretrain" / "checkpoint.pth"), "--output-dir", str(tmp_path)]))
+
+
+def test_retrieve_exports_features_and_recall(demo, pretrained, tmp_path):
+    results = retrieve.main(retrieve.get_args_parser().parse_args(
+        data_flags(demo) + ["--ckpt", str(pretrained), "--output-dir", str(tmp_path), "--batch-size", "4",
+                            "--layer", "conv5", "--merge"]))
+    saved = json.loads((tmp_path / "retrieval.json").read_text())
+    assert (saved["num_queries"], saved["num_gallery"]) == (6, 9)
+    train, test = np.load(tmp_path / "features_train.npz"), np.load(tmp_path / "features_test.npz")
+    assert train["features"].shape == (9, saved["feature_dim"]) and test["features"].shape[0] == 6
+    assert len(set(train["video_ids"].tolist())) == 9 and sorted(set(test["labels"].tolist())) == [0, 1, 2]
+    recomputed, _ = retrieve.recall_at_k(test["features"], test["labels"], train["features"], train["labels"])
+    assert recomputed == {k: saved[k] for k in recomputed} == {k: results[k] for k in recomputed}
+    assert saved["R@50"] == 100.0  # k beyond the 9-video gallery: every class is in it
+    assert (tmp_path / "retrieval_examples.png").is_file() and (tmp_path / "tsne_test.png").is_file()
