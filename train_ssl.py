@@ -1,7 +1,9 @@
-"""Self-supervised pretraining: DualVar on SimCLR and MoCo (METHOD.md §5).
+"""Self-supervised pretraining: DualVar on SimCLR and MoCo (METHOD.md §5), IIC (§6).
 
     python train_ssl.py --dataset ucf101 --model simclr --mode clip-sr-tc --net r21d \
         --epochs 200 --batch-size 8 --output-dir runs/dualvar_ucf101
+    python train_ssl.py --dataset ucf101 --model iic --modality res --intra-neg repeat --net r3d \
+        --epochs 240 --batch-size 16 --lr 0.01 --schedule 45 90 125 160 --lr-gamma 0.2 --output-dir runs/iic_ucf101
     torchrun --nproc_per_node 8 train_ssl.py ...   # multi-process (nccl on GPUs, gloo on CPUs)
 
 A run writes OUTPUT_DIR/checkpoint.pth every epoch (and every --save-every-iters iterations) and,
@@ -19,7 +21,7 @@ import sys
 import torch
 
 from dataset.video_dataset import add_data_args, build_dataset
-from model import add_method_args, build_method
+from model import add_method_args, build_method, method_sampler
 from utils.checkpoint import CheckpointError, Checkpointer, unwrap
 from utils.distributed import add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist
 from utils.engine import (NonFiniteLossError, check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler,
@@ -28,12 +30,9 @@ from utils.logging import RunLogger, config_to_dict
 from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
                             seed_everything)
 
-# the clip sampler of the dataset for each number of views a method asks for
-SAMPLER_FOR_VIEWS = {3: "dualvar", 2: "two_view"}
-
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Self-supervised video pretraining (DualVar on SimCLR / MoCo)",
+    parser = argparse.ArgumentParser(description="Self-supervised video pretraining (DualVar on SimCLR / MoCo, IIC)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = add_training_args(
         parser, title="training", epochs=200, batch_size=8, lr=0.003, weight_decay=1e-4, schedule=[120, 160],
@@ -56,23 +55,29 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def resolved_config(args: argparse.Namespace, method: torch.nn.Module) -> dict:
-    """The flags plus what they imply: views, sampler, loss weights, parameter count, global batch."""
+    """The flags plus what they imply: views, sampler, loss weights, parameter count, global batch, banks."""
     world_size = get_world_size() if is_dist() else int(os.environ.get("WORLD_SIZE", 1))
     config = config_to_dict(args)
     config["resolved"] = {
         "num_views": method.num_views,
-        "sampler": SAMPLER_FOR_VIEWS[method.num_views],
+        "sampler": method_sampler(args),
         "loss_weights": dict(method.loss_weights),
         "backbone_parameters": sum(p.numel() for p in method.backbone.parameters()),
         "trainable_parameters": sum(p.numel() for p in method.parameters() if p.requires_grad),
         "world_size": world_size,
         "global_batch_size": args.batch_size * world_size,
     }
+    if hasattr(method, "banks"):
+        # rows: one per training video, 0 under --dry-run (the dataset is not read)
+        config["resolved"]["memory_banks"] = {name: list(method.banks.bank(name).shape)
+                                              for name in method.banks.names}
     return config
 
 
 def ssl_forward(model: torch.nn.Module, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    return model(batch["clips"].to(device, non_blocking=True))
+    """Call the (possibly DDP-wrapped) method on the batch entries it names; DualVar takes "clips"."""
+    keys = getattr(unwrap(model), "batch_keys", ("clips",))
+    return model(*(batch[key].to(device, non_blocking=True) for key in keys))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -93,9 +98,11 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     if args.sync_bn and is_dist() and device.type != "cuda":
         raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU); "
                          "drop --sync-bn on CPU runs")
-    # Same seed on every rank for the initial weights (DDP would broadcast rank 0's anyway) ...
+    # The training-set size sizes IIC's memory banks, so the dataset comes first.
+    dataset = build_dataset(args, "trainval", method_sampler(args))
+    # Same seed on every rank for the initial weights and banks (DDP would broadcast rank 0's anyway) ...
     seed_everything(args.seed)
-    method = build_method(args).to(device)
+    method = build_method(args, num_videos=len(dataset)).to(device)
     config = resolved_config(args, method)
     # ... then one stream per rank for the randomness inside forward (segment permutations).
     seed_everything(args.seed + 1_000 * get_rank())
@@ -109,7 +116,6 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     optimizer = build_optimizer(unwrap(model), args)
     scheduler = build_scheduler(optimizer, args)
     scaler = make_grad_scaler(args.amp, device)
-    dataset = build_dataset(args, "trainval", config["resolved"]["sampler"])
     iters = iterations_per_epoch(dataset, args.batch_size, args.max_iters_per_epoch)
     checkpointer = Checkpointer(args.output_dir, model, optimizer, scheduler, scaler, config)
     start = checkpointer.resume(args.resume)  # last: it restores the RNG states

@@ -1,8 +1,9 @@
 """Self-supervised methods: `add_method_args(parser)` and `build_method(args)`.
 
-A method is an nn.Module with `.backbone`, `.num_views`, `.loss_weights` and `forward(clips)` returning
-a dict of named fp32 loss terms (`loss_*`) and logged metrics. Adding one is one registry entry
-(plus its flags in `ARG_ADDERS`).
+A method is an nn.Module with `.backbone`, `.num_views`, `.loss_weights` and a forward returning a dict
+of named fp32 loss terms (`loss_*`) and logged metrics. Adding one is one registry entry (plus its flags
+in `ARG_ADDERS`). DualVar's forward takes `batch["clips"]`; a method that needs other batch entries
+names them in `.batch_keys` and its dataset sampler in `.sampler` (IIC: `forward(clip, index)`).
 """
 
 import argparse
@@ -12,20 +13,26 @@ import torch.nn as nn
 
 from model.backbones import BACKBONES
 from model.dualvar import MoCoDualVar, SimCLRDualVar, add_dualvar_args
+from model.iic import IIC, add_iic_args
 
-METHODS: dict[str, Callable[[argparse.Namespace], nn.Module]] = {
+METHODS: dict[str, Callable[..., nn.Module]] = {
     "simclr": SimCLRDualVar,
     "moco": MoCoDualVar,
+    "iic": IIC,
 }
 
+# methods with memory banks need the training-set size when they are built
+NEEDS_NUM_VIDEOS = {"iic"}
+
 # each adds the flags of one method family
-ARG_ADDERS: list[Callable[[argparse.ArgumentParser], None]] = [add_dualvar_args]
+ARG_ADDERS: list[Callable[[argparse.ArgumentParser], None]] = [add_dualvar_args, add_iic_args]
 
 
 def add_method_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method and backbone")
     group.add_argument("--model", default="simclr", choices=sorted(METHODS),
-                       help="self-supervised method; --mode picks its DualVar loss terms")
+                       help="self-supervised method; --mode picks the DualVar loss terms of simclr / moco, "
+                            "the IIC flags configure iic")
     group.add_argument("--net", default="r21d", choices=sorted(BACKBONES),
                        help="backbone: r21d / r3d = the paper's R(2+1)D-10 / R3D-10; r3d_18, r21d_18, s3d, c3d")
     group.add_argument("--base-width", type=int, default=64,
@@ -35,7 +42,18 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
         add_args(parser)
 
 
-def build_method(args: argparse.Namespace) -> nn.Module:
+def build_method(args: argparse.Namespace, num_videos: int | None = None) -> nn.Module:
+    """The method of ``args.model``; ``num_videos`` (training-set size) sizes memory banks, others ignore it."""
     if args.model not in METHODS:
         raise ValueError(f"unknown --model {args.model!r}; choose one of {', '.join(sorted(METHODS))}")
+    if args.model in NEEDS_NUM_VIDEOS:
+        return METHODS[args.model](args, num_videos=num_videos)
     return METHODS[args.model](args)
+
+
+def method_sampler(args: argparse.Namespace) -> str:
+    """The dataset sampler ``args.model`` trains on, known before the method is built (METHOD.md §2)."""
+    fixed = getattr(METHODS.get(args.model), "sampler", None)
+    if fixed is not None:
+        return fixed
+    return "dualvar" if "sr" in args.mode.split("-") else "two_view"

@@ -21,7 +21,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint
 # Where each kind of checkpoint of this project keeps its backbone (first match wins). A new method
 # adds its prefix here. MoCo's `key_encoder.backbone.*` (the momentum encoder) never matches.
 BACKBONE_PREFIXES = {
-    "encoder.backbone.": "pretraining checkpoint (SimCLR / MoCo query encoder)",
+    "encoder.backbone.": "pretraining checkpoint (SimCLR / MoCo query encoder, IIC shared encoder)",
     "backbone.": "classifier checkpoint (finetune.py)",
 }
 DDP_PREFIX = "module."

@@ -1,0 +1,245 @@
+"""IIC: inter-intra contrastive learning with memory banks (METHOD.md §6).
+
+One shared encoder (backbone + global average pool, no head) embeds three clips per video:
+- view 1: the RGB clip, ImageNet-normalised;
+- view 2: residual frames (x_t − x_{t−1} + 1) / 2 of the [0, 1] clip, NOT normalised (exactly the
+  input `retrieve.py --merge` feeds for the second half of its feature), or the normalised RGB clip
+  again for `--modality rgb`;
+- the intra-negative: the RGB clip with its temporal order broken (`repeat` / `shuffle`),
+  ImageNet-normalised like view 1; it only updates its memory bank (no gradient).
+
+Memory banks M1, M2, Mneg hold one row per training video. For each sample one draw of K + 1 bank
+rows `idx` (idx[0] = the sample's own video, idx[1:] uniform over all videos, repeats allowed) serves
+both views:
+    view-1 logits = [M2[idx] · f1, Mneg[idx] · f1] / τ    (B, 2K+2), positive at column 0
+    view-2 logits = [M1[idx] · f2, Mneg[idx] · f2] / τ
+Column K+1 is therefore the intra-negative of the sample's own video (the hard negative); with
+`--intra-neg none` the Mneg half is absent (plain CMC, K+1 columns). Logits use the banks before this
+batch's update; the banks are then moved towards the gathered features of the global batch, so they
+stay identical on every process. Index draws use torch's global RNG (saved by the checkpoint).
+"""
+
+import argparse
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
+from model.backbones import build_backbone
+from utils.distributed import all_gather_no_grad
+
+MODALITIES = ("res", "rgb", "u", "v")
+FLOW_MODALITIES = ("u", "v")
+INTRA_NEGATIVES = ("repeat", "shuffle", "none")
+SHUFFLE_CHUNKS = 4
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected 'on' or 'off', got {text!r}")
+    return text == "on"
+
+
+def add_iic_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "IIC (--model iic; published recipe, to pass explicitly: --lr 0.01 --momentum 0.9 --weight-decay 1e-4 "
+        "--batch-size 16 --epochs 240 --schedule 45 90 125 160 --lr-gamma 0.2)")
+    group.add_argument("--modality", default="res", choices=MODALITIES,
+                       help="view 2: res = residual frames (x_t − x_{t−1} + 1)/2; rgb = the RGB clip again; "
+                            "u / v = one optical-flow component (not available yet)")
+    group.add_argument("--intra-neg", default="repeat", choices=INTRA_NEGATIVES,
+                       help="intra-negative from the RGB clip: repeat = one random frame tiled T times; "
+                            "shuffle = swap two of 4 temporal chunks (T must divide by 4); none = plain CMC")
+    group.add_argument("--residual-wrap", type=_on_off, default="on", metavar="{on,off}",
+                       help="on: r_0 uses the last frame (circular, published); off: r_0 repeats r_1")
+    group.add_argument("--bank-k", type=int, default=1024,
+                       help="K: negatives drawn per sample from each memory bank")
+    group.add_argument("--bank-t", type=float, default=0.07, help="temperature τ of the memory-bank logits")
+    group.add_argument("--bank-momentum", type=float, default=0.5,
+                       help="memory-bank row ← m·row + (1 − m)·feature, then renormalised")
+    group.add_argument("--iic-l2norm", action="store_true",
+                       help="L2-normalise the pooled features before the logits (published: off)")
+
+
+def normalize_imagenet(clip: torch.Tensor) -> torch.Tensor:
+    """[0, 1] clips (B, 3, T, H, W) -> ImageNet-normalised, the input of every RGB view."""
+    shape = (3, 1, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=clip.dtype, device=clip.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, dtype=clip.dtype, device=clip.device).view(shape)
+    return (clip - mean) / std
+
+
+def residual_frames(clip: torch.Tensor, wrap: bool = True) -> torch.Tensor:
+    """(x_t − x_{t−1} + 1) / 2 of [0, 1] clips (B, 3, T, H, W) -> same shape, values in [0, 1].
+
+    wrap: r_0 = (x_0 − x_{T−1} + 1) / 2 (circular). Without wrap r_0 is a copy of r_1, which keeps T
+    frames so that both views have the same shape.
+    """
+    if not wrap and clip.shape[2] < 2:
+        raise ValueError("--residual-wrap off needs clips of at least 2 frames")
+    residual = (clip - torch.roll(clip, shifts=1, dims=2) + 1) / 2  # (B, 3, T, H, W)
+    if not wrap:
+        residual = torch.cat([residual[:, :, 1:2], residual[:, :, 1:]], dim=2)
+    return residual
+
+
+def repeat_negative(clip: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random frame of each clip (B, 3, T, H, W) tiled T times -> same shape."""
+    batch, _, frames = clip.shape[:3]
+    picked = torch.randint(frames, (batch,), generator=generator).to(clip.device)  # (B,)
+    rows = torch.arange(batch, device=clip.device)
+    return clip[rows, :, picked].unsqueeze(2).expand_as(clip).contiguous()
+
+
+def shuffle_negative(clip: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Split each clip (B, 3, T, H, W) into 4 chunks of T/4 frames and swap two distinct random chunks."""
+    batch, _, frames = clip.shape[:3]
+    if frames % SHUFFLE_CHUNKS:
+        raise ValueError(f"--intra-neg shuffle splits clips into {SHUFFLE_CHUNKS} chunks: --num-frames {frames} "
+                         f"is not divisible by {SHUFFLE_CHUNKS}")
+    first = torch.randint(SHUFFLE_CHUNKS, (batch,), generator=generator)
+    # a non-zero offset makes the second chunk distinct from the first
+    second = (first + torch.randint(1, SHUFFLE_CHUNKS, (batch,), generator=generator)) % SHUFFLE_CHUNKS
+    order = torch.arange(SHUFFLE_CHUNKS).repeat(batch, 1)  # (B, 4)
+    rows = torch.arange(batch)
+    order[rows, first], order[rows, second] = second, first
+    chunk = frames // SHUFFLE_CHUNKS
+    frame_order = (order.unsqueeze(2) * chunk + torch.arange(chunk)).flatten(1).to(clip.device)  # (B, T)
+    index = frame_order.view(batch, 1, frames, 1, 1).expand_as(clip)
+    return torch.gather(clip, 2, index)
+
+
+class MemoryBanks(nn.Module):
+    """Banks of N_videos × dim rows (buffers, so they are checkpointed) with momentum updates."""
+
+    def __init__(self, names: tuple[str, ...], num_videos: int, dim: int, momentum: float) -> None:
+        super().__init__()
+        self.names = names
+        self.num_videos = num_videos
+        self.momentum = momentum
+        bound = 1.0 / math.sqrt(dim / 3)
+        for name in names:
+            self.register_buffer(name, torch.rand(num_videos, dim) * 2 * bound - bound)
+
+    def bank(self, name: str) -> torch.Tensor:
+        return getattr(self, name)
+
+    def draw(self, index: torch.Tensor, k: int) -> torch.Tensor:
+        """(B,) own video indices -> (B, K+1) bank rows: column 0 itself, then K uniform draws."""
+        drawn = torch.randint(self.num_videos, (index.shape[0], k + 1)).to(index.device)
+        drawn[:, 0] = index
+        return drawn
+
+    @torch.no_grad()
+    def update(self, index: torch.Tensor, features: dict[str, torch.Tensor]) -> None:
+        """Move the rows of the global batch towards their features; every process gets the same result.
+
+        index (B,) and features {bank name: (B, dim)} of this process; a video present twice in the
+        global batch keeps its last occurrence, so the result does not depend on scatter order.
+        """
+        index = all_gather_no_grad(index)  # (N,)
+        unique, inverse = torch.unique(index, return_inverse=True)
+        positions = torch.arange(index.shape[0], device=index.device)
+        last = torch.zeros_like(unique).scatter_reduce_(0, inverse, positions, reduce="amax")  # (U,)
+        for name, feature in features.items():
+            bank = self.bank(name)
+            gathered = all_gather_no_grad(feature.float())[last]  # (U, dim)
+            rows = bank[unique] * self.momentum + gathered * (1 - self.momentum)
+            bank.index_copy_(0, unique, F.normalize(rows, dim=1))
+
+
+class IICEncoder(nn.Module):
+    """Backbone + global average pool: clips (B, 3, T, H, W) -> features (B, C)."""
+
+    def __init__(self, net: str, base_width: int) -> None:
+        super().__init__()
+        self.backbone, self.out_channels = build_backbone(net, base_width)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.backbone(clips).mean(dim=(2, 3, 4)).float()  # (B, C)
+
+
+class IIC(nn.Module):
+    """IIC pretraining; `forward(clip, index)` takes the "iic" sampler's [0, 1] clips and video indices."""
+
+    sampler = "iic"
+    batch_keys = ("clip", "index")
+    num_views = 2
+
+    def __init__(self, args: argparse.Namespace, num_videos: int | None = None) -> None:
+        super().__init__()
+        if args.modality in FLOW_MODALITIES:
+            raise ValueError(f"--modality {args.modality} (optical flow) needs pre-computed TV-L1 flow frames, "
+                             "which the data loader does not read yet; use --modality res or rgb")
+        if args.bank_k < 1 or args.bank_t <= 0 or not 0.0 <= args.bank_momentum < 1.0:
+            raise ValueError(f"need --bank-k ≥ 1, --bank-t > 0 and 0 ≤ --bank-momentum < 1; got {args.bank_k}, "
+                             f"{args.bank_t}, {args.bank_momentum}")
+        self.modality = args.modality
+        self.intra_neg = args.intra_neg
+        self.residual_wrap = args.residual_wrap
+        self.k = args.bank_k
+        self.temperature = args.bank_t
+        self.l2norm = args.iic_l2norm
+        self.encoder = IICEncoder(args.net, args.base_width)
+        names = ("view1", "view2") + (("intra_neg",) if self.intra_neg != "none" else ())
+        # Without a dataset size (e.g. --dry-run) the banks are empty and forward refuses to run.
+        self.banks = MemoryBanks(names, num_videos or 0, self.encoder.out_channels, args.bank_momentum)
+        self.loss_weights = {"loss_view1": 1.0, "loss_view2": 1.0}
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder.backbone
+
+    def view2(self, clip: torch.Tensor) -> torch.Tensor:
+        if self.modality == "res":
+            return residual_frames(clip, self.residual_wrap)
+        return normalize_imagenet(clip)
+
+    def intra_negative(self, clip: torch.Tensor) -> torch.Tensor:
+        make = repeat_negative if self.intra_neg == "repeat" else shuffle_negative
+        return normalize_imagenet(make(clip))
+
+    def embed(self, clips: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(clips)  # (B, C)
+        return F.normalize(features, dim=1) if self.l2norm else features
+
+    def logits(self, feature: torch.Tensor, other: str, drawn: torch.Tensor) -> torch.Tensor:
+        """feature (B, C) against the other view's bank (and Mneg) at rows drawn (B, K+1) -> (B, K+1 or 2K+2)."""
+        banks = [other] + (["intra_neg"] if self.intra_neg != "none" else [])
+        columns = [torch.einsum("bkc,bc->bk", self.banks.bank(name)[drawn], feature) for name in banks]
+        return torch.cat(columns, dim=1) / self.temperature
+
+    def check_input(self, clip: torch.Tensor, index: torch.Tensor) -> None:
+        if self.banks.num_videos == 0:
+            raise ValueError("IIC's memory banks have no rows: build the method with "
+                             "build_method(args, num_videos=len(training set))")
+        if clip.dim() != 5 or clip.shape[1] != 3:
+            raise ValueError(f"IIC expects [0, 1] clips (B, 3, T, H, W) from the 'iic' sampler; got "
+                             f"{tuple(clip.shape)}")
+        if index.min() < 0 or index.max() >= self.banks.num_videos:
+            raise ValueError(f"video index {int(index.max())} outside the memory banks of "
+                             f"{self.banks.num_videos} rows: the banks were built for another training set")
+
+    def forward(self, clip: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.check_input(clip, index)
+        f1 = self.embed(normalize_imagenet(clip))  # (B, C)
+        f2 = self.embed(self.view2(clip))  # (B, C)
+        features = {"view1": f1.detach(), "view2": f2.detach()}
+        if self.intra_neg != "none":
+            with torch.no_grad():
+                features["intra_neg"] = self.embed(self.intra_negative(clip))  # (B, C)
+
+        drawn = self.banks.draw(index, self.k)  # (B, K+1)
+        targets = torch.zeros(clip.shape[0], dtype=torch.long, device=clip.device)
+        # Dot products with thousands of bank rows lose digits in half precision: fp32 whatever the autocast.
+        with torch.autocast(clip.device.type, enabled=False):
+            # bank rows are gathered copies, so the update below cannot disturb backward
+            logits1 = self.logits(f1, "view2", drawn)  # (B, 2K+2)
+            logits2 = self.logits(f2, "view1", drawn)  # (B, 2K+2)
+            out = {"loss_view1": F.cross_entropy(logits1, targets), "loss_view2": F.cross_entropy(logits2, targets),
+                   "acc_view1": (logits1.detach().argmax(dim=1) == 0).float().mean(),
+                   "acc_view2": (logits2.detach().argmax(dim=1) == 0).float().mean()}
+        self.banks.update(index, features)
+        return out
