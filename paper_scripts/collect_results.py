@@ -1,0 +1,149 @@
+"""Collect every experiment's results under the output root into one markdown table.
+
+Reads, for each ``<output-root>/<exp>/``: ``test/test_results.json`` (UCF101 top-1),
+``test_hmdb/test_results.json`` (HMDB51 top-1) and ``test_retrieval/retrieval.json`` (R@1/5/10/20/50),
+as the launchers in paper_scripts/ write them, and puts the published number (METHOD.md §9) in brackets
+beside each reproduced one. Usage:
+
+    python paper_scripts/collect_results.py [--output-root output] [--out results.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+COMMON_SH = Path(__file__).with_name("common.sh")
+RECALL_KS = (1, 5, 10, 20, 50)
+COLUMNS = ("ucf101", "hmdb51") + tuple(f"R@{k}" for k in RECALL_KS)
+# Where each column's number lives, relative to <output-root>/<exp>/.
+SOURCES = {"ucf101": ("test", "test_results.json", "top1"), "hmdb51": ("test_hmdb", "test_results.json", "top1"),
+           **{f"R@{k}": ("test_retrieval", "retrieval.json", f"R@{k}") for k in RECALL_KS}}
+NET_NAMES = {"r21d": "R(2+1)D-10", "r3d": "R3D-10", "c3d": "C3D", "s3d": "S3D", "r3d_18": "R3D-18",
+             "r21d_18": "R(2+1)D-18"}
+# METHOD.md §9 (top-1 %, split 1), keyed by (model, mode, net, pretraining data).
+PUBLISHED = {
+    ("simclr", "clip-sr-tc", "r21d", "k400"): {"ucf101": 82.0, "hmdb51": 51.2, "R@1": 46.7, "R@5": 63.1,
+                                              "R@10": 69.7, "R@20": 78.0, "R@50": 87.8},
+    ("simclr", "clip-sr-tc", "r21d", "ucf101"): {"ucf101": 79.0, "hmdb51": 45.4},
+    ("moco", "clip-sr-tc", "r21d", "ucf101"): {"ucf101": 78.5, "hmdb51": 47.5},
+}
+
+
+class ResultsError(Exception):
+    """A results file that exists but cannot be used; the message names it."""
+
+
+def read_experiment_table(path: Path = COMMON_SH) -> dict[str, tuple[str, str, str, str]]:
+    """common.sh's EXPERIMENTS table: name -> (model, mode, net, pretraining data)."""
+    rows = re.findall(r'^\s*\[([^\]]+)\]="(\S+) (\S+) (\S+) (\S+)"', path.read_text(), flags=re.M)
+    return {name: tuple(fields) for name, *fields in rows}
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path}: cannot read it as JSON ({e}); delete it and re-run that mode") from e
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_metric(exp_dir: Path, column: str) -> float | None:
+    folder, name, key = SOURCES[column]
+    path = exp_dir / folder / name
+    if not path.is_file():
+        return None
+    value = read_json(path).get(key)
+    if not isinstance(value, (int, float)):
+        raise ResultsError(f"{path}: no number under '{key}' (found {value!r}); re-run that mode")
+    return float(value)
+
+
+def describe(exp_dir: Path, table: dict) -> tuple[str, str, str, str]:
+    """(model, mode, net, pretraining data) from the experiment table, else from the runs' configs."""
+    if exp_dir.name in table:
+        return table[exp_dir.name]
+    config = {}
+    for folder, name, _ in SOURCES.values():
+        path = exp_dir / folder / name
+        if path.is_file():
+            config = read_json(path).get("config") or {}
+            break
+    pretrain_config = exp_dir / "pretrain" / "config.json"
+    if pretrain_config.is_file():
+        config = read_json(pretrain_config)
+        return (config.get("model", "?"), config.get("mode", "?"), config.get("net", "?"), config.get("dataset", "?"))
+    return ("random init", "", config.get("net", "?"), "none")
+
+
+def collect(output_root: Path, table: dict | None = None) -> list[dict]:
+    """One row per experiment folder with at least one result, sorted by name."""
+    if not output_root.is_dir():
+        raise ResultsError(f"--output-root {output_root}: no such folder; pass the OUTPUT_ROOT the launchers used")
+    table = read_experiment_table() if table is None else table
+    rows = []
+    for exp_dir in sorted(p for p in output_root.iterdir() if p.is_dir()):
+        values = {column: read_metric(exp_dir, column) for column in COLUMNS}
+        if all(v is None for v in values.values()):
+            continue
+        model, mode, net, data = describe(exp_dir, table)
+        rows.append({"experiment": exp_dir.name, "method": f"{model} {mode}".strip(), "backbone": NET_NAMES.get(net, net),
+                     "pretrain": data, "values": values, "published": PUBLISHED.get((model, mode, net, data), {})})
+    return rows
+
+
+def cell(value: float | None, published: float | None) -> str:
+    ours = "–" if value is None else f"{value:.1f}"
+    return ours if published is None else f"{ours} ({published:.1f})"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = ["experiment", "method", "backbone", "pretrain data", "UCF101 top-1", "HMDB51 top-1",
+              *(f"R@{k}" for k in RECALL_KS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [cell(row["values"][c], row["published"].get(c)) for c in COLUMNS]
+        lines.append("| " + " | ".join([row["experiment"], row["method"], row["backbone"], row["pretrain"], *cells])
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--output-root", type=Path, default=Path("output"),
+                        help="the launchers' OUTPUT_ROOT, holding one folder per experiment")
+    parser.add_argument("--experiments", nargs="*", default=None,
+                        help="only these experiment folders (default: every one with results)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
+    return parser
+
+
+def main(args: argparse.Namespace) -> str:
+    rows = collect(args.output_root)
+    if args.experiments is not None:
+        order = {name: i for i, name in enumerate(args.experiments)}
+        rows = sorted((r for r in rows if r["experiment"] in order), key=lambda r: order[r["experiment"]])
+    if not rows:
+        raise ResultsError(f"no results under {args.output_root}: run the test, test_hmdb or test_retrieval "
+                           "launchers first")
+    note = "\nIn brackets: the published number (METHOD.md §9)."
+    if any(r["experiment"].startswith("demo") for r in rows):
+        note += " Demo rows are tested on the demo data set's test split, not UCF101."
+    text = markdown_table(rows) + note + "\n"
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text, end="")
+    return text
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except ResultsError as e:
+        sys.exit(f"collect_results.py: {e}")

@@ -1,0 +1,226 @@
+# Shared launcher logic, sourced by every paper_scripts/<mode>/<exp>.sh: the experiment table, the
+# published recipe (METHOD.md §5.6, §7) and the torchrun launch. A launcher's folder is its mode and its
+# file name is the experiment, so `bash paper_scripts/finetune/simclr_clip-sr-tc_r21d_ucf101.sh` finetunes
+# that experiment's pretrained checkpoint; later modes find what earlier ones wrote under the same
+# $OUTPUT_ROOT/<exp>/.
+#
+# Environment:
+#   NUM_GPUS        processes (one per GPU); default: every visible GPU, and one CPU process when none
+#   OUTPUT_ROOT     runs are written to $OUTPUT_ROOT/<exp>/<mode> (default: <repo>/output)
+#   VSSL_DATA_ROOT  holds <dataset>/frames and <dataset>/csv (default: <repo>/data)
+#   DRY_RUN=1       append --dry-run to every python command: print the resolved configurations, train nothing
+#   PRINT_ONLY=1    print the commands (one per line, shell-quoted) instead of running them
+#   PYTHON          interpreter for single-process CPU runs (default: python)
+# Arguments given to a launcher are appended to each of its python commands (e.g. --workers 8).
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Relative paths given by the user are relative to where the launcher is started; defaults to the repository.
+OUTPUT_ROOT="$(realpath -m "${OUTPUT_ROOT:-$REPO_ROOT/output}")"
+DATA_ROOT="$(realpath -m "${VSSL_DATA_ROOT:-$REPO_ROOT/data}")"
+cd "$REPO_ROOT"
+PYTHON="${PYTHON:-python}"
+EXTRA_ARGS=()
+
+# The modes of `run`, in order.
+MODES=(pretrain finetune finetune_hmdb test test_hmdb test_retrieval)
+
+# experiment -> "model mode net pretraining-dataset" (METHOD.md §8; the IIC rows come with the IIC issue).
+declare -A EXPERIMENTS=(
+  [simclr_clip-sr-tc_r21d_k400]="simclr clip-sr-tc r21d k400"
+  [simclr_clip_r21d_ucf101]="simclr clip r21d ucf101"
+  [simclr_clip-sr_r21d_ucf101]="simclr clip-sr r21d ucf101"
+  [simclr_clip-sr-tc_r21d_ucf101]="simclr clip-sr-tc r21d ucf101"
+  [moco_clip_r21d_ucf101]="moco clip r21d ucf101"
+  [moco_clip-sr_r21d_ucf101]="moco clip-sr r21d ucf101"
+  [moco_clip-sr-tc_r21d_ucf101]="moco clip-sr-tc r21d ucf101"
+  [simclr_clip-sr-tc_r3d_ucf101]="simclr clip-sr-tc r3d ucf101"
+  [simclr_clip-sr-tc_c3d_ucf101]="simclr clip-sr-tc c3d ucf101"
+  [simclr_clip-sr-tc_s3d_ucf101]="simclr clip-sr-tc s3d ucf101"
+  [demo]="simclr clip-sr-tc r21d demo"
+  [demo_baseline]="simclr clip r21d demo"
+)
+
+# Published pretraining recipe: global batch 64 (8 GPUs x 8), 16x112² clips, temporal stride 4.
+PRETRAIN_FLAGS=(--epochs 200 --schedule 120 160 --lr 0.003 --weight-decay 1e-4 --optimizer sgd --momentum 0.9
+                --num-frames 16 --stride 4 --size 112 --save-freq 10)
+PRETRAIN_GLOBAL_BATCH=64
+# Downstream runs start from the checkpoint after epoch 190 (0-based 189), which --save-freq 10 keeps.
+DOWNSTREAM_CHECKPOINT=epoch189.pth
+# Published finetuning recipe (global batch 16, ds 2); the schedule depends on the pretraining data.
+FINETUNE_FLAGS=(--lr 0.05 --weight-decay 1e-3 --optimizer sgd --num-frames 16 --stride 2 --size 112)
+FINETUNE_GLOBAL_BATCH=16
+FINETUNE_SCHEDULE_UCF101=(--epochs 100 --schedule 30 60 80)
+FINETUNE_SCHEDULE_K400=(--epochs 150 --schedule 50 100)
+
+# The demo: narrow R(2+1)D-10 on 8x48² clips so that the whole pipeline fits in minutes on a 2-core CPU;
+# AdamW because SGD at lr 0.03 barely moved the contrastive loss in this budget (AdamW lr 3e-3 did not either).
+DEMO_CLIP_FLAGS=(--base-width 16 --num-frames 8 --size 48 --resize 54 72)
+DEMO_RUNTIME_FLAGS=(--amp none --workers 2)  # bf16 autocast is slower on CPUs without AVX512-BF16
+DEMO_PRETRAIN_FLAGS=(--epochs 12 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride 4 --save-freq 0
+                     --log-every 5)
+DEMO_PRETRAIN_GLOBAL_BATCH=16
+DEMO_FINETUNE_FLAGS=(--epochs 12 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3 --stride 2 --val-freq 0
+                     --log-every 5)
+DEMO_FINETUNE_GLOBAL_BATCH=16
+
+die() { echo "paper_scripts: $*" >&2; exit 2; }
+
+visible_gpus() {
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    local ids="${CUDA_VISIBLE_DEVICES//[[:space:]]/}"
+    [ -z "$ids" ] && { echo 0; return; }
+    echo "$ids" | tr ',' '\n' | grep -c .
+  elif command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+  else
+    echo 0
+  fi
+}
+
+NUM_GPUS="${NUM_GPUS:-$(visible_gpus)}"
+[[ "$NUM_GPUS" =~ ^[0-9]+$ ]] || die "NUM_GPUS=$NUM_GPUS: give a whole number of GPUs (0 for one CPU process)"
+NUM_PROCS=$(( NUM_GPUS > 0 ? NUM_GPUS : 1 ))
+
+# Per-process batch size for a global batch, so that the published global batch holds on any GPU count.
+per_process_batch() {
+  (( $1 % NUM_PROCS == 0 )) || die "the global batch $1 does not split over NUM_GPUS=$NUM_GPUS processes: pick a divisor of $1"
+  echo $(( $1 / NUM_PROCS ))
+}
+
+# Run one entry script (torchrun on GPUs, plain python on the CPU) with the launcher's extra arguments.
+run_python() {
+  local script="$1"; shift
+  local cmd
+  if (( NUM_GPUS > 0 )); then
+    cmd=(torchrun --standalone --nproc_per_node "$NUM_GPUS" "$script" "$@")
+  else
+    cmd=("$PYTHON" "$script" "$@")
+  fi
+  cmd+=("${EXTRA_ARGS[@]}")
+  [ "${DRY_RUN:-0}" = 1 ] && cmd+=(--dry-run)
+  if [ "${PRINT_ONLY:-0}" = 1 ]; then
+    printf '%q ' "${cmd[@]}"; echo
+    return
+  fi
+  printf '+ %s\n' "${cmd[*]}" >&2
+  "${cmd[@]}"
+}
+
+# A single-process helper script (data preparation, tables): no torchrun, no launcher arguments, and
+# skipped in dry runs since it has no --dry-run of its own.
+run_single() {
+  local cmd=("$PYTHON" "$@")
+  if [ "${PRINT_ONLY:-0}" = 1 ]; then
+    printf '%q ' "${cmd[@]}"; echo
+  elif [ "${DRY_RUN:-0}" = 1 ]; then
+    printf 'dry run, skipped: %s\n' "${cmd[*]}" >&2
+  else
+    printf '+ %s\n' "${cmd[*]}" >&2
+    "${cmd[@]}"
+  fi
+}
+
+# Sets MODEL, METHOD_MODE, NET and PRETRAIN_DATA for experiment $1.
+read_experiment() {
+  [ -n "${EXPERIMENTS[$1]+set}" ] || die "unknown experiment '$1'; known: ${!EXPERIMENTS[*]}"
+  read -r MODEL METHOD_MODE NET PRETRAIN_DATA <<<"${EXPERIMENTS[$1]}"
+}
+
+# One mode of experiment $2: mode $1 in pretrain, finetune, finetune_hmdb, test, test_hmdb, test_retrieval.
+run_mode() {
+  local mode="$1" exp="$2" out="$OUTPUT_ROOT/$2"
+  read_experiment "$exp"
+  local demo=0 downstream=ucf101 eval_flags=()
+  [ "$PRETRAIN_DATA" = demo ] && { demo=1; downstream=demo; eval_flags=("${DEMO_RUNTIME_FLAGS[@]}"); }
+  case "$mode" in
+    finetune_hmdb|test_hmdb)
+      (( demo )) && die "$exp has no HMDB51 transfer: the demo data set is its only data"
+      downstream=hmdb51 ;;
+  esac
+  local pretrained="$out/pretrain/$DOWNSTREAM_CHECKPOINT" finetuned=best.pth
+  # The demo compares fixed budgets: the last checkpoints, no validation.
+  (( demo )) && { pretrained="$out/pretrain/checkpoint.pth"; finetuned=checkpoint.pth; }
+
+  case "$mode" in
+    pretrain)
+      local flags=("${PRETRAIN_FLAGS[@]}") batch="$PRETRAIN_GLOBAL_BATCH"
+      (( demo )) && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_PRETRAIN_FLAGS[@]}") batch="$DEMO_PRETRAIN_GLOBAL_BATCH"
+      batch="$(per_process_batch "$batch")"
+      run_python train_ssl.py --dataset "$PRETRAIN_DATA" --data-root "$DATA_ROOT" --model "$MODEL" \
+        --mode "$METHOD_MODE" --net "$NET" "${flags[@]}" --batch-size "$batch" --output-dir "$out/pretrain" ;;
+    finetune|finetune_hmdb)
+      local flags=("${FINETUNE_FLAGS[@]}" "${FINETUNE_SCHEDULE_UCF101[@]}") batch="$FINETUNE_GLOBAL_BATCH"
+      [ "$PRETRAIN_DATA" = k400 ] && flags=("${FINETUNE_FLAGS[@]}" "${FINETUNE_SCHEDULE_K400[@]}")
+      (( demo )) && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}") batch="$DEMO_FINETUNE_GLOBAL_BATCH"
+      batch="$(per_process_batch "$batch")"
+      run_python finetune.py --dataset "$downstream" --data-root "$DATA_ROOT" --pretrain "$pretrained" \
+        "${flags[@]}" --batch-size "$batch" --output-dir "$out/$mode" ;;
+    test|test_hmdb)
+      local finetune_from="$out/finetune"
+      [ "$mode" = test_hmdb ] && finetune_from="$out/finetune_hmdb"
+      run_python test.py --dataset "$downstream" --data-root "$DATA_ROOT" --ckpt "$finetune_from/$finetuned" \
+        "${eval_flags[@]}" --output-dir "$out/$mode" ;;
+    test_retrieval)
+      run_python retrieve.py --dataset "$downstream" --data-root "$DATA_ROOT" --ckpt "$pretrained" \
+        "${eval_flags[@]}" --output-dir "$out/test_retrieval" ;;
+    *) die "unknown mode '$mode'; modes: ${MODES[*]} run" ;;
+  esac
+}
+
+# Entry point of a launcher: the mode is its folder, the experiment its file name; `run` runs every mode
+# in order (the HMDB51 ones only for experiments that have them) and stops at the first failure.
+launch() {
+  local launcher="${BASH_SOURCE[1]}"
+  local mode exp
+  mode="$(basename "$(dirname "$launcher")")"
+  exp="$(basename "$launcher" .sh)"
+  EXTRA_ARGS=("$@")
+  read_experiment "$exp"
+  if [ "$mode" != run ]; then
+    run_mode "$mode" "$exp"
+    return
+  fi
+  local m
+  for m in "${MODES[@]}"; do
+    [[ "$PRETRAIN_DATA" = demo && "$m" == *_hmdb ]] && continue
+    run_mode "$m" "$exp"
+  done
+}
+
+# The demo pipeline for experiment $1 (demo or demo_baseline), with its two references: the same network
+# finetuned from random weights at the same budget, and its random-weight features for retrieval. The
+# references live in $OUTPUT_ROOT/demo_random, are shared by both demos and computed once.
+run_demo() {
+  local exp="$1" demo_dir="$DATA_ROOT/demo" random_dir="$OUTPUT_ROOT/demo_random"
+  if [ ! -f "$demo_dir/csv/test_split01.csv" ]; then
+    [ -f "$demo_dir/splits/testlist01.txt" ] || run_single process_data/src/make_demo_data.py --out "$demo_dir"
+    run_single process_data/src/extract_frame.py --video-root "$demo_dir/videos" --frame-root "$demo_dir/frames"
+    run_single process_data/src/write_csv.py --dataset ucf101 --frame-root "$demo_dir/frames" \
+      --split-dir "$demo_dir/splits" --out-dir "$demo_dir/csv"
+  fi
+  local m
+  for m in pretrain finetune test test_retrieval; do
+    run_mode "$m" "$exp"
+  done
+
+  read_experiment "$exp"
+  local batch
+  batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
+  if [ ! -f "$random_dir/test/test_results.json" ]; then
+    run_python finetune.py --dataset demo --data-root "$DATA_ROOT" --pretrain none --net "$NET" \
+      "${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --batch-size "$batch" \
+      --output-dir "$random_dir/finetune"
+    run_python test.py --dataset demo --data-root "$DATA_ROOT" --ckpt "$random_dir/finetune/checkpoint.pth" \
+      "${DEMO_RUNTIME_FLAGS[@]}" --output-dir "$random_dir/test"
+  fi
+  if [ ! -f "$random_dir/test_retrieval/retrieval.json" ]; then
+    run_single paper_scripts/random_init.py --net "$NET" "${DEMO_CLIP_FLAGS[@]}" --stride 4 \
+      --out "$random_dir/random_init.pth"
+    run_python retrieve.py --dataset demo --data-root "$DATA_ROOT" --ckpt "$random_dir/random_init.pth" \
+      "${DEMO_RUNTIME_FLAGS[@]}" --output-dir "$random_dir/test_retrieval"
+  fi
+  run_single paper_scripts/collect_results.py --output-root "$OUTPUT_ROOT" --experiments "$exp" demo_random \
+    --out "$OUTPUT_ROOT/$exp/results.md"
+}

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# finetune_hmdb: simclr clip-sr-tc r21d pretrained on k400 (recipe and environment: paper_scripts/common.sh)
+source "$(dirname "$0")/../common.sh"
+launch "$@"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The project's main job on the built-in synthetic data set, on a 2-core CPU in under 10 minutes:
+# demo videos -> frames -> CSVs -> SimCLR pretraining without DualVar (mode clip, narrow R(2+1)D-10) -> finetuning
+# -> 10-clip test -> retrieval, beside the same network from random weights, then a results table
+# ($OUTPUT_ROOT/demo_baseline/results.md): the reference for run/demo.sh (DualVar, clip-sr-tc).
+# Data steps already done are skipped; environment variables as in paper_scripts/common.sh.
+source "$(dirname "$0")/../common.sh"
+EXTRA_ARGS=("$@")
+run_demo "$(basename "$0" .sh)"

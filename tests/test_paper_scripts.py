@@ -1,0 +1,211 @@
+"""The launchers in paper_scripts/: every python command they issue parses and resolves with --dry-run,
+`run` stops at the first failure, GPU counts split the global batch; and collect_results.py's table."""
+import importlib.util
+import json
+import os
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from paper_scripts import collect_results
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "paper_scripts"
+MODES = ("pretrain", "finetune", "finetune_hmdb", "test", "test_hmdb", "test_retrieval")
+ENTRY_SCRIPTS = ("train_ssl.py", "finetune.py", "test.py", "retrieve.py")
+TABLE = collect_results.read_experiment_table()
+DEMO_DATA_SCRIPTS = ("process_data/src/make_demo_data.py", "process_data/src/extract_frame.py",
+                     "process_data/src/write_csv.py")
+MODE_OF_SCRIPT = {"train_ssl.py": "pretrain", "finetune.py": "finetune", "test.py": "test",
+                  "retrieve.py": "test_retrieval"}
+
+
+def launch(mode, exp, tmp_path, *args, **env):
+    """Run one launcher; returns the completed process (commands on stdout in PRINT_ONLY mode)."""
+    full_env = {**os.environ, "OUTPUT_ROOT": str(tmp_path / "out"), "VSSL_DATA_ROOT": str(tmp_path / "data"),
+                "NUM_GPUS": "0", **env}
+    return subprocess.run(["bash", str(SCRIPTS / mode / f"{exp}.sh"), *args], env=full_env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def printed_commands(mode, exp, tmp_path, **env):
+    proc = launch(mode, exp, tmp_path, PRINT_ONLY="1", DRY_RUN="1", **env)
+    assert proc.returncode == 0, proc.stderr
+    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def split_entry(cmd):
+    """(entry script, its arguments) of a python or torchrun command line."""
+    i = next(i for i, a in enumerate(cmd) if a.endswith(".py"))
+    return cmd[i], cmd[i + 1:]
+
+
+def load_entry(script):
+    spec = importlib.util.spec_from_file_location(f"entry_{Path(script).stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def launchers():
+    return [(mode, exp) for exp, (_, _, _, data) in sorted(TABLE.items()) for mode in (*MODES, "run")
+            if (SCRIPTS / mode / f"{exp}.sh").exists()]
+
+
+def test_every_experiment_has_every_mode():
+    assert {"simclr_clip-sr-tc_r21d_k400", "demo", "demo_baseline"} <= set(TABLE)
+    for exp, (_, _, _, data) in TABLE.items():
+        modes = ("pretrain", "finetune", "test", "test_retrieval") if data == "demo" else (*MODES, "run")
+        missing = [m for m in modes if not (SCRIPTS / m / f"{exp}.sh").is_file()]
+        assert not missing, f"{exp} lacks launchers for {missing}"
+    for mode in (*MODES, "run"):
+        for path in (SCRIPTS / mode).glob("*.sh"):
+            assert path.stem in TABLE, f"{path} names no experiment of common.sh"
+
+
+def test_every_launcher_command_passes_its_dry_run(tmp_path, capsys):
+    commands = []
+    for mode, exp in launchers():
+        if mode != "run":
+            commands += [(mode, exp, cmd) for cmd in printed_commands(mode, exp, tmp_path)]
+    assert {split_entry(c)[0] for _, _, c in commands} == set(ENTRY_SCRIPTS)
+    for exp in ("demo", "demo_baseline"):  # their own pipeline: data, references, table
+        demo_commands = printed_commands("run", exp, tmp_path)
+        helpers = [split_entry(c) for c in demo_commands if split_entry(c)[0] not in ENTRY_SCRIPTS]
+        assert [script for script, _ in helpers] == [*DEMO_DATA_SCRIPTS, "paper_scripts/random_init.py",
+                                                     "paper_scripts/collect_results.py"]
+        collect_results.get_args_parser().parse_args(helpers[-1][1])
+        load_entry(helpers[-2][0]).get_args_parser().parse_args(helpers[-2][1])
+        commands += [("run", exp, c) for c in demo_commands if split_entry(c)[0] in ENTRY_SCRIPTS]
+
+    # Later modes read the checkpoints of earlier ones even in a dry run: stand-ins with the keys they read.
+    for _, _, cmd in commands:
+        args = split_entry(cmd)[1]
+        for flag in ("--pretrain", "--ckpt"):
+            if flag in args and args[args.index(flag) + 1] != "none":  # --pretrain none: random init
+                path = Path(args[args.index(flag) + 1])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"model": {"encoder.backbone.stem.weight": torch.zeros(1)}, "config": {}}, path)
+
+    modules = {script: load_entry(script) for script in ENTRY_SCRIPTS}
+    for mode, exp, cmd in commands:
+        script, args = split_entry(cmd)
+        assert args[-1] == "--dry-run"
+        module = modules[script]
+        parser = module.get_args_parser()
+        parser.allow_abbrev = False  # a launcher must spell every flag out: a typo must not pass as a prefix
+        module.main(parser.parse_args(args))  # argparse exits (fails) on a bad flag
+        config = json.loads(capsys.readouterr().out)
+        out_dir = Path(config["output_dir"])
+        if mode == "run":  # the demo pipeline writes to its own folder and to the shared random-init one
+            assert out_dir.parent.parent == tmp_path / "out" and out_dir.parent.name in (exp, "demo_random")
+            assert out_dir.name == MODE_OF_SCRIPT[script] and config["dataset"] == "demo"
+            continue
+        assert out_dir == tmp_path / "out" / exp / mode
+        model, method_mode, net, data = TABLE[exp]
+        if mode == "pretrain":
+            assert (config["model"], config["mode"], config["net"], config["dataset"]) == (model, method_mode, net, data)
+        else:
+            assert config["dataset"] == ("hmdb51" if mode.endswith("_hmdb") else "demo" if data == "demo" else "ucf101")
+
+
+def test_published_recipe(tmp_path):
+    (pretrain,) = printed_commands("pretrain", "simclr_clip-sr-tc_r21d_k400", tmp_path, NUM_GPUS="8")
+    assert pretrain[:4] == ["torchrun", "--standalone", "--nproc_per_node", "8"]
+    text = " ".join(pretrain)
+    for flags in ("--epochs 200", "--schedule 120 160", "--lr 0.003", "--weight-decay 1e-4", "--batch-size 8",
+                  "--num-frames 16", "--stride 4", "--size 112", "--save-freq 10"):
+        assert flags in text
+    (single,) = printed_commands("pretrain", "moco_clip_r21d_ucf101", tmp_path)
+    assert "--batch-size 64" in " ".join(single) and single[0] != "torchrun"
+    (k400,) = printed_commands("finetune", "simclr_clip-sr-tc_r21d_k400", tmp_path)
+    (ucf,) = printed_commands("finetune_hmdb", "simclr_clip-sr-tc_r3d_ucf101", tmp_path)
+    assert "--epochs 150 --schedule 50 100" in " ".join(k400) and "--epochs 100 --schedule 30 60 80" in " ".join(ucf)
+    assert k400[k400.index("--pretrain") + 1].endswith("simclr_clip-sr-tc_r21d_k400/pretrain/epoch189.pth")
+
+
+def test_global_batch_must_split_over_the_gpus(tmp_path):
+    proc = launch("pretrain", "simclr_clip_r21d_ucf101", tmp_path, PRINT_ONLY="1", NUM_GPUS="3")
+    assert proc.returncode != 0 and "NUM_GPUS=3" in proc.stderr and not proc.stdout
+    proc = launch("pretrain", "simclr_clip_r21d_ucf101", tmp_path, PRINT_ONLY="1", NUM_GPUS="two")
+    assert proc.returncode != 0 and "NUM_GPUS=two" in proc.stderr
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_run_goes_through_every_mode_and_stops_at_the_first_failure(tmp_path, fail):
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$1" >> {log}\nexit {1 if fail else 0}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    proc = launch("run", "moco_clip-sr_r21d_ucf101", tmp_path, "--workers", "1", PYTHON=str(fake))
+    calls = log.read_text().split()
+    if fail:
+        assert proc.returncode != 0 and calls == ["train_ssl.py"]
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert calls == ["train_ssl.py", "finetune.py", "finetune.py", "test.py", "test.py", "retrieve.py"]
+
+
+# ---------------------------------------------------------------- collect_results.py
+
+def write_json(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_collect_results_puts_published_numbers_beside_ours(tmp_path, capsys):
+    root = tmp_path / "out"
+    exp = root / "simclr_clip-sr-tc_r21d_k400"
+    write_json(exp / "test" / "test_results.json", {"top1": 80.25, "top5": 95.0})
+    write_json(exp / "test_retrieval" / "retrieval.json", {f"R@{k}": 40.0 + k for k in (1, 5, 10, 20, 50)})
+    write_json(root / "moco_clip_r21d_ucf101" / "test_hmdb" / "test_results.json", {"top1": 33.33})
+    (root / "simclr_clip_r21d_ucf101" / "pretrain").mkdir(parents=True)  # no results yet: no row
+    text = collect_results.main(collect_results.get_args_parser().parse_args(
+        ["--output-root", str(root), "--out", str(tmp_path / "table.md")]))
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "experiment" not in line]
+    assert len(rows) == 2
+    moco, k400 = (r.split(" | ") for r in rows)
+    assert k400[:4] == ["| simclr_clip-sr-tc_r21d_k400", "simclr clip-sr-tc", "R(2+1)D-10", "k400"]
+    assert k400[4:] == ["80.2 (82.0)", "– (51.2)", "41.0 (46.7)", "45.0 (63.1)", "50.0 (69.7)", "60.0 (78.0)",
+                        "90.0 (87.8) |"]
+    assert moco[:6] == ["| moco_clip_r21d_ucf101", "moco clip", "R(2+1)D-10", "ucf101", "–", "33.3"]
+    assert (tmp_path / "table.md").read_text() == text == capsys.readouterr().out
+
+
+def test_collect_results_names_the_broken_file(tmp_path):
+    broken = tmp_path / "demo" / "test_retrieval" / "retrieval.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{not json")
+    with pytest.raises(collect_results.ResultsError, match="retrieval.json"):
+        collect_results.collect(tmp_path)
+    write_json(broken, {"R@1": "high"})
+    with pytest.raises(collect_results.ResultsError, match="R@1"):
+        collect_results.collect(tmp_path)
+    with pytest.raises(collect_results.ResultsError, match="no such folder"):
+        collect_results.collect(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(collect_results.ResultsError, match="no results"):
+        collect_results.main(collect_results.get_args_parser().parse_args(["--output-root", str(empty)]))
+
+
+def test_random_init_checkpoint_loads_like_a_pretrained_one(tmp_path):
+    from model.backbones import build_backbone
+    from model.classifier import load_backbone, read_checkpoint
+
+    random_init = load_entry("paper_scripts/random_init.py")
+    path = tmp_path / "random.pth"
+    random_init.main(random_init.get_args_parser().parse_args(
+        ["--net", "r3d", "--base-width", "8", "--num-frames", "8", "--size", "32", "--out", str(path)]))
+    ckpt = read_checkpoint(path)
+    assert ckpt["config"]["num_frames"] == 8 and ckpt["config"]["size"] == 32
+    backbone, _ = build_backbone("r3d", 8)
+    assert load_backbone(backbone, path, ckpt, "r3d", 8) == len(backbone.state_dict())
+    torch.manual_seed(0)
+    fresh, _ = build_backbone("r3d", 8)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), backbone.state_dict().values()))
