@@ -1,6 +1,11 @@
 import argparse
+import socket
+import time
+from pathlib import Path
 
 import pytest
+import torch
+import torch.multiprocessing as mp
 
 import extract_frame
 import make_demo_data
@@ -36,3 +41,24 @@ def tiny_demo_args(root, *extra: str) -> argparse.Namespace:
     add_data_args(parser)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(tiny_demo_flags(root) + list(extra))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_gloo_processes(worker, tmp_path, nprocs: int = 2, start_method: str = "spawn", timeout: float = 120):
+    """Run ``worker(rank, port, out_dir)`` in ``nprocs`` processes (each joins a gloo group on ``port``)
+    and return what each rank saved to ``out_dir/rank{rank}.pt``; a hung run fails instead of blocking CI.
+    ``fork`` spares the children a second import of torch when they need nothing it cannot inherit."""
+    context = mp.start_processes(worker, args=(_free_port(), str(tmp_path)), nprocs=nprocs, join=False,
+                                 start_method=start_method)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {nprocs}-process gloo run did not finish within {timeout:.0f} s")
+    return [torch.load(Path(tmp_path) / f"rank{rank}.pt") for rank in range(nprocs)]

@@ -1,14 +1,12 @@
 import argparse
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import run_gloo_processes
 from model.losses import nt_xent, shuffle_rank_loss, temporal_coherent_loss
 from utils import distributed
 
@@ -114,21 +112,8 @@ def _worker(rank, port, out_dir):
     distributed.cleanup()
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_gloo_processes_match_single_process_global_batch(tmp_path):
-    context = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=False)
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process gloo run did not finish within 120 s")
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    results = run_gloo_processes(_worker, tmp_path, WORLD_SIZE)
 
     reference_model = _tiny_model()
     reference_loss = _losses(reference_model, _global_batch())

@@ -1,15 +1,12 @@
 import argparse
 import copy
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from conftest import tiny_demo_args
+from conftest import run_gloo_processes, tiny_demo_args
 from dataset.video_dataset import build_dataset
 from model import add_method_args, build_method
 from model.dualvar import MODES
@@ -210,23 +207,8 @@ def _moco_worker(rank, port, out_dir):
     distributed.cleanup()
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_moco_shuffle_bn_and_queue_under_two_gloo_processes(tmp_path):
-    # fork: the children need no second import of torch, which dominates the cost of this test
-    context = mp.start_processes(_moco_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=False,
-                                 start_method="fork")
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process MoCo run did not finish within 120 s")
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    results = run_gloo_processes(_moco_worker, tmp_path, WORLD_SIZE, start_method="fork")
     for result in results:
         assert torch.allclose(result["keys"], result["expected_keys"], atol=1e-6)
         assert torch.allclose(result["series"], result["expected_series"], atol=1e-6)

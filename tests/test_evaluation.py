@@ -3,13 +3,12 @@ gallery, and sharded inference that counts every video once (also with two real 
 
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from conftest import run_gloo_processes
 from utils import evaluation
 from utils.evaluation import (IncompleteEvaluationError, aggregate_clips, assemble, classification_report,
                               recall_at_k, run_inference, shard_indices, topk_accuracy)
@@ -117,27 +116,21 @@ def test_sharded_inference_counts_every_video_once(num_items, batch_size, world_
     np.testing.assert_array_equal(result, 10 * np.repeat(np.arange(num_items)[:, None], 3, axis=1))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        for num_items in (5, 1):  # 1 video: rank 1 has an empty shard
-            result = run_inference(features_of, IndexDataset(num_items), batch_size=2, workers=0,
-                                   device=torch.device("cpu"))
-            np.save(os.path.join(out_dir, f"rank{rank}_{num_items}.npy"), result)
+        results = {num_items: torch.from_numpy(run_inference(features_of, IndexDataset(num_items), batch_size=2,
+                                                             workers=0, device=torch.device("cpu")))
+                   for num_items in (5, 1)}  # 1 video: rank 1 has an empty shard
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_two_processes_gather_every_video_once(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    results = run_gloo_processes(_worker, tmp_path)
     for num_items in (5, 1):
         expected = 10 * np.repeat(np.arange(num_items)[:, None], 3, axis=1)
-        for rank in range(2):
-            np.testing.assert_array_equal(np.load(tmp_path / f"rank{rank}_{num_items}.npy"), expected)
+        for result in results:
+            np.testing.assert_array_equal(result[num_items].numpy(), expected)

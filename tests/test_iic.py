@@ -4,16 +4,13 @@ short training runs per modality × intra-negative, train_ssl wiring, and banks 
 import argparse
 import json
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import train_ssl
-from conftest import tiny_demo_args, tiny_demo_flags
+from conftest import run_gloo_processes, tiny_demo_args, tiny_demo_flags
 from dataset.video_dataset import build_dataset
 from model import add_method_args, build_method
 from model.backbones import build_backbone
@@ -277,23 +274,8 @@ def _bank_worker(rank, port, out_dir):
     distributed.cleanup()
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_banks_stay_identical_under_two_gloo_processes(tmp_path):
-    # fork: the children need no second import of torch
-    context = mp.start_processes(_bank_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=False,
-                                 start_method="fork")
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process IIC run did not finish within 120 s")
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    results = run_gloo_processes(_bank_worker, tmp_path, WORLD_SIZE, start_method="fork")
     start = tiny_iic().banks
     for name in start.names:
         assert torch.equal(results[0]["banks"][name], results[1]["banks"][name])
