@@ -26,7 +26,7 @@ from dataset.video_dataset import add_data_args, build_dataset
 from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
                               check_modality, classification_loss, load_backbone, prepare_input, read_checkpoint,
                               resolve_backbone_args, snapshot)
-from utils.checkpoint import CheckpointError, Checkpointer, load_checkpoint
+from utils.checkpoint import CheckpointError, Checkpointer
 from utils.distributed import (add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist,
                                is_main_process)
 from utils.engine import (NonFiniteLossError, check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler,
@@ -87,6 +87,9 @@ class FinetuneCheckpointer(Checkpointer):
 
     def state(self, epoch: int, iteration: int, global_step: int) -> dict:
         return {**super().state(epoch, iteration, global_step), "best": dict(self.best)}
+
+    def restore_extra(self, ckpt: dict) -> None:
+        self.best = ckpt.get("best", self.best)
 
 
 def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict | None) -> dict:
@@ -149,8 +152,6 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
     }
     checkpointer = FinetuneCheckpointer(args.output_dir, model, optimizer, scheduler, scaler, config)
     start = checkpointer.resume(args.resume)
-    if start.path is not None:
-        checkpointer.best = load_checkpoint(start.path).get("best", checkpointer.best)
     logger = RunLogger(args.output_dir, purge_step=start.global_step + 1 if start.path else None)
     logger.start(config)
     if logger.enabled:
@@ -164,30 +165,28 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
 
     global_step, start_iter, last_val = start.global_step, start.iteration, {}
     try:
-        for epoch in range(start.epoch, args.epochs):
-            loader = epoch_loader(train_set, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
-                                  epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
-            stats, global_step = train_one_epoch(
-                model, loader, optimizer, forward_fn=forward, loss_weights=LOSS_WEIGHTS, epoch=epoch,
-                num_iters=iters, start_iter=start_iter, global_step=global_step, device=device, amp=args.amp,
-                scaler=scaler, logger=logger, log_every=args.log_every, save_every_iters=args.save_every_iters,
-                save_fn=checkpointer.save)
-            start_iter = 0
-            scheduler.step()
-            last_epoch = epoch + 1 == args.epochs
-            if args.val_freq and ((epoch + 1) % args.val_freq == 0 or last_epoch):
-                last_val = validate(classifier, val_set, args, device)
-                stats.update(last_val)
-            improved = "val_top1" in stats and stats["val_top1"] > checkpointer.best["val_top1"]
-            if improved:
-                checkpointer.best = {"val_top1": stats["val_top1"], "epoch": epoch}
-            logger.log("epoch", global_step, stats, epoch=epoch)
-            checkpointer.save(epoch + 1, 0, global_step, copy_name=BEST_NAME if improved else None)
-            if logger.enabled:
-                print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
-    except NonFiniteLossError as e:
-        kept = checkpointer.latest_path if checkpointer.latest_path.is_file() else "none written yet"
-        raise NonFiniteLossError(f"{e}; last good checkpoint: {kept}") from None
+        with checkpointer.naming_last_good():
+            for epoch in range(start.epoch, args.epochs):
+                loader = epoch_loader(train_set, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                                      epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
+                stats, global_step = train_one_epoch(
+                    model, loader, optimizer, forward_fn=forward, loss_weights=LOSS_WEIGHTS, epoch=epoch,
+                    num_iters=iters, start_iter=start_iter, global_step=global_step, device=device, amp=args.amp,
+                    scaler=scaler, logger=logger, log_every=args.log_every, save_every_iters=args.save_every_iters,
+                    save_fn=checkpointer.save)
+                start_iter = 0
+                scheduler.step()
+                last_epoch = epoch + 1 == args.epochs
+                if args.val_freq and ((epoch + 1) % args.val_freq == 0 or last_epoch):
+                    last_val = validate(classifier, val_set, args, device)
+                    stats.update(last_val)
+                improved = "val_top1" in stats and stats["val_top1"] > checkpointer.best["val_top1"]
+                if improved:
+                    checkpointer.best = {"val_top1": stats["val_top1"], "epoch": epoch}
+                logger.log("epoch", global_step, stats, epoch=epoch)
+                checkpointer.save(epoch + 1, 0, global_step, copy_name=BEST_NAME if improved else None)
+                if logger.enabled:
+                    print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
     finally:
         logger.close()
 

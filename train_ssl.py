@@ -130,24 +130,22 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     global_step = start.global_step
     start_iter = start.iteration
     try:
-        for epoch in range(start.epoch, args.epochs):
-            loader = epoch_loader(dataset, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
-                                  epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
-            stats, global_step = train_one_epoch(
-                model, loader, optimizer, forward_fn=lambda m, b: ssl_forward(m, b, device),
-                loss_weights=unwrap(model).loss_weights, epoch=epoch, num_iters=iters, start_iter=start_iter,
-                global_step=global_step, device=device, amp=args.amp, scaler=scaler, logger=logger,
-                log_every=args.log_every, save_every_iters=args.save_every_iters, save_fn=checkpointer.save)
-            start_iter = 0
-            scheduler.step()
-            logger.log("epoch", global_step, stats, epoch=epoch)  # before the save: a resume purges it
-            keep = args.save_freq and (epoch + 1) % args.save_freq == 0
-            checkpointer.save(epoch + 1, 0, global_step, copy_name=f"epoch{epoch:03d}.pth" if keep else None)
-            if logger.enabled:
-                print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
-    except NonFiniteLossError as e:
-        kept = checkpointer.latest_path if checkpointer.latest_path.is_file() else "none written yet"
-        raise NonFiniteLossError(f"{e}; last good checkpoint: {kept}") from None
+        with checkpointer.naming_last_good():
+            for epoch in range(start.epoch, args.epochs):
+                loader = epoch_loader(dataset, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                                      epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
+                stats, global_step = train_one_epoch(
+                    model, loader, optimizer, forward_fn=lambda m, b: ssl_forward(m, b, device),
+                    loss_weights=unwrap(model).loss_weights, epoch=epoch, num_iters=iters, start_iter=start_iter,
+                    global_step=global_step, device=device, amp=args.amp, scaler=scaler, logger=logger,
+                    log_every=args.log_every, save_every_iters=args.save_every_iters, save_fn=checkpointer.save)
+                start_iter = 0
+                scheduler.step()
+                logger.log("epoch", global_step, stats, epoch=epoch)  # before the save: a resume purges it
+                keep = args.save_freq and (epoch + 1) % args.save_freq == 0
+                checkpointer.save(epoch + 1, 0, global_step, copy_name=f"epoch{epoch:03d}.pth" if keep else None)
+                if logger.enabled:
+                    print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
     finally:
         logger.close()
 

@@ -10,6 +10,7 @@ holds ``epoch = e + 1, iteration = 0``; ``epochNNN.pth`` copies are named after 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import warnings
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from utils.distributed import get_rank, get_world_size, is_dist, is_main_process
+from utils.engine import NonFiniteLossError
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -167,6 +169,18 @@ class Checkpointer:
             if copy_name:
                 save_checkpoint(state, self.output_dir / copy_name)
 
+    def restore_extra(self, ckpt: dict) -> None:
+        """Hook for subclasses whose ``state`` adds entries: restore them from a loaded checkpoint."""
+
+    @contextlib.contextmanager
+    def naming_last_good(self):
+        """Re-raise a NonFiniteLossError with the checkpoint that is still valid, to resume from."""
+        try:
+            yield
+        except NonFiniteLossError as e:
+            kept = self.latest_path if self.latest_path.is_file() else "none written yet"
+            raise NonFiniteLossError(f"{e}; last good checkpoint: {kept}") from None
+
     def resume(self, resume: str) -> ResumePoint:
         """Restore model, optimizer, scheduler, scaler and this rank's RNG states per ``--resume``."""
         path = resolve_resume(resume, self.output_dir)
@@ -189,6 +203,7 @@ class Checkpointer:
         if self.scaler is not None and ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         self._warn_config_changes(path, ckpt.get("config", {}))
+        self.restore_extra(ckpt)
         rng = ckpt["rng"]
         if len(rng) == get_world_size():
             set_rng_state(rng[get_rank()])
