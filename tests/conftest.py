@@ -16,6 +16,16 @@ DEMO_CLASSES = ["MoveRight", "MoveLeft", "BounceCircle"]
 DEMO_VIDEOS_PER_CLASS = 5  # groups g01-g02 -> 6 test videos, 9 train videos
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny convolutions: threads gain nothing there, and OpenMP spinning under a busy CPU
+    costs several-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """A small demo data set run through the real pipeline: videos -> frames -> split CSVs."""

@@ -17,13 +17,7 @@ BATCH = 4
 CLIP = (3, 8, 32, 32)  # (C, T, H, W)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions gain nothing from threads, and OpenMP spinning under a busy CPU costs several-fold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def parse(*argv: str) -> argparse.Namespace:
