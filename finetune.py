@@ -56,8 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="ft: train every layer; last: linear probe (backbone frozen, in eval mode, checked "
                             "unchanged after training)")
     group.add_argument("--modality", default="rgb", choices=MODALITIES,
-                       help="network input: rgb, or res = raw residual x_t - x_{t-1} of the normalised clip "
-                            "(IIC's finetuning input); u/v (optical flow) arrive with IIC")
+                       help="network input: rgb; res = raw residual x_t - x_{t-1} of the normalised clip "
+                            "(IIC's finetuning input); u / v = that optical-flow component in [0, 1], read from "
+                            "--flow-root (process_data/src/extract_frame.py --flow writes it)")
     group.add_argument("--dropout", type=float, default=0.0, help="dropout before the linear layer (0: none)")
     group.add_argument("--val-freq", type=int, default=1,
                        help="validate on the hold-out every this many epochs (and after the last); 0: never")
@@ -120,8 +121,8 @@ def main(args: argparse.Namespace) -> dict | None:
 
 def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:
     check_amp(args.amp, device)
-    train_set = build_dataset(args, "train", "finetune")
-    val_set = build_dataset(args, "val", "eval")
+    train_set = build_dataset(args, "train", "finetune", modality=args.modality)
+    val_set = build_dataset(args, "val", "eval", modality=args.modality)
     if train_set.num_classes < 2 or (dataset_labels(train_set) < 0).any():
         raise LayoutError(f"--dataset {args.dataset}: finetuning needs labelled videos of at least 2 classes "
                           f"(found {train_set.num_classes} classes); check ClassInd.txt and the CSV labels")

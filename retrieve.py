@@ -1,7 +1,7 @@
 """Nearest-neighbour video retrieval with pretrained features, no finetuning (METHOD.md §6-7).
 
     python retrieve.py --dataset ucf101 --ckpt runs/dualvar_ucf101/epoch189.pth --output-dir runs/retrieval
-    python retrieve.py ... --layer conv5 --merge       # IIC's features: max-pooled conv5, RGB + residual
+    python retrieve.py ... --layer conv5 --merge       # IIC's features: max-pooled conv5, RGB + view 2
 
 Every video of the train split (gallery) and of the test split (queries) gives 10 evenly spaced centre
 clips (stride --stride); its feature is the mean of the clips' backbone features. Each set is centred
@@ -9,6 +9,11 @@ on its own mean and L2-normalised; a query is a hit at k when one of its k most 
 videos has its class. Writes OUTPUT_DIR/retrieval.json (R@1 ... R@50 in percent), the features
 (features_train.npz, features_test.npz: features, labels, video_ids), retrieval_examples.png and
 tsne_test.png.
+
+With --merge the second half of each feature comes from IIC's view 2 through the same backbone:
+--merge-modality res (residual frames of the RGB clips) or u / v (the clips of that optical-flow
+component, read from --flow-root, same clip positions and crops), by default the --modality the
+checkpoint was pretrained with (res for checkpoints without one).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ import torch.nn.functional as F
 from dataset.layout import LayoutError
 from dataset.video_dataset import add_data_args, build_dataset, read_frames
 from model.backbones import build_backbone
-from model.classifier import (add_backbone_args, backbone_state, checkpoint_config, load_backbone, read_checkpoint,
-                              residual_view, resolve_backbone_args)
+from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, load_backbone,
+                              read_checkpoint, residual_view, resolve_backbone_args)
 from utils.checkpoint import CheckpointError
 from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
 from utils.engine import check_amp
@@ -36,6 +41,7 @@ from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, i
 from utils.logging import config_to_dict, git_revision
 
 LAYERS = ("pool", "conv5")
+MERGE_MODALITIES = ("res", "u", "v")
 DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171]}
 NUM_NEIGHBOURS_SHOWN = 5
 
@@ -50,8 +56,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="pool: global average of the last feature map (DualVar); conv5: the last feature map "
                             "max-pooled by (1, 2, 2) and flattened (IIC)")
     group.add_argument("--merge", action="store_true",
-                       help="concatenate the RGB features with those of the residual view (x_t - x_{t-1} + 1) / 2 "
-                            "through the same backbone (IIC)")
+                       help="concatenate the RGB features with those of IIC's view 2 (--merge-modality) through "
+                            "the same backbone")
+    group.add_argument("--merge-modality", default=None, choices=MERGE_MODALITIES,
+                       help="view 2 of --merge: res = residual frames (x_t - x_{t-1} + 1) / 2, u / v = that "
+                            "optical-flow component (from --flow-root); default: the checkpoint's --modality if it "
+                            "is one of these, else res")
     group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is 10 clips)")
     group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
                        help="mixed-precision inference: bf16 (CPU or recent GPUs) or fp16 (CUDA only)")
@@ -97,6 +107,9 @@ def main(args: argparse.Namespace) -> dict | None:
     ckpt = read_checkpoint(args.ckpt)
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
+    if args.merge_modality is None:
+        pretrained_with = checkpoint_config(ckpt).get("modality")
+        args.merge_modality = pretrained_with if pretrained_with in MERGE_MODALITIES else "res"
     if args.dry_run:
         print(json.dumps(config_to_dict(args), indent=2, sort_keys=True))
         return None
@@ -113,25 +126,37 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
     kind = backbone_state(ckpt, args.ckpt)[1]
     backbone.to(device).eval()
-    gallery_set = build_dataset(args, "trainval", "eval")
-    query_set = build_dataset(args, "test", "eval")
+    gallery_set = build_dataset(args, "trainval", "eval", modality="rgb")
+    query_set = build_dataset(args, "test", "eval", modality="rgb")
+    # a flow view 2 comes from datasets of flow clips (same rows, clip positions and crops)
+    merge_flow = args.merge and args.merge_modality in FLOW_MODALITIES
+    flow_sets = [build_dataset(args, split, "eval", modality=args.merge_modality)
+                 for split in ("trainval", "test")] if merge_flow else []
     if is_main_process():
         print(f"loaded {loaded} backbone tensors from {args.ckpt} ({kind}); {len(gallery_set)} gallery and "
               f"{len(query_set)} query videos", flush=True)
 
-    def extract(batch: dict) -> torch.Tensor:
-        return video_features(backbone, batch["clips"].to(device, non_blocking=True), args.layer, args.merge)
+    def extract(batch: dict, merge_residual: bool) -> torch.Tensor:
+        return video_features(backbone, batch["clips"].to(device, non_blocking=True), args.layer, merge_residual)
 
-    common = dict(batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp)
-    gallery = run_inference(extract, gallery_set, desc="gallery (train)", **common)  # (G, D)
-    queries = run_inference(extract, query_set, desc="queries (test)", **common)  # (Q, D)
+    def features(dataset, desc: str, merge_residual: bool) -> np.ndarray:
+        return run_inference(lambda batch: extract(batch, merge_residual), dataset, desc=desc,
+                             batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp)
+
+    merge_residual = args.merge and args.merge_modality == "res"
+    gallery = features(gallery_set, "gallery (train)", merge_residual)  # (G, D)
+    queries = features(query_set, "queries (test)", merge_residual)  # (Q, D)
+    if merge_flow:  # the mean over clips commutes with concatenation: RGB half, then flow half
+        gallery = np.concatenate([gallery, features(flow_sets[0], "gallery flow", False)], axis=1)  # (G, 2D)
+        queries = np.concatenate([queries, features(flow_sets[1], "queries flow", False)], axis=1)  # (Q, 2D)
     gallery_labels, query_labels = dataset_labels(gallery_set), dataset_labels(query_set)
     if (gallery_labels < 0).any() or (query_labels < 0).any():
         raise LayoutError(f"--dataset {args.dataset}: retrieval needs the class of every video, but some CSV rows "
                           "have no label; re-run process_data/src/write_csv.py")
     recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels, RECALL_KS)
     results = {**recall, "num_queries": len(queries), "num_gallery": len(gallery), "feature_dim": gallery.shape[1],
-               "layer": args.layer, "merge": args.merge, "checkpoint": str(args.ckpt), "checkpoint_kind": kind,
+               "layer": args.layer, "merge": args.merge, "merge_modality": args.merge_modality if args.merge else None,
+               "checkpoint": str(args.ckpt), "checkpoint_kind": kind,
                "loaded_tensors": loaded, "git": git_revision(), "config": config_to_dict(args)}
     if is_main_process():
         write_outputs(args, results, gallery_set, query_set, gallery, queries, neighbours)

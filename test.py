@@ -48,7 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--aggregate", default="softmax", choices=["softmax", "logits"],
                        help="video score = mean over its 10 clips of the softmax (published) or of the logits")
     group.add_argument("--modality", default=None, choices=MODALITIES,
-                       help="network input (rgb, res); default: the modality the checkpoint was finetuned with")
+                       help="network input (rgb, res, or the flow component u / v read from --flow-root); "
+                            "default: the modality the checkpoint was finetuned with")
     group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is 10 clips)")
     group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
                        help="mixed-precision inference: bf16 (CPU or recent GPUs) or fp16 (CUDA only)")
@@ -102,7 +103,7 @@ def main(args: argparse.Namespace) -> dict | None:
 def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     check_amp(args.amp, device)
     model = build_classifier(args, ckpt).to(device)
-    dataset = build_dataset(args, args.test_split, "eval")
+    dataset = build_dataset(args, args.test_split, "eval", modality=args.modality)
     num_classes = model.fc.out_features
     if dataset.num_classes != num_classes:
         raise LayoutError(f"--dataset {args.dataset} has {dataset.num_classes} classes but {args.ckpt} was "

@@ -6,6 +6,10 @@ consecutive), the DualVar/CoCLR layout. Split CSVs: one row per video, no header
 DPC/CoCLR wrote them, load unchanged). Class lists: ``ClassInd.txt`` with lines
 ``<1-based index> <ClassName>`` (class names may contain spaces, as in Kinetics).
 
+Optical flow, the two-stream release's layout: ``<flow_root>/{u,v}/<ClassName>/<video_stem>/frame000001.jpg,
+...`` (1-based, 6 digits, single-channel JPEGs). Flow frame t (0-based) is the motion from RGB frame t to
+t + 1, so a video of L frames has L - 1 flow frames (one neutral frame when L = 1).
+
 Kept free of torch so that the process_data scripts start fast.
 """
 
@@ -36,6 +40,40 @@ def count_frames(frame_dir: str | os.PathLike) -> int:
             return sum(1 for e in entries if _FRAME_RE.fullmatch(e.name) and e.is_file())
     except FileNotFoundError:
         return 0
+
+
+FLOW_TEMPLATE = "frame{:06d}.jpg"
+FLOW_FOLDER = "tvl1_flow"  # a dataset's flow root, next to its frame root
+FLOW_COMPONENTS = ("u", "v")  # horizontal, vertical displacement
+_FLOW_RE = re.compile(r"frame(\d{6})\.jpg")
+
+
+def flow_frame_name(index: int) -> str:
+    """File name of the flow frame with 0-based ``index`` (the motion from RGB frame index to index + 1)."""
+    return FLOW_TEMPLATE.format(index + 1)
+
+
+def count_flow_frames(flow_dir: str | os.PathLike) -> int:
+    """Number of top-level ``frameNNNNNN.jpg`` files of one component's folder; 0 for a missing folder."""
+    try:
+        with os.scandir(flow_dir) as entries:
+            return sum(1 for e in entries if _FLOW_RE.fullmatch(e.name) and e.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+def expected_flow_frames(num_frames: int) -> int:
+    """Flow frames of a video with ``num_frames`` RGB frames: one per consecutive pair, at least one."""
+    return max(num_frames - 1, 1)
+
+
+def flow_dir(flow_root: str | os.PathLike, component: str, frame_dir: str | os.PathLike) -> Path:
+    """``<flow_root>/<component>/<Class>/<video>`` for a CSV ``frame_dir``; an absolute ``frame_dir`` (DPC-style
+    CSV) contributes its last two parts, the class and the video."""
+    rel = Path(frame_dir)
+    if rel.is_absolute():
+        rel = Path(*rel.parts[-2:])
+    return Path(flow_root) / component / rel
 
 
 class LayoutError(ValueError):

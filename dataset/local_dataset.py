@@ -4,7 +4,9 @@ A registered dataset NAME lives under the data root as ``<root>/<NAME>/frames`` 
 ``<root>/<NAME>/csv`` (``train_split0k.csv``, ``test_split0k.csv``, ``ClassInd.txt``). The data root
 is ``--data-root``, else the environment variable ``VSSL_DATA_ROOT``, else ``<repo>/data``.
 ``--frame-root`` and ``--csv-dir`` override single entries. Any other ``--dataset`` value is taken as
-a path to a CSV folder; its frames default to the sibling ``frames`` folder.
+a path to a CSV folder; its frames default to the sibling ``frames`` folder. Optical flow (IIC's u / v
+modalities) lives in ``<root>/<NAME>/tvl1_flow`` (a CSV folder: the sibling ``tvl1_flow``), overridden by
+``--flow-root``; it is only checked when a flow modality asks for it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset.layout import LayoutError, read_class_index
+from dataset.layout import FLOW_COMPONENTS, FLOW_FOLDER, LayoutError, read_class_index
 
 DATA_ROOT_ENV = "VSSL_DATA_ROOT"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -51,10 +53,27 @@ class DatasetPaths:
     class_names: list[str]  # empty when the CSV folder has no ClassInd.txt (unlabelled data)
     num_classes: int
     default_val_size: float
+    flow_root: Path | None = None
+
+    def check_flow_root(self) -> Path:
+        """The flow root, checked to hold the u and v folders (LayoutError naming the folder and the fix)."""
+        if self.flow_root is None:
+            raise LayoutError(f"dataset {self.name!r} has no flow root: pass --flow-root")
+        for component in FLOW_COMPONENTS:
+            folder = self.flow_root / component
+            if not folder.is_dir():
+                raise LayoutError(f"optical-flow folder {folder} does not exist; compute the flow with: "
+                                  f"{flow_command(self.frame_root, self.flow_root)} "
+                                  "(or point --flow-root at existing TV-L1 flow in <root>/{u,v}/<Class>/<video>/)")
+        return self.flow_root
 
     def split_csv(self, kind: str, split: int) -> Path:
         """``kind`` is "train" or "test"; split k -> ``<kind>_split0k.csv``."""
         return self.csv_dir / f"{kind}_split{split:02d}.csv"
+
+
+def flow_command(frame_root: Path, flow_root: Path) -> str:
+    return f"python process_data/src/extract_frame.py --flow --frame-root {frame_root} --flow-root {flow_root}"
 
 
 def data_root(flag: str | os.PathLike | None = None) -> Path:
@@ -66,7 +85,7 @@ def data_root(flag: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_dataset(dataset: str, data_root_flag: str | None = None, frame_root: str | None = None,
-                    csv_dir: str | None = None) -> DatasetPaths:
+                    csv_dir: str | None = None, flow_root: str | None = None) -> DatasetPaths:
     """Registry name or CSV folder path (+ overrides) -> checked paths and class list."""
     if dataset in REGISTRY:
         spec = REGISTRY[dataset]
@@ -82,6 +101,7 @@ def resolve_dataset(dataset: str, data_root_flag: str | None = None, frame_root:
         root = Path(dataset).parent
         csv_path = Path(csv_dir) if csv_dir else Path(dataset)
         frames_path = Path(frame_root) if frame_root else root / "frames"
+    flow_path = Path(flow_root) if flow_root else root / FLOW_FOLDER
     hint = spec.write_csv_hint.format(name=dataset, root=root, frames=frames_path, csv=csv_path)
     if not csv_path.is_dir():
         raise LayoutError(f"CSV folder {csv_path} for dataset {dataset!r} does not exist; write it with: {hint} "
@@ -95,4 +115,4 @@ def resolve_dataset(dataset: str, data_root_flag: str | None = None, frame_root:
         raise LayoutError(f"{class_file} lists {len(class_names)} classes but {dataset} has "
                           f"{spec.num_classes}; re-run process_data/src/write_csv.py --dataset {dataset}")
     num_classes = len(class_names) or (spec.num_classes or 0)
-    return DatasetPaths(dataset, frames_path, csv_path, class_names, num_classes, spec.val_size)
+    return DatasetPaths(dataset, frames_path, csv_path, class_names, num_classes, spec.val_size, flow_path)

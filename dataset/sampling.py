@@ -75,3 +75,13 @@ def eval_clip_indices(num_frames: int, clip_len: int = 16, stride: int = 2,
     starts = np.floor(np.maximum(0.0, centres - half_span)).astype(np.int64)  # (num_clips,)
     indices = starts[:, None] + np.arange(clip_len, dtype=np.int64)[None, :] * stride
     return np.minimum(indices, num_frames - 1)
+
+
+def flow_indices(rgb_indices: np.ndarray, num_frames: int) -> np.ndarray:
+    """Flow-frame indices for RGB frame indices of a video of ``num_frames`` (L) frames.
+
+    Flow frame t is the motion from RGB frame t to t + 1; a video has max(L - 1, 1) of them, so RGB
+    frame i maps to flow frame min(i, L_flow - 1) (the last RGB frame reuses the last motion).
+    """
+    _check_length(num_frames)
+    return np.minimum(rgb_indices, max(num_frames - 1, 1) - 1)

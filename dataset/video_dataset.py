@@ -7,9 +7,19 @@ batches, no two workers share a stream, and a resumed run sees the same data.
 Items are dicts with "index" (row in the split) and "label" (-1 when unlabelled) plus
 - "dualvar":  "clips" (3, 3, T, H, W), views A, B, A' (A' = A's frames, augmented again);
 - "two_view": "clips" (2, 3, T, H, W), views A, B (drawn and augmented as in "dualvar");
-- "iic":      "clip" (3, T, H, W) in [0, 1], cropped only (no colour work, not normalised);
+- "iic":      "clip" (3, T, H, W) in [0, 1], cropped only (no colour work, not normalised); with a flow
+              modality also "flow" (3, T, H, W), the same frames' flow;
 - "finetune": "clip" (3, T, H, W);
 - "eval":     "clips" (10, 3, T, H, W), centre crops.
+
+Optical flow (``modality`` "u" or "v", METHOD.md §6): RGB frame i reads flow frame min(i, L_flow - 1),
+L_flow = max(L - 1, 1), where flow frame t is the motion from RGB frame t to t + 1 (so the last RGB
+frame reuses the last motion). The one quantised component is replicated to 3 channels and mapped
+from 0..255 to [0, 1] (128 = no motion), never ImageNet-normalised, in every sampler, so that
+pretraining, finetuning, testing and retrieval see the same input. Crops: one box per clip, shared by
+RGB and flow in "iic" (flow takes no colour work); "finetune" flow clips get a random crop and a
+left-right flip, which negates u (255 - value), and no colour jitter; "eval" flow clips are centre
+crops as for RGB.
 """
 
 from __future__ import annotations
@@ -19,6 +29,9 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +39,16 @@ import torch
 from torch.utils.data import Dataset
 
 from dataset import sampling
-from dataset.layout import LayoutError, VideoRecord, count_frames, frame_name, read_split_csv
-from dataset.local_dataset import REGISTRY, DatasetPaths, resolve_dataset
-from dataset.transforms import ClipTransform
+from dataset.layout import (FLOW_COMPONENTS, LayoutError, VideoRecord, count_flow_frames, count_frames,
+                            expected_flow_frames, flow_dir, flow_frame_name, frame_name, read_split_csv)
+from dataset.local_dataset import REGISTRY, DatasetPaths, flow_command, resolve_dataset
+from dataset.transforms import ClipTransform, ViewParams
 
 SPLITS = ("trainval", "train", "val", "test")
 SAMPLERS = ("dualvar", "two_view", "iic", "finetune", "eval")
+# "res" reads RGB frames like "rgb" (the residual is computed from them); "u" / "v" read optical flow
+MODALITIES = ("rgb", "res", *FLOW_COMPONENTS)
+FLOW_SAMPLERS = ("iic", "finetune", "eval")
 HOLDOUT_SEED = 666
 CROP_ONLY_P = 0.2  # view A skips colour jitter and blur with this probability (METHOD.md §3)
 NUM_EVAL_CLIPS = 10
@@ -78,55 +95,111 @@ def _default_decoder() -> str:
 
 DEFAULT_DECODER = _default_decoder()
 
+# Single-channel variants for optical flow: JPEG bytes -> uint8 (H, W) arrays.
+
+def _decode_gray_torchvision(blobs: list[bytes]) -> list[np.ndarray]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    return [t[0].numpy() for t in decode_jpeg(tensors, mode=ImageReadMode.GRAY)]
+
+
+def _decode_gray_simplejpeg(blobs: list[bytes]) -> list[np.ndarray]:
+    import simplejpeg
+    return [simplejpeg.decode_jpeg(b, colorspace="GRAY")[..., 0] for b in blobs]
+
+
+def _decode_gray_cv2(blobs: list[bytes]) -> list[np.ndarray]:
+    import cv2
+    frames = []
+    for b in blobs:
+        gray = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if gray is None:
+            raise ValueError("OpenCV could not decode the data")
+        frames.append(gray)
+    return frames
+
+
+GRAY_DECODERS = {"simplejpeg": _decode_gray_simplejpeg, "cv2": _decode_gray_cv2,
+                 "torchvision": _decode_gray_torchvision}
+
 _REDO_HINT = ("re-run process_data/src/extract_frame.py for this video and then "
               "process_data/src/write_csv.py so that the CSV matches the frames on disk")
 
 
-def read_frames(video_dir: Path, indices: np.ndarray, decoder: str = DEFAULT_DECODER,
-                expected_frames: int | None = None) -> torch.Tensor:
-    """uint8 frames ``(len(indices), 3, H, W)`` of one video; each distinct file is read and decoded once.
+@dataclass(frozen=True)
+class _ImageLayout:
+    """How one kind of frame folder names and counts its files, for reading and for error messages."""
 
-    Raises LayoutError naming the folder or file for a missing folder, a missing frame (fewer frames
-    on disk than the CSV says) and a file the decoder rejects.
+    kind: str  # "frame" or "flow frame"
+    file_name: Callable[[int], str]
+    count: Callable[[Path], int]
+
+
+_RGB_LAYOUT = _ImageLayout("frame", frame_name, count_frames)
+_FLOW_LAYOUT = _ImageLayout("flow frame", flow_frame_name, count_flow_frames)
+
+
+def _read_images(folder: Path, indices: np.ndarray, layout: _ImageLayout, decode: Callable,
+                 expected: str, hint: str) -> np.ndarray:
+    """The decoded images of ``indices`` stacked (N, H, W[, C]); each distinct file is read and decoded once.
+
+    Raises LayoutError naming the folder or file for a missing folder, a missing file (``expected``
+    says how many files the CSV implies), an empty file and a file the decoder rejects.
     """
     unique, inverse = np.unique(indices, return_inverse=True)
     blobs = []
     for i in unique:
-        path = video_dir / frame_name(int(i))
+        path = folder / layout.file_name(int(i))
         try:
             with open(path, "rb") as f:
                 blobs.append(f.read())
         except FileNotFoundError:
-            if not video_dir.is_dir():
-                raise LayoutError(f"frame folder {video_dir} does not exist; {_REDO_HINT}") from None
-            raise LayoutError(
-                f"frame {path} is missing: {video_dir} has {count_frames(video_dir)} frames on disk but the "
-                f"CSV says {expected_frames}; {_REDO_HINT}") from None
-    for path_index, blob in zip(unique, blobs):
+            if not folder.is_dir():
+                raise LayoutError(f"{layout.kind} folder {folder} does not exist; {hint}") from None
+            raise LayoutError(f"{layout.kind} {path} is missing: {folder} has {layout.count(folder)} "
+                              f"{layout.kind}s on disk but {expected}; {hint}") from None
+    for i, blob in zip(unique, blobs):
         if not blob:
-            raise LayoutError(f"frame {video_dir / frame_name(int(path_index))} is empty; {_REDO_HINT}")
+            raise LayoutError(f"{layout.kind} {folder / layout.file_name(int(i))} is empty; {hint}")
     try:
-        decoded = DECODERS[decoder](blobs)
+        decoded = decode(blobs)
     except (RuntimeError, ValueError) as error:
-        bad = _first_undecodable(video_dir, unique, blobs, decoder)
-        raise LayoutError(f"cannot decode {bad} ({error}): the JPEG is truncated or corrupt; "
-                          f"{_REDO_HINT}") from None
+        bad = _first_undecodable(folder, unique, blobs, decode, layout)
+        raise LayoutError(f"cannot decode {bad} ({error}): the JPEG is truncated or corrupt; {hint}") from None
     try:
-        frames = np.stack([decoded[j] for j in inverse.reshape(-1)])  # (N, H, W, 3), repeats by reference
+        return np.stack([decoded[j] for j in inverse.reshape(-1)])  # repeats by reference
     except ValueError:
         sizes = sorted({f.shape[:2] for f in decoded})
-        raise LayoutError(f"the frames of {video_dir} have different sizes {sizes}; {_REDO_HINT}") from None
-    return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last memory
+        raise LayoutError(f"the {layout.kind}s of {folder} have different sizes {sizes}; {hint}") from None
 
 
-def _first_undecodable(video_dir: Path, unique: np.ndarray, blobs: list[bytes], decoder: str) -> Path:
+def _first_undecodable(folder: Path, unique: np.ndarray, blobs: list[bytes], decode: Callable,
+                       layout: _ImageLayout) -> Path:
     """Find the file that made a batched decode fail (only called on the error path)."""
     for i, blob in zip(unique, blobs):
         try:
-            DECODERS[decoder]([blob])
+            decode([blob])
         except (RuntimeError, ValueError):
-            return video_dir / frame_name(int(i))
-    return video_dir
+            return folder / layout.file_name(int(i))
+    return folder
+
+
+def read_frames(video_dir: Path, indices: np.ndarray, decoder: str = DEFAULT_DECODER,
+                expected_frames: int | None = None) -> torch.Tensor:
+    """uint8 RGB frames ``(len(indices), 3, H, W)`` of one video (channels-last memory); errors as
+    ``_read_images``."""
+    frames = _read_images(video_dir, indices, _RGB_LAYOUT, DECODERS[decoder],
+                          f"the CSV says {expected_frames}", _REDO_HINT)  # (N, H, W, 3)
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, H, W)
+
+
+def read_flow_frames(component_dir: Path, indices: np.ndarray, decoder: str = DEFAULT_DECODER,
+                     expected_frames: int | None = None, hint: str = "") -> torch.Tensor:
+    """uint8 flow frames ``(len(indices), 3, H, W)`` of one component: the single channel replicated to
+    3 (a broadcast view, no copy) so that the RGB backbones take it. ``indices`` are flow indices."""
+    frames = _read_images(component_dir, indices, _FLOW_LAYOUT, GRAY_DECODERS[decoder],
+                          f"the CSV's frame count implies {expected_frames}", hint)  # (N, H, W)
+    return torch.from_numpy(frames).unsqueeze(1).expand(-1, 3, -1, -1)  # (N, 3, H, W)
 
 
 # ---------------------------------------------------------------- allocator
@@ -174,20 +247,36 @@ def holdout_split(records: list[VideoRecord], val_size: float,
 # ---------------------------------------------------------------- the dataset
 
 class VideoFrameDataset(Dataset):
-    """Clips from frame folders; ``sampler`` (one of SAMPLERS) picks the frames and the augmentation."""
+    """Clips from frame folders; ``sampler`` (one of SAMPLERS) picks the frames and the augmentation.
+
+    ``modality`` (one of MODALITIES) says what the clips are made of: "rgb" and "res" read the RGB
+    frames (residuals are taken from them downstream); "u" / "v" read that flow component from
+    ``flow_root`` (layout in dataset/layout.py) for the "iic", "finetune" and "eval" samplers.
+    """
 
     def __init__(self, records: list[VideoRecord], frame_root: Path, sampler: str,
                  class_names: list[str] | None = None, num_classes: int | None = None, seed: int = 0,
                  num_frames: int = 16, stride: int = 4, size: int = 112,
                  resize: tuple[int, int] = (128, 171), resize_quirk: bool = False,
-                 per_frame_jitter: bool = False, decoder: str = DEFAULT_DECODER):
+                 per_frame_jitter: bool = False, decoder: str = DEFAULT_DECODER, modality: str = "rgb",
+                 flow_root: Path | None = None):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         if decoder not in DECODERS:
             raise ValueError(f"unknown JPEG decoder {decoder!r}; choose one of {sorted(DECODERS)}")
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown --modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+        self.flow_component = modality if modality in FLOW_COMPONENTS else None
+        if self.flow_component and sampler not in FLOW_SAMPLERS:
+            raise ValueError(f"--modality {modality} (optical flow) is for IIC pretraining, finetuning, testing and "
+                             f"retrieval; the {sampler!r} sampler (DualVar) reads RGB frames only")
+        if self.flow_component and flow_root is None:
+            raise ValueError(f"--modality {modality} needs the flow root (--flow-root)")
         self.records = records
         self.frame_root = Path(frame_root)
+        self.flow_root = Path(flow_root) if flow_root is not None else None
         self.sampler = sampler
+        self.modality = modality
         self.class_names = list(class_names or [])
         self.num_classes = num_classes if num_classes is not None else len(self.class_names)
         self.seed = seed
@@ -206,6 +295,7 @@ class VideoFrameDataset(Dataset):
         self.iic = transform("crop_only", normalize=False)
         self.finetune = transform("finetune")
         self.eval = transform("eval")
+        self.flow_eval = transform("eval", normalize=False)
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
@@ -216,6 +306,18 @@ class VideoFrameDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def flow_frames(self, record: VideoRecord, rgb_indices: np.ndarray) -> torch.Tensor:
+        """uint8 ``(N, 3, H, W)`` flow frames of this dataset's component at RGB frame ``rgb_indices``."""
+        hint = (f"re-run {flow_command(self.frame_root, self.flow_root)} (it redoes incomplete videos), "
+                "after process_data/src/write_csv.py if the RGB frames changed")
+        return read_flow_frames(flow_dir(self.flow_root, self.flow_component, record.frame_dir),
+                                sampling.flow_indices(rgb_indices, record.num_frames), self.decoder,
+                                expected_frames=expected_flow_frames(record.num_frames), hint=hint)
+
+    def flipped_flow(self, frames: torch.Tensor, flip: bool) -> torch.Tensor:
+        """A left-right flip negates the horizontal motion: u -> -u is 255 - value in the quantised range."""
+        return 255 - frames if flip and self.flow_component == "u" else frames
 
     def __getitem__(self, index: int) -> dict:
         keep_freed_memory_for_reuse()
@@ -229,6 +331,8 @@ class VideoFrameDataset(Dataset):
         def load(indices: np.ndarray) -> torch.Tensor:
             return read_frames(video_dir, indices, self.decoder, expected_frames=length)
 
+        # the finetune and eval clips of a flow modality are flow frames; IIC's "clip" is always RGB
+        load_clip = partial(self.flow_frames, record) if self.flow_component and self.sampler != "iic" else load
         item = {"index": index, "label": record.label}
         T = self.num_frames
         if self.sampler in ("dualvar", "two_view"):
@@ -242,15 +346,25 @@ class VideoFrameDataset(Dataset):
                 self.full(frames_a, rng, out=clips[2])  # A': A's frames, augmented independently
             item["clips"] = clips  # (V, 3, T, H, W)
         elif self.sampler == "iic":
-            item["clip"] = self.iic(load(sampling.iic_clip_indices(length, rng, T)), rng)
+            indices = sampling.iic_clip_indices(length, rng, T)
+            crop = self.iic.draw(rng, T)  # one box per clip, shared by the RGB clip and its flow
+            item["clip"] = self.iic.apply(load(indices), crop)  # (3, T, H, W) in [0, 1]
+            if self.flow_component:
+                item["flow"] = self.iic.apply(self.flow_frames(record, indices), crop)  # (3, T, H, W) in [0, 1]
         elif self.sampler == "finetune":
-            item["clip"] = self.finetune(load(sampling.finetune_clip_indices(length, rng, T, self.stride)), rng)
+            frames = load_clip(sampling.finetune_clip_indices(length, rng, T, self.stride))
+            if self.flow_component:  # crop and flip only: colour jitter means nothing for motion
+                view = ViewParams(*self.iic.crop_box(rng), flip=bool(rng.random() < 0.5))
+                item["clip"] = self.iic.apply(self.flipped_flow(frames, view.flip), view)
+            else:
+                item["clip"] = self.finetune(frames, rng)
         else:
             indices = sampling.eval_clip_indices(length, T, self.stride, NUM_EVAL_CLIPS)  # (10, T)
-            frames = load(indices.reshape(-1)).unflatten(0, indices.shape)  # (10, T, 3, H, W)
+            frames = load_clip(indices.reshape(-1)).unflatten(0, indices.shape)  # (10, T, 3, H, W)
             clips = torch.empty(NUM_EVAL_CLIPS, 3, T, self.size, self.size)
+            centre_crop = self.flow_eval if self.flow_component else self.eval
             for clip_frames, clip in zip(frames, clips):
-                self.eval(clip_frames, rng, out=clip)
+                centre_crop(clip_frames, rng, out=clip)
             item["clips"] = clips  # (10, 3, T, H, W)
         return item
 
@@ -274,6 +388,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                             "else <repo>/data")
     group.add_argument("--frame-root", default=None, help="override the dataset's frame folder root")
     group.add_argument("--csv-dir", default=None, help="override the dataset's CSV folder")
+    group.add_argument("--flow-root", default=None,
+                       help="optical flow for --modality u / v, laid out as <flow-root>/{u,v}/<Class>/<video>/"
+                            "frame000001.jpg; default <data-root>/<dataset>/tvl1_flow (a CSV folder: its sibling "
+                            "tvl1_flow); written by process_data/src/extract_frame.py --flow")
     group.add_argument("--split", type=int, default=1, help="official split number k (split0k CSVs)")
     group.add_argument("--val-size", type=_val_size, default=None,
                        help="videos held out of the train split for validation (seed 666): a count, or a "
@@ -303,18 +421,27 @@ def _load_split(paths: DatasetPaths, split: str, k: int, val_size: float | None)
     return train if split == "train" else val
 
 
-def build_dataset(args: argparse.Namespace, split: str, sampler: str) -> VideoFrameDataset:
-    """The dataset of ``args.dataset`` (see add_data_args) for ``split`` in SPLITS with ``sampler``."""
+def build_dataset(args: argparse.Namespace, split: str, sampler: str,
+                  modality: str | None = None) -> VideoFrameDataset:
+    """The dataset of ``args.dataset`` (see add_data_args) for ``split`` in SPLITS with ``sampler``.
+
+    ``modality`` (one of MODALITIES) defaults to ``args.modality`` when the script has that flag (IIC's
+    train_ssl.py), else "rgb"; a flow modality checks the flow root before any item is read.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    paths = resolve_dataset(args.dataset, args.data_root, args.frame_root, args.csv_dir)
+    modality = modality or getattr(args, "modality", None) or "rgb"
+    paths = resolve_dataset(args.dataset, args.data_root, args.frame_root, args.csv_dir,
+                            getattr(args, "flow_root", None))
     records = _load_split(paths, split, args.split, args.val_size)
     labels = [r.label for r in records]
     if paths.num_classes and max(labels) >= paths.num_classes:
         raise LayoutError(f"a label in the {split} CSV of {paths.csv_dir} is {max(labels)}, but the dataset has "
                           f"{paths.num_classes} classes; re-run process_data/src/write_csv.py")
+    flow_root = paths.check_flow_root() if modality in FLOW_COMPONENTS else None
     return VideoFrameDataset(
         records, paths.frame_root, sampler, class_names=paths.class_names, num_classes=paths.num_classes,
         seed=getattr(args, "seed", 0), num_frames=args.num_frames,
         stride=1 if sampler == "iic" else args.stride, size=args.size, resize=tuple(args.resize),
-        resize_quirk=args.resize_quirk, per_frame_jitter=args.per_frame_jitter)
+        resize_quirk=args.resize_quirk, per_frame_jitter=args.per_frame_jitter, modality=modality,
+        flow_root=flow_root)

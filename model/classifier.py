@@ -26,7 +26,8 @@ BACKBONE_PREFIXES = {
 }
 DDP_PREFIX = "module."
 FALLBACK_NET, FALLBACK_BASE_WIDTH = "r21d", 64
-# "rgb": the clip as the dataset gives it; "res": frame differences (see `prepare_input`).
+# "rgb": the clip as the dataset gives it; "res": frame differences (see `prepare_input`); "u" / "v": one
+# optical-flow component, which the dataset reads instead of RGB when built with that modality.
 MODALITIES = ("rgb", "res", "u", "v")
 FLOW_MODALITIES = ("u", "v")
 
@@ -171,9 +172,6 @@ def assert_unchanged(module: nn.Module, reference: dict[str, torch.Tensor], what
 
 
 def check_modality(modality: str) -> None:
-    if modality in FLOW_MODALITIES:
-        raise ValueError(f"--modality {modality} (optical flow) arrives with the IIC issue: pre-computed TV-L1 "
-                         "flow frames are not read yet; use --modality rgb or res")
     if modality not in MODALITIES:
         raise ValueError(f"--modality {modality!r}: choose one of {', '.join(MODALITIES)}")
 
@@ -195,13 +193,15 @@ def unnormalize(clips: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_input(clips: torch.Tensor, modality: str) -> torch.Tensor:
-    """The network input for ``modality`` from normalised RGB clips (..., 3, T, H, W).
+    """The network input for ``modality`` from the dataset's clips (..., 3, T, H, W).
 
-    "res" is IIC's finetuning input, the raw residual x_t − x_{t−1}, taken on the normalised clip:
-    the per-channel mean cancels, so this is the [0, 1]-pixel residual divided by the ImageNet std.
+    "rgb": the normalised RGB clips as they are. "res" is IIC's finetuning input, the raw residual
+    x_t − x_{t−1}, taken on the normalised clip: the per-channel mean cancels, so this is the
+    [0, 1]-pixel residual divided by the ImageNet std. "u" / "v": the dataset already gives flow clips
+    in [0, 1] (built with that modality), the same input as IIC's pretraining view 2.
     """
     check_modality(modality)
-    return clips if modality == "rgb" else frame_difference(clips)
+    return frame_difference(clips) if modality == "res" else clips
 
 
 def residual_view(clips: torch.Tensor) -> torch.Tensor:

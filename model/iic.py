@@ -4,7 +4,9 @@ One shared encoder (backbone + global average pool, no head) embeds three clips 
 - view 1: the RGB clip, ImageNet-normalised;
 - view 2: residual frames (x_t − x_{t−1} + 1) / 2 of the [0, 1] clip, NOT normalised (exactly the
   input `retrieve.py --merge` feeds for the second half of its feature), or the normalised RGB clip
-  again for `--modality rgb`;
+  again for `--modality rgb`, or for `--modality u|v` the batch's "flow" clip: that optical-flow
+  component of the same frames and crop, 0..255 mapped to [0, 1], replicated to 3 channels (see
+  dataset/video_dataset.py; finetuning, testing and retrieval feed flow the same way);
 - the intra-negative: the RGB clip with its temporal order broken (`repeat` / `shuffle`),
   ImageNet-normalised like view 1; it only updates its memory bank (no gradient).
 
@@ -48,7 +50,8 @@ def add_iic_args(parser: argparse.ArgumentParser) -> None:
         "--batch-size 16 --epochs 240 --schedule 45 90 125 160 --lr-gamma 0.2)")
     group.add_argument("--modality", default="res", choices=MODALITIES,
                        help="view 2: res = residual frames (x_t − x_{t−1} + 1)/2; rgb = the RGB clip again; "
-                            "u / v = one optical-flow component (not available yet)")
+                            "u / v = one optical-flow component of the same frames, read from --flow-root "
+                            "(process_data/src/extract_frame.py --flow writes it)")
     group.add_argument("--intra-neg", default="repeat", choices=INTRA_NEGATIVES,
                        help="intra-negative from the RGB clip: repeat = one random frame tiled T times; "
                             "shuffle = swap two of 4 temporal chunks (T must divide by 4); none = plain CMC")
@@ -162,21 +165,21 @@ class IICEncoder(nn.Module):
 
 
 class IIC(nn.Module):
-    """IIC pretraining; `forward(clip, index)` takes the "iic" sampler's [0, 1] clips and video indices."""
+    """IIC pretraining; `forward(clip, index[, flow])` takes the "iic" sampler's [0, 1] clips, video
+    indices and, for a flow modality, the [0, 1] flow clips of the same frames."""
 
     sampler = "iic"
-    batch_keys = ("clip", "index")
     num_views = 2
 
     def __init__(self, args: argparse.Namespace, num_videos: int | None = None) -> None:
         super().__init__()
-        if args.modality in FLOW_MODALITIES:
-            raise ValueError(f"--modality {args.modality} (optical flow) needs pre-computed TV-L1 flow frames, "
-                             "which the data loader does not read yet; use --modality res or rgb")
+        if args.modality not in MODALITIES:
+            raise ValueError(f"--modality {args.modality!r}: choose one of {', '.join(MODALITIES)}")
         if args.bank_k < 1 or args.bank_t <= 0 or not 0.0 <= args.bank_momentum < 1.0:
             raise ValueError(f"need --bank-k ≥ 1, --bank-t > 0 and 0 ≤ --bank-momentum < 1; got {args.bank_k}, "
                              f"{args.bank_t}, {args.bank_momentum}")
         self.modality = args.modality
+        self.batch_keys = ("clip", "index", "flow") if self.modality in FLOW_MODALITIES else ("clip", "index")
         self.intra_neg = args.intra_neg
         self.residual_wrap = args.residual_wrap
         self.k = args.bank_k
@@ -192,7 +195,9 @@ class IIC(nn.Module):
     def backbone(self) -> nn.Module:
         return self.encoder.backbone
 
-    def view2(self, clip: torch.Tensor) -> torch.Tensor:
+    def view2(self, clip: torch.Tensor, flow: torch.Tensor | None) -> torch.Tensor:
+        if self.modality in FLOW_MODALITIES:
+            return flow
         if self.modality == "res":
             return residual_frames(clip, self.residual_wrap)
         return normalize_imagenet(clip)
@@ -211,21 +216,26 @@ class IIC(nn.Module):
         columns = [torch.einsum("bkc,bc->bk", self.banks.bank(name)[drawn], feature) for name in banks]
         return torch.cat(columns, dim=1) / self.temperature
 
-    def check_input(self, clip: torch.Tensor, index: torch.Tensor) -> None:
+    def check_input(self, clip: torch.Tensor, index: torch.Tensor, flow: torch.Tensor | None) -> None:
         if self.banks.num_videos == 0:
             raise ValueError("IIC's memory banks have no rows: build the method with "
                              "build_method(args, num_videos=len(training set))")
         if clip.dim() != 5 or clip.shape[1] != 3:
             raise ValueError(f"IIC expects [0, 1] clips (B, 3, T, H, W) from the 'iic' sampler; got "
                              f"{tuple(clip.shape)}")
+        if self.modality in FLOW_MODALITIES and (flow is None or flow.shape != clip.shape):
+            got = "none" if flow is None else tuple(flow.shape)
+            raise ValueError(f"--modality {self.modality} takes the flow clips (B, 3, T, H, W) of the 'iic' sampler "
+                             f"built with that modality, shaped like the RGB clips {tuple(clip.shape)}; got {got}")
         if index.min() < 0 or index.max() >= self.banks.num_videos:
             raise ValueError(f"video index {int(index.max())} outside the memory banks of "
                              f"{self.banks.num_videos} rows: the banks were built for another training set")
 
-    def forward(self, clip: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.check_input(clip, index)
+    def forward(self, clip: torch.Tensor, index: torch.Tensor,
+                flow: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        self.check_input(clip, index, flow)
         f1 = self.embed(normalize_imagenet(clip))  # (B, C)
-        f2 = self.embed(self.view2(clip))  # (B, C)
+        f2 = self.embed(self.view2(clip, flow))  # (B, C)
         features = {"view1": f1.detach(), "view2": f2.detach()}
         if self.intra_neg != "none":
             with torch.no_grad():

@@ -93,8 +93,6 @@ def test_linear_probe_runs_with_the_frozen_backbone_check(demo, pretrained, tmp_
 def test_finetune_refuses_a_checkpoint_of_another_architecture(demo, pretrained, tmp_path):
     with pytest.raises(CheckpointError, match=r"wrong shape.*written with --net r3d --base-width 8"):
         run_finetune(demo, pretrained, tmp_path, "--base-width", "16")
-    with pytest.raises(ValueError, match="optical flow"):
-        run_finetune(demo, pretrained, tmp_path, "--modality", "u")
 
 
 def test_test_script_scores_every_test_video_once(demo, finetuned, tmp_path):
