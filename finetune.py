@@ -61,7 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "--flow-root (process_data/src/extract_frame.py --flow writes it)")
     group.add_argument("--dropout", type=float, default=0.0, help="dropout before the linear layer (0: none)")
     group.add_argument("--val-freq", type=int, default=1,
-                       help="validate on the hold-out every this many epochs (and after the last); 0: never")
+                       help="validate on the hold-out every this many epochs (and after the last); 0: never, and "
+                            "train on the whole train split (hold-out included)")
     group.add_argument("--eval-batch-size", type=int, default=4,
                        help="videos per validation batch (each is 10 clips)")
     add_backbone_args(parser)
@@ -121,8 +122,9 @@ def main(args: argparse.Namespace) -> dict | None:
 
 def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:
     check_amp(args.amp, device)
-    train_set = build_dataset(args, "train", "finetune", modality=args.modality)
-    val_set = build_dataset(args, "val", "eval", modality=args.modality)
+    # Without validation the hold-out would only be wasted, so it is trained on.
+    train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality)
+    val_set = build_dataset(args, "val", "eval", modality=args.modality) if args.val_freq else []
     if train_set.num_classes < 2 or (dataset_labels(train_set) < 0).any():
         raise LayoutError(f"--dataset {args.dataset}: finetuning needs labelled videos of at least 2 classes "
                           f"(found {train_set.num_classes} classes); check ClassInd.txt and the CSV labels")

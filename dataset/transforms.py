@@ -234,6 +234,7 @@ class ClipTransform:
     resize: tuple[int, int] = (128, 171)
     resize_quirk: bool = False
     per_frame_jitter: bool = False
+    hflip: bool = True  # False: recipes never mirror (the flip is still drawn, so nothing else changes)
     normalize: bool = True
     jitter_strength: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
@@ -268,7 +269,7 @@ class ClipTransform:
     def draw(self, rng: np.random.Generator, num_frames: int) -> ViewParams:
         recipe = RECIPES[self.recipe]
         params = ViewParams(*self.crop_box(rng))
-        params.flip = recipe["flip"] and rng.random() < 0.5
+        params.flip = recipe["flip"] and rng.random() < 0.5 and self.hflip
         if recipe["jitter_p"] > 0 and rng.random() < recipe["jitter_p"]:
             b, c, s, h = self.jitter_strength
             n = num_frames if self.per_frame_jitter else 1

@@ -259,7 +259,7 @@ class VideoFrameDataset(Dataset):
                  num_frames: int = 16, stride: int = 4, size: int = 112,
                  resize: tuple[int, int] = (128, 171), resize_quirk: bool = False,
                  per_frame_jitter: bool = False, decoder: str = DEFAULT_DECODER, modality: str = "rgb",
-                 flow_root: Path | None = None):
+                 flow_root: Path | None = None, hflip: bool = True):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         if decoder not in DECODERS:
@@ -289,7 +289,7 @@ class VideoFrameDataset(Dataset):
 
         def transform(recipe: str, normalize: bool = True) -> ClipTransform:
             return ClipTransform(recipe, size=size, resize=tuple(resize), resize_quirk=resize_quirk,
-                                 per_frame_jitter=per_frame_jitter, normalize=normalize)
+                                 per_frame_jitter=per_frame_jitter, hflip=hflip, normalize=normalize)
         self.full = transform("pretrain")
         self.crop_only = transform("crop_only")
         self.iic = transform("crop_only", normalize=False)
@@ -407,6 +407,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="resize to W x H instead, as the authors' code really did (faithful reproduction)")
     group.add_argument("--per-frame-jitter", action="store_true",
                        help="draw colour-jitter factors per frame instead of once per clip")
+    group.add_argument("--no-hflip", action="store_true",
+                       help="never mirror finetuning clips: for classes that a mirror image turns into each "
+                            "other (the demo's MoveLeft / MoveRight, clockwise / anticlockwise)")
     group.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
     return parser
 
@@ -444,4 +447,4 @@ def build_dataset(args: argparse.Namespace, split: str, sampler: str,
         seed=getattr(args, "seed", 0), num_frames=args.num_frames,
         stride=1 if sampler == "iic" else args.stride, size=args.size, resize=tuple(args.resize),
         resize_quirk=args.resize_quirk, per_frame_jitter=args.per_frame_jitter, modality=modality,
-        flow_root=flow_root)
+        flow_root=flow_root, hflip=not args.no_hflip)

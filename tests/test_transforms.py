@@ -223,3 +223,15 @@ def test_colour_maps_apply_as_matrix_products():
         np.testing.assert_allclose(planes.reshape(3, 4, 6, 7), expected.transpose(3, 0, 1, 2), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="C-contiguous"):
         T.adjust_brightness(x[:, :, ::2], 0.5)
+
+
+def test_no_hflip_never_mirrors_and_changes_no_other_draw():
+    flipping = T.ClipTransform("finetune", size=32, resize=(36, 48))
+    never = T.ClipTransform("finetune", size=32, resize=(36, 48), hflip=False)
+    drawn = [(flipping.draw(np.random.default_rng(s), 8), never.draw(np.random.default_rng(s), 8)) for s in range(40)]
+    assert any(a.flip for a, _ in drawn) and not any(b.flip for _, b in drawn)
+    for a, b in drawn:
+        assert (a.top, a.left) == (b.top, b.left)
+        assert a.jitter_order == b.jitter_order
+        for fa, fb in zip(a.jitter_factors, b.jitter_factors, strict=True):
+            np.testing.assert_array_equal(fa, fb)
