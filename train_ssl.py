@@ -22,6 +22,7 @@ import torch
 
 from dataset.video_dataset import add_data_args, build_dataset
 from model import add_method_args, build_method, method_sampler
+from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
 from utils.checkpoint import CheckpointError, Checkpointer, unwrap
 from utils.distributed import add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist
 from utils.engine import (NonFiniteLossError, check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler,
@@ -48,6 +49,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_method_args(parser)
     add_distributed_args(parser)
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with IIC's published recipe as the defaults under --model iic."""
+    parser = get_args_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.model == "iic":
+        parser.set_defaults(**IIC_RECIPE)
+    return parser.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -151,7 +161,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    cli_args = get_args_parser().parse_args()
+    cli_args = parse_args()
     try:
         main(cli_args)
     except (NonFiniteLossError, CheckpointError, ValueError, FileNotFoundError) as error:

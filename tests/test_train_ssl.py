@@ -177,3 +177,13 @@ def test_dry_run_prints_the_configuration_without_touching_data(method, mode, tm
     assert resolved["num_views"] == (3 if "sr" in mode else 2)
     assert resolved["sampler"] == ("dualvar" if "sr" in mode else "two_view")
     assert not (tmp_path / "out").exists()
+
+
+def test_iic_takes_its_published_recipe_as_defaults_and_flags_still_win():
+    iic = train_ssl.parse_args(["--model", "iic"])
+    assert (iic.optimizer, iic.lr, iic.batch_size, iic.epochs, iic.schedule, iic.lr_gamma, iic.num_frames) == \
+        ("sgd", 0.01, 16, 240, [45, 90, 125, 160], 0.2, 16)
+    assert train_ssl.parse_args(["--model", "iic", "--lr", "0.5", "--schedule"]).schedule == []
+    assert train_ssl.parse_args(["--model", "iic", "--lr", "0.5"]).lr == 0.5
+    dualvar = train_ssl.parse_args(["--model", "simclr"])
+    assert (dualvar.lr, dualvar.epochs, dualvar.schedule) == (0.003, 200, [120, 160])
