@@ -65,7 +65,7 @@ def test_same_seed_same_frames_other_seed_differs(demo, tmp_path):
                                               ("MoveDown", "MoveUp"), ("RotateClockwise", "RotateAnticlockwise")])
 def test_pair_is_exact_time_reversal(forward, backward):
     def render(name):
-        return render_video(name, np.random.default_rng(3), np.random.default_rng(4), FRAMES, *SIZE)
+        return render_video(name, np.random.default_rng(3), FRAMES, *SIZE)
     np.testing.assert_array_equal(render(backward), render(forward)[::-1])
 
 
@@ -109,5 +109,6 @@ def test_dry_run_prints_configuration(tmp_path, capsys):
     import json
     assert main(["--out", str(tmp_path / "x"), "--dry-run"]) == 0
     config = json.loads(capsys.readouterr().out)
-    assert config["videos_per_class"] == 24 and config["classes"] == list(CLASSES)
+    assert (config["videos_per_class"], config["frames"], config["size"]) == (50, 32, [60, 80])
+    assert config["classes"] == list(CLASSES)
     assert not (tmp_path / "x").exists()

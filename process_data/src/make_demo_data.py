@@ -12,8 +12,7 @@ Classes come in two kinds (METHOD.md section 1.4):
   have the same appearance distribution and only the arrow of time separates them;
 - appearance classes (BounceCircle/BounceTriangle): the same bouncing motion, different object shape.
 Nuisance factors drawn per video: object shape (pairs), size, colours, stripe texture, position, speed,
-sensor noise; the background texture is shared by the clips of a group, as UCF101 groups share an actor
-and a scene. Every video is a pure function of (seed, class name, group, clip).
+background, sensor noise. Every video is a pure function of (seed, class name, group, clip).
 """
 
 from __future__ import annotations
@@ -88,11 +87,11 @@ def _sprite(shape: str, side: int, rng: np.random.Generator) -> tuple[np.ndarray
 
 
 def _background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """(H, W, 3) float32: smooth colour blobs plus fine static texture."""
-    coarse = rng.uniform(0, 255, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.float32)
+    """(H, W, 3) float32: a random base colour with smooth colour blobs and fine static texture."""
+    coarse = rng.uniform(-127, 127, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.float32)
     smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    fine = rng.normal(0, rng.uniform(3, 15), (height, width, 3)).astype(np.float32)
-    return np.clip(smooth * rng.uniform(0.4, 0.9) + fine, 0, 255)
+    fine = rng.normal(0, rng.uniform(2, 6), (height, width, 3)).astype(np.float32)
+    return np.clip(rng.uniform(60, 190, 3).astype(np.float32) + smooth * rng.uniform(0.0, 0.1) + fine, 0, 255)
 
 
 def _trajectory(motion: str, frames: int, height: int, width: int, radius: float,
@@ -105,10 +104,10 @@ def _trajectory(motion: str, frames: int, height: int, width: int, radius: float
     cx = np.full(frames, rng.uniform(radius, width - radius))
     cy = np.full(frames, rng.uniform(radius, height - radius))
     if motion == "move_x":
-        travel = rng.uniform(0.3, 0.6) * width
+        travel = rng.uniform(0.4, 0.7) * width
         cx = rng.uniform(radius * 0.5, max(radius * 0.5, width - radius * 0.5 - travel)) + travel * t
     elif motion == "move_y":
-        travel = rng.uniform(0.3, 0.6) * height
+        travel = rng.uniform(0.4, 0.7) * height
         cy = rng.uniform(radius * 0.5, max(radius * 0.5, height - radius * 0.5 - travel)) + travel * t
     elif motion == "scale":
         scale = rng.uniform(0.3, 0.5) + rng.uniform(0.5, 0.7) * t
@@ -132,13 +131,12 @@ def _trajectory(motion: str, frames: int, height: int, width: int, radius: float
     return cx, cy, scale, angle
 
 
-def render_video(class_name: str, rng: np.random.Generator, background_rng: np.random.Generator,
-                 frames: int, height: int, width: int) -> np.ndarray:
+def render_video(class_name: str, rng: np.random.Generator, frames: int, height: int, width: int) -> np.ndarray:
     """(F, H, W, 3) uint8 BGR frames of one video of ``class_name``."""
     spec = CLASSES[class_name]
-    background = _background(height, width, background_rng)
+    background = _background(height, width, rng)
     shape = spec.shape or SHAPES[rng.integers(len(SHAPES))]
-    radius = rng.uniform(0.12, 0.2) * min(height, width)
+    radius = rng.uniform(0.2, 0.28) * min(height, width)
     side = int(np.ceil(2 * radius)) + 2
     sprite, mask = _sprite(shape, side, rng)
     cx, cy, scale, angle = _trajectory(spec.motion, frames, height, width, radius, rng)
@@ -219,8 +217,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 def _make_one(job: tuple) -> None:
     path, class_name, group, clip, seed, frames, height, width, fps, fmt = job
-    video = render_video(class_name, _rng(seed, class_name, group, clip), _rng(seed, class_name, group, 0),
-                         frames, height, width)
+    video = render_video(class_name, _rng(seed, class_name, group, clip), frames, height, width)
     write_video(path, video, fps, fmt)
 
 
@@ -257,13 +254,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="output folder; gets videos/<Class>/*.avi and splits/{classInd,trainlist01,testlist01}.txt")
     p.add_argument("--classes", nargs="+", default=list(CLASSES), metavar="CLASS",
                    help=f"classes to generate, in label order (default: all of {', '.join(CLASSES)})")
-    p.add_argument("--videos-per-class", type=int, default=24,
-                   help="videos per class (default 24; at least 3 so that train and test are non-empty); "
+    p.add_argument("--videos-per-class", type=int, default=50,
+                   help="videos per class (default 50; at least 3 so that train and test are non-empty); "
                         "groups g01-g02 form the test split")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same videos")
-    p.add_argument("--size", type=int, nargs=2, default=[96, 128], metavar=("H", "W"),
-                   help="frame height and width in pixels (default 96 128)")
-    p.add_argument("--frames", type=int, default=48, help="frames per video (default 48)")
+    p.add_argument("--size", type=int, nargs=2, default=[60, 80], metavar=("H", "W"),
+                   help="frame height and width in pixels (default 60 80)")
+    p.add_argument("--frames", type=int, default=32, help="frames per video (default 32)")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate stored in the files (default 25)")
     p.add_argument("--format", choices=("avi", "mp4"), default="avi",
                    help="avi: Motion-JPEG via OpenCV (default); mp4: H.264 via PyAV (OpenCV mp4v otherwise)")
