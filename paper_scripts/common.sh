@@ -26,7 +26,8 @@ EXTRA_ARGS=()
 # The modes of `run`, in order.
 MODES=(pretrain finetune finetune_hmdb test test_hmdb test_retrieval)
 
-# experiment -> "model mode net pretraining-dataset" (METHOD.md §8; the IIC rows come with the IIC issue).
+# experiment -> "model mode net pretraining-dataset" (METHOD.md §8). An IIC row's mode is
+# <intra-negative>-<view 2>: repeat|shuffle|none (none = plain CMC) and res|u|v.
 declare -A EXPERIMENTS=(
   [simclr_clip-sr-tc_r21d_k400]="simclr clip-sr-tc r21d k400"
   [simclr_clip_r21d_ucf101]="simclr clip r21d ucf101"
@@ -38,8 +39,18 @@ declare -A EXPERIMENTS=(
   [simclr_clip-sr-tc_r3d_ucf101]="simclr clip-sr-tc r3d ucf101"
   [simclr_clip-sr-tc_c3d_ucf101]="simclr clip-sr-tc c3d ucf101"
   [simclr_clip-sr-tc_s3d_ucf101]="simclr clip-sr-tc s3d ucf101"
+  [iic_repeat_res_r3d_ucf101]="iic repeat-res r3d ucf101"
+  [iic_shuffle_res_r3d_ucf101]="iic shuffle-res r3d ucf101"
+  [iic_repeat_u_r3d_ucf101]="iic repeat-u r3d ucf101"
+  [iic_shuffle_u_r3d_ucf101]="iic shuffle-u r3d ucf101"
+  [iic_repeat_v_r3d_ucf101]="iic repeat-v r3d ucf101"
+  [iic_shuffle_v_r3d_ucf101]="iic shuffle-v r3d ucf101"
+  [iic_none_res_r3d_ucf101]="iic none-res r3d ucf101"
+  [iic_repeat_res_c3d_ucf101]="iic repeat-res c3d ucf101"
+  [iic_repeat_res_r21d_ucf101]="iic repeat-res r21d ucf101"
   [demo]="simclr clip-sr-tc r21d demo"
   [demo_baseline]="simclr clip r21d demo"
+  [iic_demo]="iic repeat-res r21d demo"
 )
 
 # Published pretraining recipe: global batch 64 (8 GPUs x 8), 16x112² clips, temporal stride 4.
@@ -53,16 +64,27 @@ FINETUNE_FLAGS=(--lr 0.05 --weight-decay 1e-3 --optimizer sgd --num-frames 16 --
 FINETUNE_GLOBAL_BATCH=16
 FINETUNE_SCHEDULE_UCF101=(--epochs 100 --schedule 30 60 80)
 FINETUNE_SCHEDULE_K400=(--epochs 150 --schedule 50 100)
+# IIC (METHOD.md §6): batch 16, 16 consecutive frames, 240 epochs; downstream runs use the last checkpoint,
+# finetune on view 2's input (raw residual, or the flow component) and retrieve with max-pooled conv5
+# features of RGB and view 2 merged, clips at stride 1. u/v rows need the flow frames first (README).
+IIC_PRETRAIN_FLAGS=(--epochs 240 --schedule 45 90 125 160 --lr-gamma 0.2 --lr 0.01 --weight-decay 1e-4
+                    --optimizer sgd --momentum 0.9 --num-frames 16 --size 112 --save-freq 10)
+IIC_PRETRAIN_GLOBAL_BATCH=16
+IIC_RETRIEVAL_FLAGS=(--layer conv5 --merge --stride 1)
 
-# The demo: narrow R(2+1)D-10 on 8x48² clips so that the whole pipeline fits in minutes on a 2-core CPU;
-# AdamW because SGD at lr 0.03 barely moved the contrastive loss in this budget (AdamW lr 3e-3 did not either).
-DEMO_CLIP_FLAGS=(--base-width 16 --num-frames 8 --size 48 --resize 54 72)
+# The demo: R(2+1)D-10 at base width 8 on 8x32² clips so that the whole pipeline fits in minutes on a 2-core
+# CPU; AdamW because SGD at lr 0.03 barely moved the contrastive loss in this budget. No horizontal flips in
+# finetuning: a mirror image turns MoveLeft into MoveRight. IIC normalises its embedding here (--iic-l2norm):
+# unnormalised, its loss did not leave log(2K+1) in this budget.
+DEMO_CLIP_FLAGS=(--base-width 8 --num-frames 8 --size 32 --resize 32 42)
 DEMO_RUNTIME_FLAGS=(--amp none --workers 2)  # bf16 autocast is slower on CPUs without AVX512-BF16
-DEMO_PRETRAIN_FLAGS=(--epochs 12 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride 4 --save-freq 0
-                     --log-every 5)
+DEMO_PRETRAIN_FLAGS=(--epochs 15 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride 4 --save-freq 0
+                     --log-every 20)
+DEMO_IIC_PRETRAIN_FLAGS=(--epochs 15 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --iic-l2norm
+                         --save-freq 0 --log-every 20)
 DEMO_PRETRAIN_GLOBAL_BATCH=16
-DEMO_FINETUNE_FLAGS=(--epochs 12 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3 --stride 2 --val-freq 0
-                     --log-every 5)
+DEMO_FINETUNE_FLAGS=(--epochs 10 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3 --stride 2 --val-freq 0
+                     --no-hflip --log-every 20)
 DEMO_FINETUNE_GLOBAL_BATCH=16
 
 die() { echo "paper_scripts: $*" >&2; exit 2; }
@@ -142,21 +164,32 @@ run_mode() {
   local pretrained="$out/pretrain/$DOWNSTREAM_CHECKPOINT" finetuned=best.pth
   # The demo compares fixed budgets: the last checkpoints, no validation.
   (( demo )) && { pretrained="$out/pretrain/checkpoint.pth"; finetuned=checkpoint.pth; }
+  local method_flags=(--mode "$METHOD_MODE") finetune_flags=() retrieval_flags=()
+  if [ "$MODEL" = iic ]; then
+    method_flags=(--intra-neg "${METHOD_MODE%-*}" --modality "${METHOD_MODE#*-}")
+    finetune_flags=(--modality "${METHOD_MODE#*-}")
+    retrieval_flags=("${IIC_RETRIEVAL_FLAGS[@]}")
+    pretrained="$out/pretrain/checkpoint.pth"
+  fi
 
   case "$mode" in
     pretrain)
       local flags=("${PRETRAIN_FLAGS[@]}") batch="$PRETRAIN_GLOBAL_BATCH"
-      (( demo )) && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_PRETRAIN_FLAGS[@]}") batch="$DEMO_PRETRAIN_GLOBAL_BATCH"
+      [ "$MODEL" = iic ] && flags=("${IIC_PRETRAIN_FLAGS[@]}") batch="$IIC_PRETRAIN_GLOBAL_BATCH"
+      if (( demo )); then
+        flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_PRETRAIN_FLAGS[@]}") batch="$DEMO_PRETRAIN_GLOBAL_BATCH"
+        [ "$MODEL" = iic ] && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_IIC_PRETRAIN_FLAGS[@]}")
+      fi
       batch="$(per_process_batch "$batch")"
       run_python train_ssl.py --dataset "$PRETRAIN_DATA" --data-root "$DATA_ROOT" --model "$MODEL" \
-        --mode "$METHOD_MODE" --net "$NET" "${flags[@]}" --batch-size "$batch" --output-dir "$out/pretrain" ;;
+        "${method_flags[@]}" --net "$NET" "${flags[@]}" --batch-size "$batch" --output-dir "$out/pretrain" ;;
     finetune|finetune_hmdb)
       local flags=("${FINETUNE_FLAGS[@]}" "${FINETUNE_SCHEDULE_UCF101[@]}") batch="$FINETUNE_GLOBAL_BATCH"
       [ "$PRETRAIN_DATA" = k400 ] && flags=("${FINETUNE_FLAGS[@]}" "${FINETUNE_SCHEDULE_K400[@]}")
       (( demo )) && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}") batch="$DEMO_FINETUNE_GLOBAL_BATCH"
       batch="$(per_process_batch "$batch")"
       run_python finetune.py --dataset "$downstream" --data-root "$DATA_ROOT" --pretrain "$pretrained" \
-        "${flags[@]}" --batch-size "$batch" --output-dir "$out/$mode" ;;
+        "${finetune_flags[@]}" "${flags[@]}" --batch-size "$batch" --output-dir "$out/$mode" ;;
     test|test_hmdb)
       local finetune_from="$out/finetune"
       [ "$mode" = test_hmdb ] && finetune_from="$out/finetune_hmdb"
@@ -164,7 +197,7 @@ run_mode() {
         "${eval_flags[@]}" --output-dir "$out/$mode" ;;
     test_retrieval)
       run_python retrieve.py --dataset "$downstream" --data-root "$DATA_ROOT" --ckpt "$pretrained" \
-        "${eval_flags[@]}" --output-dir "$out/test_retrieval" ;;
+        "${retrieval_flags[@]}" "${eval_flags[@]}" --output-dir "$out/test_retrieval" ;;
     *) die "unknown mode '$mode'; modes: ${MODES[*]} run" ;;
   esac
 }
@@ -189,14 +222,18 @@ launch() {
   done
 }
 
-# The demo pipeline for experiment $1 (demo or demo_baseline), with its two references: the same network
-# finetuned from random weights at the same budget, and its random-weight features for retrieval. The
-# references live in $OUTPUT_ROOT/demo_random, are shared by both demos and computed once.
+# The demo pipeline for experiment $1 (demo, demo_baseline or iic_demo), with its two references: the same
+# network finetuned from random weights at the same budget, and its random-weight features for retrieval.
+# The references live in $OUTPUT_ROOT/demo_random (DualVar demos) or $OUTPUT_ROOT/iic_demo_random (IIC's
+# input and retrieval protocol), are shared by the demos of a family and computed once. The DualVar demos
+# end with the figures of $OUTPUT_ROOT/figures (paper_scripts/make_figures.py; asset/ holds a copy).
 run_demo() {
-  local exp="$1" demo_dir="$DATA_ROOT/demo" random_dir="$OUTPUT_ROOT/demo_random"
+  local exp="$1" demo_dir="$DATA_ROOT/demo"
   if [ ! -f "$demo_dir/csv/test_split01.csv" ]; then
     [ -f "$demo_dir/splits/testlist01.txt" ] || run_single process_data/src/make_demo_data.py --out "$demo_dir"
-    run_single process_data/src/extract_frame.py --video-root "$demo_dir/videos" --frame-root "$demo_dir/frames"
+    # --short-side 0 keeps the small native frames; the clips are resized on the fly anyway.
+    run_single process_data/src/extract_frame.py --video-root "$demo_dir/videos" --frame-root "$demo_dir/frames" \
+      --short-side 0
     run_single process_data/src/write_csv.py --dataset ucf101 --frame-root "$demo_dir/frames" \
       --split-dir "$demo_dir/splits" --out-dir "$demo_dir/csv"
   fi
@@ -206,21 +243,28 @@ run_demo() {
   done
 
   read_experiment "$exp"
+  local random_dir="$OUTPUT_ROOT/demo_random" input_flags=() retrieval_flags=(--stride 4)
+  if [ "$MODEL" = iic ]; then
+    random_dir="$OUTPUT_ROOT/iic_demo_random" input_flags=(--modality "${METHOD_MODE#*-}")
+    retrieval_flags=("${IIC_RETRIEVAL_FLAGS[@]}")
+  fi
   local batch
   batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
   if [ ! -f "$random_dir/test/test_results.json" ]; then
-    run_python finetune.py --dataset demo --data-root "$DATA_ROOT" --pretrain none --net "$NET" \
+    run_python finetune.py --dataset demo --data-root "$DATA_ROOT" --pretrain none --net "$NET" "${input_flags[@]}" \
       "${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --batch-size "$batch" \
       --output-dir "$random_dir/finetune"
     run_python test.py --dataset demo --data-root "$DATA_ROOT" --ckpt "$random_dir/finetune/checkpoint.pth" \
       "${DEMO_RUNTIME_FLAGS[@]}" --output-dir "$random_dir/test"
   fi
   if [ ! -f "$random_dir/test_retrieval/retrieval.json" ]; then
-    run_single paper_scripts/random_init.py --net "$NET" "${DEMO_CLIP_FLAGS[@]}" --stride 4 \
-      --out "$random_dir/random_init.pth"
+    run_single paper_scripts/random_init.py --net "$NET" "${DEMO_CLIP_FLAGS[@]}" --out "$random_dir/random_init.pth"
     run_python retrieve.py --dataset demo --data-root "$DATA_ROOT" --ckpt "$random_dir/random_init.pth" \
-      "${DEMO_RUNTIME_FLAGS[@]}" --output-dir "$random_dir/test_retrieval"
+      "${retrieval_flags[@]}" "${DEMO_RUNTIME_FLAGS[@]}" --output-dir "$random_dir/test_retrieval"
   fi
-  run_single paper_scripts/collect_results.py --output-root "$OUTPUT_ROOT" --experiments "$exp" demo_random \
-    --out "$OUTPUT_ROOT/$exp/results.md"
+  run_single paper_scripts/collect_results.py --output-root "$OUTPUT_ROOT" --experiments "$exp" \
+    "$(basename "$random_dir")" --out "$OUTPUT_ROOT/$exp/results.md"
+  # random init vs the clip baseline vs DualVar, from whichever of the three runs exist
+  [ "$MODEL" = iic ] || run_single paper_scripts/make_figures.py --output-root "$OUTPUT_ROOT" --data-root "$DATA_ROOT" \
+    --out-dir "$OUTPUT_ROOT/figures"
 }

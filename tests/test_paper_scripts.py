@@ -58,7 +58,8 @@ def launchers():
 
 
 def test_every_experiment_has_every_mode():
-    assert {"simclr_clip-sr-tc_r21d_k400", "demo", "demo_baseline"} <= set(TABLE)
+    assert {"simclr_clip-sr-tc_r21d_k400", "demo", "demo_baseline", "iic_demo", "iic_repeat_res_r3d_ucf101",
+            "iic_shuffle_v_r3d_ucf101"} <= set(TABLE)
     for exp, (_, _, _, data) in TABLE.items():
         modes = ("pretrain", "finetune", "test", "test_retrieval") if data == "demo" else (*MODES, "run")
         missing = [m for m in modes if not (SCRIPTS / m / f"{exp}.sh").is_file()]
@@ -74,13 +75,16 @@ def test_every_launcher_command_passes_its_dry_run(tmp_path, capsys):
         if mode != "run":
             commands += [(mode, exp, cmd) for cmd in printed_commands(mode, exp, tmp_path)]
     assert {split_entry(c)[0] for _, _, c in commands} == set(ENTRY_SCRIPTS)
-    for exp in ("demo", "demo_baseline"):  # their own pipeline: data, references, table
+    for exp in ("demo", "demo_baseline", "iic_demo"):  # their own pipeline: data, references, table
         demo_commands = printed_commands("run", exp, tmp_path)
-        helpers = [split_entry(c) for c in demo_commands if split_entry(c)[0] not in ENTRY_SCRIPTS]
-        assert [script for script, _ in helpers] == [*DEMO_DATA_SCRIPTS, "paper_scripts/random_init.py",
-                                                     "paper_scripts/collect_results.py"]
-        collect_results.get_args_parser().parse_args(helpers[-1][1])
-        load_entry(helpers[-2][0]).get_args_parser().parse_args(helpers[-2][1])
+        helpers = dict(split_entry(c) for c in demo_commands if split_entry(c)[0] not in ENTRY_SCRIPTS)
+        figures = [] if exp == "iic_demo" else ["paper_scripts/make_figures.py"]
+        assert list(helpers) == [*DEMO_DATA_SCRIPTS, "paper_scripts/random_init.py",
+                                 "paper_scripts/collect_results.py", *figures]
+        collect_results.get_args_parser().parse_args(helpers["paper_scripts/collect_results.py"])
+        load_entry("paper_scripts/random_init.py").get_args_parser().parse_args(helpers["paper_scripts/random_init.py"])
+        for script in figures:
+            load_entry(script).get_args_parser().parse_args(helpers[script])
         commands += [("run", exp, c) for c in demo_commands if split_entry(c)[0] in ENTRY_SCRIPTS]
 
     # Later modes read the checkpoints of earlier ones even in a dry run: stand-ins with the keys they read.
@@ -103,13 +107,15 @@ def test_every_launcher_command_passes_its_dry_run(tmp_path, capsys):
         config = json.loads(capsys.readouterr().out)
         out_dir = Path(config["output_dir"])
         if mode == "run":  # the demo pipeline writes to its own folder and to the shared random-init one
-            assert out_dir.parent.parent == tmp_path / "out" and out_dir.parent.name in (exp, "demo_random")
+            assert out_dir.parent.parent == tmp_path / "out"
+            assert out_dir.parent.name in (exp, "demo_random", "iic_demo_random")
             assert out_dir.name == MODE_OF_SCRIPT[script] and config["dataset"] == "demo"
             continue
         assert out_dir == tmp_path / "out" / exp / mode
         model, method_mode, net, data = TABLE[exp]
         if mode == "pretrain":
-            assert (config["model"], config["mode"], config["net"], config["dataset"]) == (model, method_mode, net, data)
+            mode_of_run = f"{config['intra_neg']}-{config['modality']}" if model == "iic" else config["mode"]
+            assert (config["model"], mode_of_run, config["net"], config["dataset"]) == (model, method_mode, net, data)
         else:
             assert config["dataset"] == ("hmdb51" if mode.endswith("_hmdb") else "demo" if data == "demo" else "ucf101")
 
@@ -127,6 +133,19 @@ def test_published_recipe(tmp_path):
     (ucf,) = printed_commands("finetune_hmdb", "simclr_clip-sr-tc_r3d_ucf101", tmp_path)
     assert "--epochs 150 --schedule 50 100" in " ".join(k400) and "--epochs 100 --schedule 30 60 80" in " ".join(ucf)
     assert k400[k400.index("--pretrain") + 1].endswith("simclr_clip-sr-tc_r21d_k400/pretrain/epoch189.pth")
+
+
+def test_iic_recipe_and_protocol(tmp_path):
+    (pretrain,) = printed_commands("pretrain", "iic_shuffle_u_r3d_ucf101", tmp_path, NUM_GPUS="2")
+    text = " ".join(pretrain)
+    for flags in ("--model iic", "--intra-neg shuffle --modality u", "--net r3d", "--epochs 240",
+                  "--schedule 45 90 125 160 --lr-gamma 0.2", "--lr 0.01", "--num-frames 16", "--batch-size 8"):
+        assert flags in text
+    (finetune,) = printed_commands("finetune", "iic_shuffle_u_r3d_ucf101", tmp_path)
+    assert "--modality u" in " ".join(finetune)
+    assert finetune[finetune.index("--pretrain") + 1].endswith("iic_shuffle_u_r3d_ucf101/pretrain/checkpoint.pth")
+    (retrieval,) = printed_commands("test_retrieval", "iic_repeat_res_r3d_ucf101", tmp_path)
+    assert "--layer conv5 --merge --stride 1" in " ".join(retrieval)
 
 
 def test_global_batch_must_split_over_the_gpus(tmp_path):

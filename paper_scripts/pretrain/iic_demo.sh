@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# pretrain: iic repeat-res r21d pretrained on demo (recipe and environment: paper_scripts/common.sh)
+source "$(dirname "$0")/../common.sh"
+launch "$@"
