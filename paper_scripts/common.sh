@@ -225,8 +225,8 @@ launch() {
 # The demo pipeline for experiment $1 (demo, demo_baseline or iic_demo), with its two references: the same
 # network finetuned from random weights at the same budget, and its random-weight features for retrieval.
 # The references live in $OUTPUT_ROOT/demo_random (DualVar demos) or $OUTPUT_ROOT/iic_demo_random (IIC's
-# input and retrieval protocol), are shared by the demos of a family and computed once. The DualVar demos
-# end with the figures of $OUTPUT_ROOT/figures (paper_scripts/make_figures.py; asset/ holds a copy).
+# input and retrieval protocol), are shared by the demos of a family and computed once. Every demo ends
+# with its figures in $OUTPUT_ROOT/figures (paper_scripts/make_figures.py; asset/ holds a copy).
 run_demo() {
   local exp="$1" demo_dir="$DATA_ROOT/demo"
   if [ ! -f "$demo_dir/csv/test_split01.csv" ]; then
@@ -264,7 +264,10 @@ run_demo() {
   fi
   run_single paper_scripts/collect_results.py --output-root "$OUTPUT_ROOT" --experiments "$exp" \
     "$(basename "$random_dir")" --out "$OUTPUT_ROOT/$exp/results.md"
-  # random init vs the clip baseline vs DualVar, from whichever of the three runs exist
-  [ "$MODEL" = iic ] || run_single paper_scripts/make_figures.py --output-root "$OUTPUT_ROOT" --data-root "$DATA_ROOT" \
-    --out-dir "$OUTPUT_ROOT/figures"
+  # DualVar demos: random init vs the clip baseline vs DualVar, from whichever of the three runs exist
+  local figure_flags=()
+  [ "$MODEL" = iic ] && figure_flags=(--prefix iic_ --figures distribution retrieval
+                                      --runs "random init=iic_demo_random/test_retrieval" "IIC=iic_demo/test_retrieval")
+  run_single paper_scripts/make_figures.py --output-root "$OUTPUT_ROOT" --data-root "$DATA_ROOT" \
+    --out-dir "$OUTPUT_ROOT/figures" "${figure_flags[@]}"
 }

@@ -392,6 +392,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retrieval-run", default=None, metavar="NAME",
                         help="the run of --runs whose neighbours demo_retrieval.png shows (default: the last one "
                              "found, DualVar with the default --runs)")
+    parser.add_argument("--prefix", default="",
+                        help="prepended to every file name, e.g. 'iic_' for the IIC demo's figures")
     parser.add_argument("--figures", nargs="+", choices=list(FIGURES), default=list(FIGURES),
                         help="which figures to draw; overview needs no run (default: all)")
     parser.add_argument("--num-queries", type=int, default=6,
@@ -429,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.retrieval_run is not None and args.retrieval_run not in found:
             raise FigureError(f"--retrieval-run {args.retrieval_run!r}: its run folder has no retrieval.json")
         retrieval_run = args.retrieval_run or runs[-1][0]
-    writes = {figure: args.out_dir / FIGURES[figure] for figure in args.figures}
+    writes = {figure: args.out_dir / f"{args.prefix}{FIGURES[figure]}" for figure in args.figures}
     plan = {"runs": [{"name": name, "dir": str(folder)} for name, folder in runs], "retrieval_run": retrieval_run,
             "class_index": str(class_index) if needs_runs else None,
             "frame_root": str(frame_root) if retrieval_run else None,

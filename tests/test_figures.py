@@ -93,6 +93,13 @@ def test_missing_runs_are_skipped_with_a_note(fake_demo, capsys):
         make_figures.main(flags(data_root, output_root, out_dir, "--retrieval-run", "DualVar"))
 
 
+def test_prefix_names_the_files_of_another_demo(fake_demo):
+    data_root, output_root, out_dir = fake_demo
+    make_figures.main(flags(data_root, output_root, out_dir, "--prefix", "iic_", "--figures", "retrieval",
+                            "--runs", "IIC=demo/test_retrieval"))
+    assert sorted(p.name for p in out_dir.iterdir()) == ["iic_demo_retrieval.png"]
+
+
 def test_no_run_at_all_names_the_expected_folders(tmp_path):
     output_root = tmp_path / "empty"
     with pytest.raises(FigureError, match="no retrieval run found") as error:

@@ -78,12 +78,10 @@ def test_every_launcher_command_passes_its_dry_run(tmp_path, capsys):
     for exp in ("demo", "demo_baseline", "iic_demo"):  # their own pipeline: data, references, table
         demo_commands = printed_commands("run", exp, tmp_path)
         helpers = dict(split_entry(c) for c in demo_commands if split_entry(c)[0] not in ENTRY_SCRIPTS)
-        figures = [] if exp == "iic_demo" else ["paper_scripts/make_figures.py"]
         assert list(helpers) == [*DEMO_DATA_SCRIPTS, "paper_scripts/random_init.py",
-                                 "paper_scripts/collect_results.py", *figures]
+                                 "paper_scripts/collect_results.py", "paper_scripts/make_figures.py"]
         collect_results.get_args_parser().parse_args(helpers["paper_scripts/collect_results.py"])
-        load_entry("paper_scripts/random_init.py").get_args_parser().parse_args(helpers["paper_scripts/random_init.py"])
-        for script in figures:
+        for script in ("paper_scripts/random_init.py", "paper_scripts/make_figures.py"):
             load_entry(script).get_args_parser().parse_args(helpers[script])
         commands += [("run", exp, c) for c in demo_commands if split_entry(c)[0] in ENTRY_SCRIPTS]
 
