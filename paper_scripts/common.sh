@@ -80,7 +80,7 @@ DEMO_CLIP_FLAGS=(--base-width 8 --num-frames 8 --size 32 --resize 32 42)
 DEMO_RUNTIME_FLAGS=(--amp none --workers 2)  # bf16 autocast is slower on CPUs without AVX512-BF16
 DEMO_PRETRAIN_FLAGS=(--epochs 15 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride 4 --save-freq 0
                      --log-every 20)
-DEMO_IIC_PRETRAIN_FLAGS=(--epochs 15 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --iic-l2norm
+DEMO_IIC_PRETRAIN_FLAGS=(--epochs 30 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --iic-l2norm
                          --save-freq 0 --log-every 20)
 DEMO_PRETRAIN_GLOBAL_BATCH=16
 DEMO_FINETUNE_FLAGS=(--epochs 10 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3 --stride 2 --val-freq 0
