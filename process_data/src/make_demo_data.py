@@ -87,7 +87,7 @@ def _sprite(shape: str, side: int, rng: np.random.Generator) -> tuple[np.ndarray
 
 
 def _background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """(H, W, 3) float32: a random base colour with smooth colour blobs and fine static texture."""
+    """(H, W, 3) float32: a random base colour with faint smooth colour variation and fine static texture."""
     coarse = rng.uniform(-127, 127, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.float32)
     smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     fine = rng.normal(0, rng.uniform(2, 6), (height, width, 3)).astype(np.float32)
