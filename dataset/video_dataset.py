@@ -25,10 +25,6 @@ crops as for RGB.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +39,7 @@ from dataset.layout import (FLOW_COMPONENTS, LayoutError, VideoRecord, count_flo
                             expected_flow_frames, flow_dir, flow_frame_name, frame_name, read_split_csv)
 from dataset.local_dataset import REGISTRY, DatasetPaths, flow_command, resolve_dataset
 from dataset.transforms import ClipTransform, ViewParams
+from utils.malloc import keep_freed_memory_for_reuse
 
 SPLITS = ("trainval", "train", "val", "test")
 SAMPLERS = ("dualvar", "two_view", "iic", "finetune", "eval")
@@ -56,27 +53,31 @@ NUM_EVAL_CLIPS = 10
 
 # ---------------------------------------------------------------- JPEG decoding
 
-# Each decoder maps JPEG bytes to a list of uint8 (H, W, 3) RGB arrays.
+# Each decoder maps JPEG bytes to a list of uint8 arrays: (H, W, 3) RGB, or (H, W) with gray=True
+# (optical flow).
 
-def _decode_torchvision(blobs: list[bytes]) -> list[np.ndarray]:
+def _decode_torchvision(blobs: list[bytes], gray: bool = False) -> list[np.ndarray]:
     from torchvision.io import ImageReadMode, decode_jpeg
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-    return [t.permute(1, 2, 0).numpy() for t in decode_jpeg(tensors, mode=ImageReadMode.RGB)]
+    images = decode_jpeg(tensors, mode=ImageReadMode.GRAY if gray else ImageReadMode.RGB)  # (C, H, W) each
+    return [t[0].numpy() if gray else t.permute(1, 2, 0).numpy() for t in images]
 
 
-def _decode_simplejpeg(blobs: list[bytes]) -> list[np.ndarray]:
+def _decode_simplejpeg(blobs: list[bytes], gray: bool = False) -> list[np.ndarray]:
     import simplejpeg
+    if gray:
+        return [simplejpeg.decode_jpeg(b, colorspace="GRAY")[..., 0] for b in blobs]
     return [simplejpeg.decode_jpeg(b, colorspace="RGB") for b in blobs]
 
 
-def _decode_cv2(blobs: list[bytes]) -> list[np.ndarray]:
+def _decode_cv2(blobs: list[bytes], gray: bool = False) -> list[np.ndarray]:
     import cv2
     frames = []
     for b in blobs:
-        bgr = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
+        image = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+        if image is None:
             raise ValueError("OpenCV could not decode the data")
-        frames.append(bgr[..., ::-1])
+        frames.append(image if gray else image[..., ::-1])  # BGR -> RGB
     return frames
 
 
@@ -94,33 +95,6 @@ def _default_decoder() -> str:
 
 
 DEFAULT_DECODER = _default_decoder()
-
-# Single-channel variants for optical flow: JPEG bytes -> uint8 (H, W) arrays.
-
-def _decode_gray_torchvision(blobs: list[bytes]) -> list[np.ndarray]:
-    from torchvision.io import ImageReadMode, decode_jpeg
-    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-    return [t[0].numpy() for t in decode_jpeg(tensors, mode=ImageReadMode.GRAY)]
-
-
-def _decode_gray_simplejpeg(blobs: list[bytes]) -> list[np.ndarray]:
-    import simplejpeg
-    return [simplejpeg.decode_jpeg(b, colorspace="GRAY")[..., 0] for b in blobs]
-
-
-def _decode_gray_cv2(blobs: list[bytes]) -> list[np.ndarray]:
-    import cv2
-    frames = []
-    for b in blobs:
-        gray = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE)
-        if gray is None:
-            raise ValueError("OpenCV could not decode the data")
-        frames.append(gray)
-    return frames
-
-
-GRAY_DECODERS = {"simplejpeg": _decode_gray_simplejpeg, "cv2": _decode_gray_cv2,
-                 "torchvision": _decode_gray_torchvision}
 
 _REDO_HINT = ("re-run process_data/src/extract_frame.py for this video and then "
               "process_data/src/write_csv.py so that the CSV matches the frames on disk")
@@ -197,35 +171,12 @@ def read_flow_frames(component_dir: Path, indices: np.ndarray, decoder: str = DE
                      expected_frames: int | None = None, hint: str = "") -> torch.Tensor:
     """uint8 flow frames ``(len(indices), 3, H, W)`` of one component: the single channel replicated to
     3 (a broadcast view, no copy) so that the RGB backbones take it. ``indices`` are flow indices."""
-    frames = _read_images(component_dir, indices, _FLOW_LAYOUT, GRAY_DECODERS[decoder],
+    frames = _read_images(component_dir, indices, _FLOW_LAYOUT, partial(DECODERS[decoder], gray=True),
                           f"the CSV's frame count implies {expected_frames}", hint)  # (N, H, W)
     return torch.from_numpy(frames).unsqueeze(1).expand(-1, 3, -1, -1)  # (N, 3, H, W)
 
 
 # ---------------------------------------------------------------- allocator
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-_malloc_tuned_pid = None
-
-
-def keep_freed_memory_for_reuse() -> None:
-    """Stop glibc from returning every freed clip-sized buffer (1-3 MB) to the OS.
-
-    By default each such tensor is a fresh mmap, so every augmentation op pays page faults on
-    zero-filled pages: measured 3x slower per view (16 -> 5 ms, bench/bench_data.py). Serving
-    blocks up to 32 MB from the heap and trimming only above 128 MB of free heap removes that.
-    Per process (DataLoader workers call it on their first item); a no-op outside glibc.
-    """
-    global _malloc_tuned_pid
-    if _malloc_tuned_pid == os.getpid() or not sys.platform.startswith("linux"):
-        return
-    _malloc_tuned_pid = os.getpid()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
-    except (OSError, AttributeError):  # not glibc (e.g. musl): keep the default allocator
-        pass
 
 
 # ---------------------------------------------------------------- splits

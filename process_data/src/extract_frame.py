@@ -29,8 +29,6 @@ temporary names and renamed when complete. Unreadable frames fail that video onl
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import multiprocessing
 import os
@@ -49,6 +47,7 @@ from tqdm import tqdm  # noqa: E402
 
 from dataset.layout import (FLOW_COMPONENTS, FLOW_FOLDER, count_flow_frames, count_frames,  # noqa: E402
                             expected_flow_frames, flow_frame_name, frame_name)
+from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
 
 VIDEO_EXTENSIONS = ("avi", "mp4", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "flv", "wmv", "3gp")
 FAILURES_FILE = "extract_failures.txt"
@@ -130,6 +129,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    if not 1 <= args.quality <= 100:
+        raise ExtractError(f"--quality must be in 1..100, got {args.quality}")
+    if args.workers < 1:
+        raise ExtractError(f"--workers must be >= 1, got {args.workers}")
     if args.flow:
         check_flow_args(args)
         return
@@ -141,10 +144,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ExtractError(f"--size H W must be positive, got {args.size}")
     if args.short_side is not None and args.short_side < 0:
         raise ExtractError(f"--short-side must be >= 0 (0 keeps the native size), got {args.short_side}")
-    if not 1 <= args.quality <= 100:
-        raise ExtractError(f"--quality must be in 1..100, got {args.quality}")
-    if args.workers < 1:
-        raise ExtractError(f"--workers must be >= 1, got {args.workers}")
     if args.list_file is None:
         if args.video_root is None:
             raise ExtractError("give --video-root (a folder of class sub-folders of videos) or --list FILE")
@@ -165,10 +164,6 @@ def check_flow_args(args: argparse.Namespace) -> None:
                            "(run this script without --flow first)")
     if not args.flow_bound > 0:
         raise ExtractError(f"--flow-bound must be positive, got {args.flow_bound}")
-    if not 1 <= args.quality <= 100:
-        raise ExtractError(f"--quality must be in 1..100, got {args.quality}")
-    if args.workers < 1:
-        raise ExtractError(f"--workers must be >= 1, got {args.workers}")
     if args.flow_root is None:
         args.flow_root = args.frame_root.parent / FLOW_FOLDER
     args.flow_algorithm = resolve_flow_algorithm(args.flow_algorithm)
@@ -423,25 +418,6 @@ def find_frame_dirs(frame_root: Path) -> list[Path]:
 def flow_complete(job: FlowJob) -> bool:
     expected = expected_flow_frames(count_frames(job.frame_dir))
     return all(count_flow_frames(d) == expected for d in job.out_dirs)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-_malloc_tuned_pid = None
-
-
-def keep_freed_memory_for_reuse() -> None:
-    """Serve the flow's 100-200 kB buffers from the heap instead of a fresh mmap each time (glibc): the page
-    faults cost a quarter of the flow time (Farnebäck on 128x171 frames: 8.6 -> 6.5 ms of CPU per pair)."""
-    global _malloc_tuned_pid
-    if _malloc_tuned_pid == os.getpid() or not sys.platform.startswith("linux"):
-        return
-    _malloc_tuned_pid = os.getpid()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
-    except (OSError, AttributeError):  # not glibc: keep the default allocator
-        pass
 
 
 def _init_worker() -> None:
