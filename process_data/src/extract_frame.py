@@ -169,18 +169,21 @@ def check_flow_args(args: argparse.Namespace) -> None:
     args.flow_algorithm = resolve_flow_algorithm(args.flow_algorithm)
 
 
-def find_videos(video_root: Path, extensions: set[str]) -> list[Path]:
-    """Videos at ``video_root/<Class>/<video>.<ext>``, sorted. os.scandir, not glob: real file names
-    contain glob metacharacters such as ``[`` and ``]`` (HMDB51)."""
-    videos = []
-    with os.scandir(video_root) as classes:
+def _class_entries(root: Path, keep: Callable[[os.DirEntry], bool]) -> list[Path]:
+    """The entries ``root/<Class>/<name>`` that ``keep`` accepts, sorted. os.scandir, not glob: real file
+    names contain glob metacharacters such as ``[`` and ``]`` (HMDB51)."""
+    found = []
+    with os.scandir(root) as classes:
         for class_entry in classes:
-            if not class_entry.is_dir():
-                continue
-            with os.scandir(class_entry.path) as files:
-                videos += [Path(f.path) for f in files
-                           if f.is_file() and f.name.rpartition(".")[2].lower() in extensions]
-    return sorted(videos)
+            if class_entry.is_dir():
+                with os.scandir(class_entry.path) as entries:
+                    found += [Path(e.path) for e in entries if keep(e)]
+    return sorted(found)
+
+
+def find_videos(video_root: Path, extensions: set[str]) -> list[Path]:
+    """Videos at ``video_root/<Class>/<video>.<ext>``, sorted."""
+    return _class_entries(video_root, lambda f: f.is_file() and f.name.rpartition(".")[2].lower() in extensions)
 
 
 def read_video_list(list_file: Path, video_root: Path | None) -> list[Path]:
@@ -405,14 +408,7 @@ def _flow_in_worker(payload) -> Result:
 def find_frame_dirs(frame_root: Path) -> list[Path]:
     """Video frame folders ``frame_root/<Class>/<video>``, sorted; temporary folders of a running or
     killed extraction are not videos."""
-    dirs = []
-    with os.scandir(frame_root) as classes:
-        for class_entry in classes:
-            if not class_entry.is_dir():
-                continue
-            with os.scandir(class_entry.path) as videos:
-                dirs += [Path(v.path) for v in videos if v.is_dir() and not v.name.endswith(TMP_SUFFIX)]
-    return sorted(dirs)
+    return _class_entries(frame_root, lambda v: v.is_dir() and not v.name.endswith(TMP_SUFFIX))
 
 
 def flow_complete(job: FlowJob) -> bool:
