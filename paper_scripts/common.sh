@@ -74,8 +74,10 @@ IIC_RETRIEVAL_FLAGS=(--layer conv5 --merge --stride 1)
 
 # The demo: R(2+1)D-10 at base width 8 on 8x32² clips so that the whole pipeline fits in minutes on a 2-core
 # CPU; AdamW because SGD at lr 0.03 barely moved the contrastive loss in this budget. No horizontal flips in
-# finetuning: a mirror image turns MoveLeft into MoveRight. IIC normalises its embedding here (--iic-l2norm):
-# unnormalised, its loss did not leave log(2K+1) in this budget.
+# finetuning: a mirror image turns MoveLeft into MoveRight. DualVar demos finetune at their pretraining stride 4
+# (the whole 32-frame video, about 2 px of motion per frame): at stride 2 even random init stayed at chance in
+# this budget. IIC demos finetune at stride 2, after pretraining on consecutive frames. IIC normalises its
+# embedding here (--iic-l2norm): unnormalised, its loss did not leave log(2K+1) in this budget.
 DEMO_CLIP_FLAGS=(--base-width 8 --num-frames 8 --size 32 --resize 32 42)
 DEMO_RUNTIME_FLAGS=(--amp none --workers 2)  # bf16 autocast is slower on CPUs without AVX512-BF16
 DEMO_PRETRAIN_FLAGS=(--epochs 15 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride 4 --save-freq 0
@@ -83,9 +85,11 @@ DEMO_PRETRAIN_FLAGS=(--epochs 15 --schedule --optimizer adamw --lr 1e-3 --weight
 DEMO_IIC_PRETRAIN_FLAGS=(--epochs 30 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --iic-l2norm
                          --save-freq 0 --log-every 20)
 DEMO_PRETRAIN_GLOBAL_BATCH=16
-DEMO_FINETUNE_FLAGS=(--epochs 10 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3 --stride 2 --val-freq 0
+DEMO_FINETUNE_FLAGS=(--epochs 10 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3 --val-freq 0
                      --no-hflip --log-every 20)
 DEMO_FINETUNE_GLOBAL_BATCH=16
+DEMO_FINETUNE_STRIDE=4
+DEMO_IIC_FINETUNE_STRIDE=2
 
 die() { echo "paper_scripts: $*" >&2; exit 2; }
 
@@ -150,6 +154,11 @@ read_experiment() {
   read -r MODEL METHOD_MODE NET PRETRAIN_DATA <<<"${EXPERIMENTS[$1]}"
 }
 
+# Finetuning frame stride of the demo whose experiment read_experiment last read.
+demo_finetune_stride() {
+  if [ "$MODEL" = iic ]; then echo "$DEMO_IIC_FINETUNE_STRIDE"; else echo "$DEMO_FINETUNE_STRIDE"; fi
+}
+
 # One mode of experiment $2: mode $1 in pretrain, finetune, finetune_hmdb, test, test_hmdb, test_retrieval.
 run_mode() {
   local mode="$1" exp="$2" out="$OUTPUT_ROOT/$2"
@@ -186,7 +195,8 @@ run_mode() {
     finetune|finetune_hmdb)
       local flags=("${FINETUNE_FLAGS[@]}" "${FINETUNE_SCHEDULE_UCF101[@]}") batch="$FINETUNE_GLOBAL_BATCH"
       [ "$PRETRAIN_DATA" = k400 ] && flags=("${FINETUNE_FLAGS[@]}" "${FINETUNE_SCHEDULE_K400[@]}")
-      (( demo )) && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}") batch="$DEMO_FINETUNE_GLOBAL_BATCH"
+      (( demo )) && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}"
+                           --stride "$(demo_finetune_stride)") batch="$DEMO_FINETUNE_GLOBAL_BATCH"
       batch="$(per_process_batch "$batch")"
       run_python finetune.py --dataset "$downstream" --data-root "$DATA_ROOT" --pretrain "$pretrained" \
         "${finetune_flags[@]}" "${flags[@]}" --batch-size "$batch" --output-dir "$out/$mode" ;;
@@ -252,7 +262,8 @@ run_demo() {
   batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
   if [ ! -f "$random_dir/test/test_results.json" ]; then
     run_python finetune.py --dataset demo --data-root "$DATA_ROOT" --pretrain none --net "$NET" "${input_flags[@]}" \
-      "${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --batch-size "$batch" \
+      "${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --stride "$(demo_finetune_stride)" \
+      --batch-size "$batch" \
       --output-dir "$random_dir/finetune"
     run_python test.py --dataset demo --data-root "$DATA_ROOT" --ckpt "$random_dir/finetune/checkpoint.pth" \
       "${DEMO_RUNTIME_FLAGS[@]}" --output-dir "$random_dir/test"

@@ -146,6 +146,16 @@ def test_iic_recipe_and_protocol(tmp_path):
     assert "--layer conv5 --merge --stride 1" in " ".join(retrieval)
 
 
+@pytest.mark.parametrize("exp, stride", [("demo", "4"), ("demo_baseline", "4"), ("iic_demo", "2")])
+def test_demo_finetunes_its_network_and_the_random_reference_at_one_stride(tmp_path, exp, stride):
+    commands = [split_entry(cmd) for cmd in printed_commands("run", exp, tmp_path)
+                if any(a.endswith(".py") for a in cmd)]
+    finetunes = [args for script, args in commands if script == "finetune.py"]
+    assert [args[args.index("--pretrain") + 1] != "none" for args in finetunes] == [True, False]
+    for args in finetunes:
+        assert args.count("--stride") == 1 and args[args.index("--stride") + 1] == stride
+
+
 def test_global_batch_must_split_over_the_gpus(tmp_path):
     proc = launch("pretrain", "simclr_clip_r21d_ucf101", tmp_path, PRINT_ONLY="1", NUM_GPUS="3")
     assert proc.returncode != 0 and "NUM_GPUS=3" in proc.stderr and not proc.stdout
