@@ -535,8 +535,9 @@ def main(argv=None) -> int:
     args.frame_root.mkdir(parents=True, exist_ok=True)
     failures_path = args.frame_root / FAILURES_FILE
     # A final folder with frames in it is complete: it is only ever created by renaming a finished one.
-    todo = [job for job in jobs if count_frames(job.out_dir) == 0]
-    skipped = [job.video for job in jobs if count_frames(job.out_dir) > 0]
+    extracted = [count_frames(job.out_dir) > 0 for job in jobs]
+    todo = [job for job, is_extracted in zip(jobs, extracted) if not is_extracted]
+    skipped = [job.video for job, is_extracted in zip(jobs, extracted) if is_extracted]
     payloads = [(job, args.short_side, size, args.quality) for job in todo]
     done, failed, frames = run_jobs(_extract_in_worker, payloads, skipped, failures_path, args.workers, "extract")
     print(f"extract_frame.py: {done} videos done, {len(skipped)} skipped (already extracted), {failed} failed; "
