@@ -72,3 +72,24 @@ def run_gloo_processes(worker, tmp_path, nprocs: int = 2, start_method: str = "s
                 process.kill()
             pytest.fail(f"the {nprocs}-process gloo run did not finish within {timeout:.0f} s")
     return [torch.load(Path(tmp_path) / f"rank{rank}.pt") for rank in range(nprocs)]
+
+
+def train_iic_steps(method, dataset, batch_size: int, steps: int = 2, **sgd_kwargs) -> dict:
+    """SGD steps (lr 0.01) of an IIC method on consecutive dataset items, batched by ``method.batch_keys``.
+
+    Checks that every loss is finite and that a backbone convolution moved; returns the state before the steps.
+    """
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, **sgd_kwargs)
+    start = {k: v.clone() for k, v in method.state_dict().items()}
+    for step in range(steps):
+        items = [dataset[i] for i in range(step * batch_size, (step + 1) * batch_size)]
+        batch = [torch.stack([torch.as_tensor(item[key]) for item in items]) for key in method.batch_keys]
+        out = method(*batch)
+        loss = sum(w * out[name] for name, w in method.loss_weights.items())
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    conv = next(k for k in start if k.startswith("encoder.backbone.") and k.endswith("weight"))
+    assert not torch.equal(method.state_dict()[conv], start[conv])
+    return start

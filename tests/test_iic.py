@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import train_ssl
-from conftest import run_gloo_processes, tiny_demo_args, tiny_demo_flags
+from conftest import run_gloo_processes, tiny_demo_args, tiny_demo_flags, train_iic_steps
 from dataset.video_dataset import build_dataset
 from model import add_method_args, build_method
 from model.backbones import build_backbone
@@ -174,20 +174,7 @@ def test_short_training_on_demo_data(tiny_demo, modality, intra_neg):
     assert len(dataset) == NUM_VIDEOS
     method = tiny_iic("--modality", modality, "--intra-neg", intra_neg)
     assert method.banks.names == ("view1", "view2") + (("intra_neg",) if intra_neg != "none" else ())
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
-    start = {k: v.clone() for k, v in method.state_dict().items()}
-    for step in range(2):
-        items = [dataset[i] for i in range(step * BATCH, (step + 1) * BATCH)]
-        clip = torch.stack([item["clip"] for item in items])  # (B, 3, T, H, W) in [0, 1]
-        index = torch.tensor([item["index"] for item in items])
-        out = method(clip, index)
-        loss = sum(w * out[name] for name, w in method.loss_weights.items())
-        assert torch.isfinite(loss)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    conv = next(k for k in start if k.startswith("encoder.backbone.") and k.endswith("weight"))
-    assert not torch.equal(method.state_dict()[conv], start[conv])
+    start = train_iic_steps(method, dataset, BATCH, momentum=0.9)
     for name in method.banks.names:  # rows 0..7 were updated, row 8 never seen
         bank = method.banks.bank(name)
         assert not torch.equal(bank[:8], start[f"banks.{name}"][:8])
