@@ -12,8 +12,8 @@ import make_demo_data
 import write_csv
 from dataset.video_dataset import add_data_args
 
-DEMO_CLASSES = ["MoveRight", "MoveLeft", "BounceCircle"]
-DEMO_VIDEOS_PER_CLASS = 5  # groups g01-g02 -> 6 test videos, 9 train videos
+DEMO_CLASSES = ["MoveRight", "MoveLeft", "Bounce"]
+DEMO_VIDEOS_PER_CLASS = 7  # 7 groups of one video; group 1 and 2 are the test split: 6 test, 15 train videos
 
 
 @pytest.fixture(scope="module")

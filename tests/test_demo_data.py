@@ -1,3 +1,5 @@
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ def decode(path):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["--out", str(out), "--classes", "MoveRight", "MoveLeft", "BounceCircle",
+    assert main(["--out", str(out), "--classes", "MoveRight", "MoveLeft", "Bounce",
                  "--videos-per-class", "4", "--size", *map(str, SIZE), "--frames", str(FRAMES),
                  "--workers", "1"]) == 0
     return out
@@ -35,13 +37,14 @@ def test_ucf101_layout_and_crlf_split_files(demo):
     assert "MoveLeft/v_MoveLeft_g01_c01.avi" in videos
     raw = (demo / "splits" / "trainlist01.txt").read_bytes()
     assert raw.endswith(b"\r\n") and raw.count(b"\r\n") == raw.count(b"\n")
-    assert (demo / "splits" / "classInd.txt").read_bytes() == b"1 MoveRight\r\n2 MoveLeft\r\n3 BounceCircle\r\n"
+    assert (demo / "splits" / "classInd.txt").read_bytes() == b"1 MoveRight\r\n2 MoveLeft\r\n3 Bounce\r\n"
     train = (demo / "splits" / "trainlist01.txt").read_text().splitlines()
     test = (demo / "splits" / "testlist01.txt").read_text().splitlines()
     assert len(train) + len(test) == 12
-    # Group-wise split: groups g01-g02 only in test, the rest only in train, labels 1-based per classInd.
-    assert all("_g01_" in v or "_g02_" in v for v in test)
-    assert not any("_g01_" in v or "_g02_" in v for v in train)
+    # Group-wise split: 4 groups of one video, the first 28 % of them (group 1) test only, the rest train only,
+    # labels 1-based per classInd.
+    assert len(test) == 3 and all("_g01_" in v for v in test)
+    assert not any("_g01_" in v for v in train)
     assert "MoveLeft/v_MoveLeft_g03_c01.avi 2" in train
     assert sorted([v.split()[0] for v in train] + test) == videos
 
@@ -62,28 +65,73 @@ def test_same_seed_same_frames_other_seed_differs(demo, tmp_path):
 
 
 @pytest.mark.parametrize("forward,backward", [("MoveRight", "MoveLeft"), ("Grow", "Shrink"),
-                                              ("MoveDown", "MoveUp"), ("RotateClockwise", "RotateAnticlockwise")])
-def test_pair_is_exact_time_reversal(forward, backward):
+                                              ("RotateClockwise", "RotateAnticlockwise")])
+def test_pair_is_exact_time_reversal_with_one_appearance_distribution(forward, backward):
     def render(name):
         return render_video(name, np.random.default_rng(3), FRAMES, *SIZE)
     np.testing.assert_array_equal(render(backward), render(forward)[::-1])
+    spec, other = CLASSES[forward], CLASSES[backward]
+    assert (spec.motion, spec.scene, spec.shape) == (other.motion, other.scene, other.shape) and other.reverse
 
 
-def test_trajectories_move_in_the_class_direction():
+def test_trajectories_follow_the_class_motion_and_stay_in_the_frame():
     rng = np.random.default_rng(0)
-    cx, cy, scale, angle = make_demo_data._trajectory("move_x", FRAMES, *SIZE, 5.0, rng)
-    assert np.all(np.diff(cx) > 0) and np.ptp(cy) == 0
-    cx, cy, scale, angle = make_demo_data._trajectory("scale", FRAMES, *SIZE, 5.0, rng)
+    radius, frames = 5.0, 128
+    cx, cy, scale, angle = make_demo_data._trajectory("move", frames, *SIZE, radius, rng)
+    assert np.all(np.diff(cx) >= 0) and cx[-1] > cx[0]
+    cx, cy, scale, angle = make_demo_data._trajectory("scale", frames, *SIZE, radius, rng)
     assert np.all(np.diff(scale) > 0)
-    cx, cy, scale, angle = make_demo_data._trajectory("rotate", FRAMES, *SIZE, 5.0, rng)
+    cx, cy, scale, angle = make_demo_data._trajectory("rotate", frames, *SIZE, radius, rng)
     assert np.all(np.diff(angle) < 0)  # clockwise on screen
-    cx, cy, _, _ = make_demo_data._trajectory("bounce", 200, *SIZE, 5.0, rng)
-    assert cx.min() >= 5.0 and cx.max() <= SIZE[1] - 5.0 and cy.min() >= 5.0 and cy.max() <= SIZE[0] - 5.0
+    for motion in ("move", "scale", "rotate", "bounce", "orbit", "swing", "jump"):
+        for seed in range(5):
+            cx, cy, _, _ = make_demo_data._trajectory(motion, frames, *SIZE, radius, np.random.default_rng(seed))
+            assert cx.min() >= radius and cx.max() <= SIZE[1] - radius, motion
+            assert cy.min() >= radius and cy.max() <= SIZE[0] - radius, motion
+            assert np.ptp(cx) + np.ptp(cy) > 0 or motion == "rotate", f"{motion} does not move"
 
 
-def test_appearance_classes_differ_in_shape():
-    assert CLASSES["BounceCircle"].motion == CLASSES["BounceTriangle"].motion
-    assert CLASSES["BounceCircle"].shape != CLASSES["BounceTriangle"].shape
+def test_motion_parameters_are_continuous_per_video():
+    speeds = [np.abs(np.diff(make_demo_data._trajectory("bounce", 16, 64, 64, 5.0, np.random.default_rng(s))[0][:2]))[0]
+              for s in range(50)]
+    assert len(np.unique(np.round(speeds, 6))) == 50
+
+
+def test_appearance_is_a_class_correlated_distribution_that_overlaps():
+    draws = 4000
+    for name, spec in CLASSES.items():
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        scenes, shapes = zip(*(make_demo_data.draw_appearance(name, rng) for _ in range(draws)))
+        # the preferred value: 0.5 + 0.5 / 5 = 0.6; 4000 draws put 5 standard errors at 0.04
+        assert abs(scenes.count(spec.scene) / draws - 0.6) < 0.04, name
+        assert abs(shapes.count(spec.shape) / draws - 0.6) < 0.04, name
+        assert set(scenes) == set(make_demo_data.SCENES) and set(shapes) == set(make_demo_data.SHAPES), name
+    preferred = {(spec.scene, spec.shape) for spec in CLASSES.values()}
+    assert len({spec.scene for spec in CLASSES.values()}) < len(CLASSES)  # classes share scenes
+    assert len(preferred) > 1
+
+
+def test_nuisances_vary_between_videos_of_a_class():
+    videos = [render_video("Bounce", make_demo_data._rng(0, "Bounce", 3, clip), 4, 16, 16) for clip in range(1, 9)]
+    means = np.array([v.reshape(-1, 3).mean(axis=0) for v in videos])  # (videos, BGR)
+    assert means.std(axis=0).min() > 8  # lighting, colour cast and scene colours differ per video
+    shaken = render_video("Grow", np.random.default_rng(1), 8, 24, 24)
+    assert shaken.std() > 10
+
+
+def test_default_splits_follow_ucf101_groups():
+    names = make_demo_data.video_names("Bounce", 150)
+    test = [stem for group, _, stem in names if make_demo_data.is_test_group(group, 150)]
+    assert len(names) == 150 and names[-1][:2] == (25, 6)
+    assert len(test) == 42 and all(int(stem.split("_g")[1][:2]) <= 7 for stem in test)
+    assert len(test) * len(CLASSES) >= 400  # one test video is at most 0.25 points
+    assert main(["--out", "unused", "--dry-run"]) == 0
+
+
+def test_default_videos_make_the_two_clips_usually_disjoint():
+    overlap = make_demo_data.clip_overlap(128, 8, 4, trials=4000)
+    assert overlap["span"] < 0.45 and overlap["shared_frame"] < 0.2
+    assert make_demo_data.clip_overlap(32, 8, 4, trials=2000)["shared_frame"] > 0.5  # the first demo's videos
 
 
 def test_mp4_output_decodes(tmp_path):
@@ -95,7 +143,7 @@ def test_mp4_output_decodes(tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--classes", "Jump"], "unknown class"),
+    (["--classes", "Skateboard"], "unknown class"),
     (["--videos-per-class", "2"], "--videos-per-class"),
     (["--format", "mp4", "--size", "33", "48"], "even --size"),
 ])
@@ -109,6 +157,6 @@ def test_dry_run_prints_configuration(tmp_path, capsys):
     import json
     assert main(["--out", str(tmp_path / "x"), "--dry-run"]) == 0
     config = json.loads(capsys.readouterr().out)
-    assert (config["videos_per_class"], config["frames"], config["size"]) == (50, 32, [60, 80])
+    assert (config["videos_per_class"], config["frames"], config["size"]) == (150, 128, [48, 64])
     assert config["classes"] == list(CLASSES)
     assert not (tmp_path / "x").exists()

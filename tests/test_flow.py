@@ -60,7 +60,7 @@ def demo_flow(tiny_demo):
 
 def test_extraction_writes_one_flow_frame_fewer_per_component(demo_flow):
     frame_dirs = sorted(demo_flow.glob("frames/*/*"))
-    assert len(frame_dirs) == 15
+    assert len(frame_dirs) == 21
     for frames in frame_dirs:
         rel = frames.relative_to(demo_flow / "frames")
         for component in ("u", "v"):
@@ -112,7 +112,7 @@ def test_resume_skips_complete_and_redoes_partial(demo_flow, tmp_path, capsys):
     before = os.stat(untouched).st_mtime_ns
     capsys.readouterr()
     assert flow_main(demo_flow / "frames", flow) == 0
-    assert "1 videos done, 14 skipped" in capsys.readouterr().out
+    assert "1 videos done, 20 skipped" in capsys.readouterr().out
     assert count_flow_frames(partial) == count_frames(demo_flow / "frames" / "MoveLeft" / "v_MoveLeft_g01_c01") - 1
     assert not (flow / "u" / "MoveLeft" / "v_MoveLeft_g01_c01.tmp-extract").exists()
     assert os.stat(untouched).st_mtime_ns == before

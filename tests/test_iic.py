@@ -20,7 +20,7 @@ from utils import distributed
 from utils.checkpoint import load_checkpoint
 
 BATCH = 4
-NUM_VIDEOS = 9  # the tiny demo's train split
+NUM_VIDEOS = 15  # the tiny demo's train split
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
