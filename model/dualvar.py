@@ -151,8 +151,14 @@ class DualVarBase(nn.Module):
         p = F.normalize(calibrate(shuffled_series, permutations), dim=-1)  # (B, n, d)
         loss = 0.5 * (shuffle_rank_loss(s_a, p, self.theta, self.rank_clamp)
                       + shuffle_rank_loss(s_a_prime, p, self.theta, self.rank_clamp))
-        accuracy = 0.5 * (rank_accuracy(s_a.detach(), p.detach()) + rank_accuracy(s_a_prime.detach(), p.detach()))
-        return {"loss_sr": loss, "acc_rank": accuracy}
+        accuracy = 0.5 * (rank_accuracy(s_a.detach(), p.detach(), per_sample=True)
+                          + rank_accuracy(s_a_prime.detach(), p.detach(), per_sample=True))  # (B,)
+        # Split by permutation: an order-blind network scores 1 on identities and 0 on swaps, which
+        # averages to a plausible-looking 0.5. NaN when the batch holds no sample of that kind.
+        identity = (permutations == torch.arange(self.n_series, device=permutations.device)).all(dim=1).float()
+        return {"loss_sr": loss, "acc_rank": accuracy.mean(),
+                "acc_rank_identity": (accuracy * identity).sum() / identity.sum(),
+                "acc_rank_shuffled": (accuracy * (1 - identity)).sum() / (1 - identity).sum()}
 
 
 class SimCLRDualVar(DualVarBase):

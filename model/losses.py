@@ -139,12 +139,14 @@ def shuffle_rank_loss(reference: torch.Tensor, calibrated: torch.Tensor, theta: 
 
 
 @torch.no_grad()
-def rank_accuracy(reference: torch.Tensor, calibrated: torch.Tensor) -> torch.Tensor:
-    """Fraction of the B·2n anchors of `shuffle_rank_loss` whose positive π(a) is their most similar other row."""
+def rank_accuracy(reference: torch.Tensor, calibrated: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+    """Fraction of the B·2n anchors of `shuffle_rank_loss` whose positive π(a) is their most similar other row;
+    with ``per_sample``, that fraction over each sample's 2n anchors, (B,)."""
     gram, positive, _ = _rank_gram(reference.float(), calibrated.float())
     itself = torch.eye(len(positive), dtype=torch.bool, device=gram.device)
     gram = gram.masked_fill(itself, float("-inf"))  # (B, 2n, 2n)
-    return (gram.argmax(dim=2) == positive).float().mean()
+    hits = (gram.argmax(dim=2) == positive).float()  # (B, 2n)
+    return hits.mean(dim=1) if per_sample else hits.mean()
 
 
 def _draw_permutations(batch: int, n_series: int, generator, derangement: bool) -> torch.Tensor:

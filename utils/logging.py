@@ -11,6 +11,7 @@ resumed mid-way averages only the iterations run after the restart).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -54,6 +55,8 @@ class SmoothedValue:
         self.count = 0
 
     def update(self, value: float, n: int = 1) -> None:
+        if math.isnan(value):  # a metric with nothing to measure in this batch (e.g. acc_rank_identity)
+            return
         self.window.append(value)
         self.total += value * n
         self.count += n
