@@ -36,13 +36,15 @@ from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state
 from utils.checkpoint import CheckpointError
 from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
 from utils.engine import check_amp
-from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, plot_embedding,
-                              plot_retrieval_examples, recall_at_k, run_inference)
+from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, knn_classify,
+                              linear_probe, plot_embedding, plot_retrieval_examples, recall_at_k, run_inference,
+                              topk_accuracy)
 from utils.logging import config_to_dict, git_revision
 
 LAYERS = ("pool", "conv5")
 MERGE_MODALITIES = ("res", "u", "v")
 DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171]}
+COLOUR_STATS = "colour-stats"
 NUM_NEIGHBOURS_SHOWN = 5
 
 
@@ -51,7 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("retrieval")
     group.add_argument("--ckpt", required=True,
-                       help="checkpoint whose backbone gives the features (train_ssl.py's, or a finetune.py one)")
+                       help="checkpoint whose backbone gives the features (train_ssl.py's, or a finetune.py one); "
+                            f"'{COLOUR_STATS}': no network, each clip's feature is its per-channel mean and standard "
+                            "deviation (6 numbers), the no-learning reference of METHOD.md §1.4")
     group.add_argument("--layer", default="pool", choices=LAYERS,
                        help="pool: global average of the last feature map (DualVar); conv5: the last feature map "
                             "max-pooled by (1, 2, 2) and flattened (IIC)")
@@ -65,6 +69,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is 10 clips)")
     group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
                        help="mixed-precision inference: bf16 (CPU or recent GPUs) or fp16 (CUDA only)")
+    group.add_argument("--knn-k", type=int, default=20,
+                       help="neighbours that vote in the kNN classification (train split votes for test videos)")
+    group.add_argument("--knn-temperature", type=float, default=0.07,
+                       help="kNN vote weight exp(cosine / temperature)")
     group.add_argument("--num-examples", type=int, default=6,
                        help="queries shown with their top-5 neighbours in retrieval_examples.png (0: no PNG)")
     group.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot of the test features")
@@ -81,6 +89,15 @@ def get_args_parser() -> argparse.ArgumentParser:
             action.help += f"; default: the checkpoint's value, else {DATA_FALLBACKS[action.dest]}"
     add_distributed_args(parser)
     return parser
+
+
+class ColourStatistics(torch.nn.Module):
+    """A feature with no learning: (N, 3, T, H, W) -> (N, 6, 1, 1, 1), each channel's mean and standard
+    deviation over the clip."""
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        flat = clips.float().flatten(2)  # (N, 3, T·H·W)
+        return torch.cat([flat.mean(dim=2), flat.std(dim=2)], dim=1)[:, :, None, None, None]
 
 
 def clip_features(backbone: torch.nn.Module, clips: torch.Tensor, layer: str) -> torch.Tensor:
@@ -104,7 +121,9 @@ def main(args: argparse.Namespace) -> dict | None:
     for flag in ("batch_size", "num_examples"):
         if getattr(args, flag) < (1 if flag == "batch_size" else 0):
             raise ValueError(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
-    ckpt = read_checkpoint(args.ckpt)
+    if args.knn_k < 1 or args.knn_temperature <= 0:
+        raise ValueError(f"--knn-k must be >= 1 and --knn-temperature > 0, got {args.knn_k} and {args.knn_temperature}")
+    ckpt = {} if args.ckpt == COLOUR_STATS else read_checkpoint(args.ckpt)
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
     if args.merge_modality is None:
@@ -122,9 +141,12 @@ def main(args: argparse.Namespace) -> dict | None:
 
 def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     check_amp(args.amp, device)
-    backbone, _ = build_backbone(args.net, args.base_width)
-    loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
-    kind = backbone_state(ckpt, args.ckpt)[1]
+    if args.ckpt == COLOUR_STATS:
+        backbone, loaded, kind = ColourStatistics(), 0, "no-learning reference"
+    else:
+        backbone, _ = build_backbone(args.net, args.base_width)
+        loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
+        kind = backbone_state(ckpt, args.ckpt)[1]
     backbone.to(device).eval()
     gallery_set = build_dataset(args, "trainval", "eval", modality="rgb")
     query_set = build_dataset(args, "test", "eval", modality="rgb")
@@ -154,7 +176,13 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
         raise LayoutError(f"--dataset {args.dataset}: retrieval needs the class of every video, but some CSV rows "
                           "have no label; re-run process_data/src/write_csv.py")
     recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels, RECALL_KS)
-    results = {**recall, "num_queries": len(queries), "num_gallery": len(gallery), "feature_dim": gallery.shape[1],
+    num_classes = max(query_set.num_classes, int(gallery_labels.max()) + 1, int(query_labels.max()) + 1)
+    knn_scores = knn_classify(queries, gallery, gallery_labels, num_classes, args.knn_k, args.knn_temperature)
+    probe_scores = linear_probe(gallery, gallery_labels, queries, num_classes)
+    results = {**recall, "knn_top1": 100 * topk_accuracy(knn_scores, query_labels, (1,))[1],
+               "linear_probe_top1": 100 * topk_accuracy(probe_scores, query_labels, (1,))[1],
+               "knn": {"k": args.knn_k, "temperature": args.knn_temperature},
+               "num_queries": len(queries), "num_gallery": len(gallery), "feature_dim": gallery.shape[1],
                "layer": args.layer, "merge": args.merge, "merge_modality": args.merge_modality if args.merge else None,
                "checkpoint": str(args.ckpt), "checkpoint_kind": kind,
                "loaded_tensors": loaded, "git": git_revision(), "config": config_to_dict(args)}
@@ -179,6 +207,7 @@ def write_outputs(args, results, gallery_set, query_set, gallery, queries, neigh
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, out / "retrieval.json")
     print("  ".join(f"R@{k} {results[f'R@{k}']:.2f}" for k in RECALL_KS) +
+          f"  kNN top-1 {results['knn_top1']:.2f}  linear probe top-1 {results['linear_probe_top1']:.2f}" +
           f"  ({results['num_queries']} queries, {results['num_gallery']} gallery videos) -> {out}", flush=True)
 
 

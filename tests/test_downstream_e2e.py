@@ -119,11 +119,26 @@ def test_retrieve_exports_features_and_recall(demo, pretrained, tmp_path):
         data_flags(demo) + ["--ckpt", str(pretrained), "--output-dir", str(tmp_path), "--batch-size", "4",
                             "--layer", "conv5", "--merge"]))
     saved = json.loads((tmp_path / "retrieval.json").read_text())
-    assert (saved["num_queries"], saved["num_gallery"]) == (6, 9)
+    assert (saved["num_queries"], saved["num_gallery"]) == (6, 15)
     train, test = np.load(tmp_path / "features_train.npz"), np.load(tmp_path / "features_test.npz")
-    assert train["features"].shape == (9, saved["feature_dim"]) and test["features"].shape[0] == 6
-    assert len(set(train["video_ids"].tolist())) == 9 and sorted(set(test["labels"].tolist())) == [0, 1, 2]
+    assert train["features"].shape == (15, saved["feature_dim"]) and test["features"].shape[0] == 6
+    assert len(set(train["video_ids"].tolist())) == 15 and sorted(set(test["labels"].tolist())) == [0, 1, 2]
     recomputed, _ = retrieve.recall_at_k(test["features"], test["labels"], train["features"], train["labels"])
     assert recomputed == {k: saved[k] for k in recomputed} == {k: results[k] for k in recomputed}
-    assert saved["R@50"] == 100.0  # k beyond the 9-video gallery: every class is in it
+    assert saved["R@50"] == 100.0  # k beyond the 15-video gallery: every class is in it
+    # kNN and the linear probe score the exported features
+    knn = retrieve.knn_classify(test["features"], train["features"], train["labels"], 3, k=20, temperature=0.07)
+    assert saved["knn_top1"] == 100 * retrieve.topk_accuracy(knn, test["labels"], (1,))[1]
+    probe = retrieve.linear_probe(train["features"], train["labels"], test["features"], 3)
+    assert saved["linear_probe_top1"] == 100 * retrieve.topk_accuracy(probe, test["labels"], (1,))[1]
+    assert saved["knn"] == {"k": 20, "temperature": 0.07}
     assert (tmp_path / "retrieval_examples.png").is_file() and (tmp_path / "tsne_test.png").is_file()
+
+
+def test_retrieve_scores_the_colour_statistics_reference(demo, tmp_path):
+    results = retrieve.main(retrieve.get_args_parser().parse_args(
+        data_flags(demo) + ["--ckpt", "colour-stats", "--output-dir", str(tmp_path), "--num-examples", "0",
+                            "--no-tsne", "--knn-k", "3"]))
+    assert results["feature_dim"] == 6 and results["loaded_tensors"] == 0 and results["knn"]["k"] == 3
+    test = np.load(tmp_path / "features_test.npz")
+    assert np.allclose(test["features"][:, 3:], np.abs(test["features"][:, 3:]))  # standard deviations

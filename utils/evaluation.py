@@ -247,6 +247,44 @@ def recall_at_k(query_features: np.ndarray, query_labels: np.ndarray, gallery_fe
     return {f"R@{k}": 100 * float(hits[:, :k].any(axis=1).mean()) for k in ks}, neighbours
 
 
+def knn_classify(query_features: np.ndarray, gallery_features: np.ndarray, gallery_labels: np.ndarray,
+                 num_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:
+    """Weighted k-nearest-neighbour class scores (Q, num_classes) of frozen features (METHOD.md §7).
+
+    Both sets are centred on the gallery's mean (no statistics of the queries are used) and
+    L2-normalised; each of a query's k most cosine-similar gallery videos votes for its class with
+    weight exp(similarity / temperature), as in InstDisc and DINO."""
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"kNN needs k >= 1 and a positive temperature, got k={k}, temperature={temperature}")
+    mean = gallery_features.mean(axis=0, keepdims=True)
+
+    def normalise(features: np.ndarray) -> np.ndarray:
+        centred = features - mean
+        return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+
+    queries, gallery = normalise(query_features), normalise(gallery_features)
+    neighbours = nearest_neighbours(queries, gallery, k)  # (Q, k)
+    similarity = np.take_along_axis(queries @ gallery.T, neighbours, axis=1)  # (Q, k)
+    weights = np.exp((similarity - 1.0) / temperature)  # shifted by the largest possible cosine: no overflow
+    scores = np.zeros((len(queries), num_classes))
+    np.add.at(scores, (np.arange(len(queries))[:, None], gallery_labels[neighbours]), weights)
+    return scores
+
+
+def linear_probe(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+                 num_classes: int, seed: int = 0) -> np.ndarray:
+    """Class scores (Q, num_classes) of a multinomial logistic regression fitted on frozen train features,
+    each dimension standardised with the train split's statistics (L2 penalty C = 1, L-BFGS)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-6
+    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    model.fit((train_features - mean) / std, train_labels)
+    scores = np.full((len(test_features), num_classes), -np.inf)
+    scores[:, model.classes_] = model.predict_log_proba((test_features - mean) / std)
+    return scores
+
+
 # ---------------------------------------------------------------- plots
 
 def _pyplot():
