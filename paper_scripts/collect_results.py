@@ -48,7 +48,8 @@ class ResultsError(Exception):
 
 def read_experiment_table(path: Path = COMMON_SH) -> dict[str, tuple[str, str, str, str]]:
     """common.sh's EXPERIMENTS table: name -> (model, mode, net, pretraining data)."""
-    rows = re.findall(r'^\s*\[([^\]]+)\]="(\S+) (\S+) (\S+) (\S+)"', path.read_text(), flags=re.M)
+    block = re.search(r"^declare -A EXPERIMENTS=\((.*?)^\)", path.read_text(), flags=re.M | re.S).group(1)
+    rows = re.findall(r'^\s*\[([^\]]+)\]="(\S+) (\S+) (\S+) (\S+)"', block, flags=re.M)
     return {name: tuple(fields) for name, *fields in rows}
 
 
@@ -122,6 +123,76 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- seeds (the miniature)
+
+# metric -> (file under <method>/seed<N>/, key); every one in percent
+SEED_METRICS = {"knn_top1": ("test_retrieval/retrieval.json", "knn_top1"),
+                "linear_probe_top1": ("test_retrieval/retrieval.json", "linear_probe_top1"),
+                "finetune_top1": ("test/test_results.json", "top1"),
+                "R@1": ("test_retrieval/retrieval.json", "R@1")}
+SEED_HEADERS = {"knn_top1": "kNN top-1", "linear_probe_top1": "linear probe top-1", "finetune_top1": "finetune top-1",
+                "R@1": "R@1"}
+
+
+def seed_values(method_dir: Path) -> dict[int, dict[str, float]]:
+    """{seed: {metric: value}} from ``<method_dir>/seed<N>/``; a metric whose file is missing is left out."""
+    per_seed = {}
+    for seed_dir in sorted(method_dir.glob("seed*"), key=lambda p: p.name):
+        if not seed_dir.is_dir() or not seed_dir.name[4:].isdigit():
+            continue
+        values = {}
+        for metric, (name, key) in SEED_METRICS.items():
+            path = seed_dir / name
+            if path.is_file():
+                value = read_json(path).get(key)
+                if not isinstance(value, (int, float)):
+                    raise ResultsError(f"{path}: no number under '{key}' (found {value!r}); re-run that step")
+                values[metric] = float(value)
+        if values:
+            per_seed[int(seed_dir.name[4:])] = values
+    return per_seed
+
+
+def mean_std(values: list[float]) -> dict[str, float | int]:
+    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return {"mean": mean, "std": std, "n": n}
+
+
+def summarize_seeds(root: Path, methods: list[str] | None = None) -> dict:
+    """Per-seed values and mean / std per method and metric for every ``<root>/<method>/seed<N>/``."""
+    if not root.is_dir():
+        raise ResultsError(f"--output-root {root}: no such folder")
+    names = methods if methods is not None else sorted(p.name for p in root.iterdir() if p.is_dir())
+    summary = {}
+    for name in names:
+        per_seed = seed_values(root / name)
+        if not per_seed:
+            continue
+        metrics = sorted({m for values in per_seed.values() for m in values}, key=list(SEED_METRICS).index)
+        summary[name] = {"seeds": sorted(per_seed), "per_seed": {str(s): v for s, v in per_seed.items()},
+                         "metrics": {m: mean_std([v[m] for v in per_seed.values() if m in v]) for m in metrics}}
+    if not summary:
+        raise ResultsError(f"no <method>/seed<N>/ results under {root}: run paper_scripts/run/miniature.sh first")
+    return summary
+
+
+def seeds_table(summary: dict) -> str:
+    """Markdown: one row per method, mean ± std (seed count) of each metric."""
+    header = ["method", "seeds", *SEED_HEADERS.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in summary.items():
+        cells = []
+        for metric in SEED_HEADERS:
+            stats = entry["metrics"].get(metric)
+            cells.append("–" if stats is None else f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+                         + ("" if stats["n"] == len(entry["seeds"]) else f" (n={stats['n']})"))
+        lines.append("| " + " | ".join([name, str(len(entry["seeds"])), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -130,10 +201,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--experiments", nargs="*", default=None,
                         help="only these experiment folders (default: every one with results)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
+    parser.add_argument("--seeds", action="store_true",
+                        help="aggregate seeds instead: every <output-root>/<method>/seed<N>/ (the miniature's layout) "
+                             "becomes one row of mean ± std over its seeds; --experiments picks and orders the methods")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="with --seeds: also write per-seed values and mean / std per method and metric as JSON")
     return parser
 
 
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main_seeds(args: argparse.Namespace) -> str:
+    summary = summarize_seeds(args.output_root, args.experiments)
+    text = (seeds_table(summary) + "\nMean ± sample standard deviation over seeds, in percent, on the test split of "
+            "the data set the runs used.\n")
+    if args.summary is not None:
+        write_text(args.summary, json.dumps(summary, indent=2) + "\n")
+    if args.out is not None:
+        write_text(args.out, text)
+    print(text, end="")
+    return text
+
+
 def main(args: argparse.Namespace) -> str:
+    if args.seeds:
+        return main_seeds(args)
     rows = collect(args.output_root)
     if args.experiments is not None:
         order = {name: i for i, name in enumerate(args.experiments)}

@@ -72,24 +72,35 @@ IIC_PRETRAIN_FLAGS=(--epochs 240 --schedule 45 90 125 160 --lr-gamma 0.2 --lr 0.
 IIC_PRETRAIN_GLOBAL_BATCH=16
 IIC_RETRIEVAL_FLAGS=(--layer conv5 --merge --stride 1)
 
-# The demo: R(2+1)D-10 at base width 8 on 8x32² clips so that the whole pipeline fits in minutes on a 2-core
-# CPU; AdamW because SGD at lr 0.03 barely moved the contrastive loss in this budget. No horizontal flips in
-# finetuning: a mirror image turns MoveLeft into MoveRight. DualVar demos finetune at their pretraining stride 4
-# (the whole 32-frame video, about 2 px of motion per frame): at stride 2 even random init stayed at chance in
-# this budget. IIC demos finetune at stride 2, after pretraining on consecutive frames. IIC normalises its
-# embedding here (--iic-l2norm): unnormalised, its loss did not leave log(2K+1) in this budget.
+# The demo and the miniature (README "The miniature"): R(2+1)D-10 at base width 8 on 8x32² clips, so that a
+# comparison of methods over seeds fits in an hour on a 2-core CPU. Fixed before any result was seen, and the
+# same for every data set (MINI_DATA): every method pretrains 8 epochs at global batch 16 with AdamW (lr 1e-3,
+# constant), on 8-frame clips at stride 4 (IIC: its 8 consecutive frames, with --iic-l2norm: unnormalised, its
+# loss did not leave log(2K+1) in such budgets). Every network, pretrained or random, is then evaluated the same
+# way, on RGB clips at stride 4: frozen pooled features (kNN, linear probe, R@k: retrieve.py) and 8 epochs of
+# finetuning (AdamW lr 1e-3, no validation hold-out, no horizontal flips: a mirror image turns MoveLeft into
+# MoveRight) with the 10-clip test.
 DEMO_CLIP_FLAGS=(--base-width 8 --num-frames 8 --size 32 --resize 32 42)
 DEMO_RUNTIME_FLAGS=(--amp none --workers 2)  # bf16 autocast is slower on CPUs without AVX512-BF16
-DEMO_PRETRAIN_FLAGS=(--epochs 15 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride 4 --save-freq 0
+DEMO_PRETRAIN_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride 4 --save-freq 0
                      --log-every 20)
-DEMO_IIC_PRETRAIN_FLAGS=(--epochs 30 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --iic-l2norm
+DEMO_IIC_PRETRAIN_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --iic-l2norm
                          --save-freq 0 --log-every 20)
 DEMO_PRETRAIN_GLOBAL_BATCH=16
-DEMO_FINETUNE_FLAGS=(--epochs 10 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3 --val-freq 0
+DEMO_FINETUNE_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3 --val-freq 0
                      --no-hflip --log-every 20)
 DEMO_FINETUNE_GLOBAL_BATCH=16
 DEMO_FINETUNE_STRIDE=4
 DEMO_IIC_FINETUNE_STRIDE=2
+# The miniature's methods: name -> train_ssl.py flags; "random" (no pretraining) is the no-learning reference.
+declare -A MINI_METHOD_FLAGS=(
+  [simclr]="--model simclr --mode clip"
+  [dualvar]="--model simclr --mode clip-sr-tc"
+  [iic]="--model iic --intra-neg repeat --modality res"
+)
+MINI_EVAL_FLAGS=(--layer pool --stride 4)
+# Supervised training of the same network from random weights, for as many epochs as pretraining + finetuning.
+MINI_SUPERVISED_EPOCHS=16
 
 die() { echo "paper_scripts: $*" >&2; exit 2; }
 
@@ -232,53 +243,94 @@ launch() {
   done
 }
 
-# The demo pipeline for experiment $1 (demo, demo_baseline or iic_demo), with its two references: the same
-# network finetuned from random weights at the same budget, and its random-weight features for retrieval.
-# The references live in $OUTPUT_ROOT/demo_random (DualVar demos) or $OUTPUT_ROOT/iic_demo_random (IIC's
-# input and retrieval protocol), are shared by the demos of a family and computed once. Every demo ends
-# with its figures in $OUTPUT_ROOT/figures (paper_scripts/make_figures.py; asset/ holds a copy).
-run_demo() {
-  local exp="$1" demo_dir="$DATA_ROOT/demo"
-  if [ ! -f "$demo_dir/csv/test_split01.csv" ]; then
-    [ -f "$demo_dir/splits/testlist01.txt" ] || run_single process_data/src/make_demo_data.py --out "$demo_dir"
-    # --short-side 0 keeps the small native frames; the clips are resized on the fly anyway.
-    run_single process_data/src/extract_frame.py --video-root "$demo_dir/videos" --frame-root "$demo_dir/frames" \
-      --short-side 0
-    run_single process_data/src/write_csv.py --dataset ucf101 --frame-root "$demo_dir/frames" \
-      --split-dir "$demo_dir/splits" --out-dir "$demo_dir/csv"
+# The miniature: methods $MINI_METHODS (default: random simclr dualvar iic) x seeds $SEEDS (default 0 1 2) on the
+# demo data set, or on MINI_DATA (a folder in the UCF101 layout: videos/<Class>/*.avi and
+# splits/{classInd,trainlist01,testlist01}.txt; frames/ and csv/ are written beside them), into
+# $OUTPUT_ROOT/$1/<method>/seed<N>/{pretrain,test_retrieval,finetune,test}, with the no-learning references
+# (colour statistics; random weights) and supervised training from scratch (MINI_SUPERVISED=0 skips it), ending
+# with $OUTPUT_ROOT/$1/results.md (mean ± std) and summary.json. Steps whose results exist are skipped, and
+# training resumes, so an interrupted run continues where it stopped.
+run_miniature() {
+  local root="$OUTPUT_ROOT/$1" data_dir
+  local seeds methods
+  read -r -a seeds <<<"${SEEDS:-0 1 2}"
+  read -r -a methods <<<"${MINI_METHODS:-random simclr dualvar iic}"
+  if [ -n "${MINI_DATA:-}" ]; then
+    data_dir="$(realpath -m "$MINI_DATA")"
+    [ -d "$data_dir/videos" ] && [ -f "$data_dir/splits/classInd.txt" ] \
+      || die "MINI_DATA=$MINI_DATA: expected videos/<Class>/*.avi and splits/{classInd,trainlist01,testlist01}.txt there"
+  else
+    data_dir="$DATA_ROOT/demo"
+    [ -f "$data_dir/splits/testlist01.txt" ] || run_single process_data/src/make_demo_data.py --out "$data_dir"
   fi
-  local m
-  for m in pretrain finetune test test_retrieval; do
-    run_mode "$m" "$exp"
-  done
+  if [ ! -f "$data_dir/csv/test_split01.csv" ]; then
+    # --short-side 0 keeps the native frames of the demo; other data are cut to the usual 128 short side.
+    local short_side=128
+    [ -z "${MINI_DATA:-}" ] && short_side=0
+    run_single process_data/src/extract_frame.py --video-root "$data_dir/videos" --frame-root "$data_dir/frames" \
+      --short-side "$short_side"
+    run_single process_data/src/write_csv.py --dataset ucf101 --frame-root "$data_dir/frames" \
+      --split-dir "$data_dir/splits" --out-dir "$data_dir/csv"
+  fi
+  local data_flags=(--dataset "$data_dir/csv" --frame-root "$data_dir/frames")
+  local common=("${data_flags[@]}" "${DEMO_RUNTIME_FLAGS[@]}")
+  local batch ft_batch
+  batch="$(per_process_batch "$DEMO_PRETRAIN_GLOBAL_BATCH")"
+  ft_batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
+  local ft_flags=(--net r21d "${DEMO_CLIP_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --stride 4 --batch-size "$ft_batch")
 
-  read_experiment "$exp"
-  local random_dir="$OUTPUT_ROOT/demo_random" input_flags=() retrieval_flags=(--stride 4)
-  if [ "$MODEL" = iic ]; then
-    random_dir="$OUTPUT_ROOT/iic_demo_random" input_flags=(--modality "${METHOD_MODE#*-}")
-    retrieval_flags=("${IIC_RETRIEVAL_FLAGS[@]}")
+  # No-learning reference: colour statistics (6 numbers per clip), in retrieval and in the clip contrast.
+  local colour="$root/colour_stats/seed0"
+  if [ ! -f "$colour/test_retrieval/retrieval.json" ]; then
+    run_python retrieve.py --ckpt colour-stats "${common[@]}" "${DEMO_CLIP_FLAGS[@]:2}" "${MINI_EVAL_FLAGS[@]}" \
+      --num-examples 0 --no-tsne --output-dir "$colour/test_retrieval"
   fi
-  local batch
-  batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
-  if [ ! -f "$random_dir/test/test_results.json" ]; then
-    run_python finetune.py --dataset demo --data-root "$DATA_ROOT" --pretrain none --net "$NET" "${input_flags[@]}" \
-      "${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --stride "$(demo_finetune_stride)" \
-      --batch-size "$batch" \
-      --output-dir "$random_dir/finetune"
-    run_python test.py --dataset demo --data-root "$DATA_ROOT" --ckpt "$random_dir/finetune/checkpoint.pth" \
-      "${DEMO_RUNTIME_FLAGS[@]}" --output-dir "$random_dir/test"
+  if [ ! -f "$root/colour_stats/contrast/colour_contrast.json" ]; then
+    run_single paper_scripts/colour_reference.py "${data_flags[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_CLIP_FLAGS[@]}" \
+      --stride 4 --batch-size "$DEMO_PRETRAIN_GLOBAL_BATCH" --output-dir "$root/colour_stats/contrast"
   fi
-  if [ ! -f "$random_dir/test_retrieval/retrieval.json" ]; then
-    run_single paper_scripts/random_init.py --net "$NET" "${DEMO_CLIP_FLAGS[@]}" --out "$random_dir/random_init.pth"
-    run_python retrieve.py --dataset demo --data-root "$DATA_ROOT" --ckpt "$random_dir/random_init.pth" \
-      "${retrieval_flags[@]}" "${DEMO_RUNTIME_FLAGS[@]}" --output-dir "$random_dir/test_retrieval"
-  fi
-  run_single paper_scripts/collect_results.py --output-root "$OUTPUT_ROOT" --experiments "$exp" \
-    "$(basename "$random_dir")" --out "$OUTPUT_ROOT/$exp/results.md"
-  # DualVar demos: random init vs the clip baseline vs DualVar, from whichever of the three runs exist
-  local figure_flags=()
-  [ "$MODEL" = iic ] && figure_flags=(--prefix iic_ --figures distribution retrieval
-                                      --runs "random init=iic_demo_random/test_retrieval" "IIC=iic_demo/test_retrieval")
-  run_single paper_scripts/make_figures.py --output-root "$OUTPUT_ROOT" --data-root "$DATA_ROOT" \
-    --out-dir "$OUTPUT_ROOT/figures" "${figure_flags[@]}"
+
+  local seed method dir ckpt pretrain
+  for seed in "${seeds[@]}"; do
+    for method in "${methods[@]}"; do
+      dir="$root/$method/seed$seed"
+      if [ "$method" = random ]; then
+        ckpt="$dir/random_init.pth" pretrain=none
+        [ -f "$ckpt" ] || run_single paper_scripts/random_init.py --net r21d "${DEMO_CLIP_FLAGS[@]}" --stride 4 \
+          --seed "$seed" --out "$ckpt"
+      else
+        [ -n "${MINI_METHOD_FLAGS[$method]+set}" ] || die "MINI_METHODS: unknown method '$method'; known: random ${!MINI_METHOD_FLAGS[*]}"
+        ckpt="$dir/pretrain/checkpoint.pth" pretrain="$ckpt"
+        local method_flags pretrain_flags=("${DEMO_PRETRAIN_FLAGS[@]}")
+        read -r -a method_flags <<<"${MINI_METHOD_FLAGS[$method]}"
+        [ "$method" = iic ] && pretrain_flags=("${DEMO_IIC_PRETRAIN_FLAGS[@]}")
+        # a finished run resumes at its last epoch and stops at once
+        run_python train_ssl.py "${common[@]}" "${method_flags[@]}" --net r21d "${DEMO_CLIP_FLAGS[@]}" \
+          "${pretrain_flags[@]}" --batch-size "$batch" --seed "$seed" --output-dir "$dir/pretrain"
+      fi
+      [ -f "$dir/test_retrieval/retrieval.json" ] || run_python retrieve.py --ckpt "$ckpt" "${common[@]}" \
+        "${MINI_EVAL_FLAGS[@]}" --num-examples 0 --no-tsne --output-dir "$dir/test_retrieval"
+      if [ ! -f "$dir/test/test_results.json" ]; then
+        run_python finetune.py --pretrain "$pretrain" "${common[@]}" "${ft_flags[@]}" --seed "$seed" \
+          --output-dir "$dir/finetune"
+        run_python test.py --ckpt "$dir/finetune/checkpoint.pth" "${common[@]}" --output-dir "$dir/test"
+      fi
+    done
+    dir="$root/supervised/seed$seed"
+    if [ "${MINI_SUPERVISED:-1}" = 1 ] && [ ! -f "$dir/test/test_results.json" ]; then
+      run_python finetune.py --pretrain none "${common[@]}" "${ft_flags[@]}" --epochs "$MINI_SUPERVISED_EPOCHS" \
+        --seed "$seed" --output-dir "$dir/finetune"
+      run_python test.py --ckpt "$dir/finetune/checkpoint.pth" "${common[@]}" --output-dir "$dir/test"
+    fi
+  done
+  local rows=(colour_stats random supervised) figure_runs=()
+  for method in "${methods[@]}"; do
+    [ "$method" = random ] || rows+=("$method")
+    figure_runs+=("$method=$1/$method/seed${seeds[0]}/test_retrieval")
+  done
+  run_single paper_scripts/collect_results.py --seeds --output-root "$root" --experiments "${rows[@]}" \
+    --out "$root/results.md" --summary "$root/summary.json"
+  run_single paper_scripts/make_figures.py --output-root "$OUTPUT_ROOT" --data-root "$(dirname "$data_dir")" \
+    --dataset "$(basename "$data_dir")" --out-dir "$root/figures" --figures distribution retrieval \
+    --runs "${figure_runs[@]}"
 }

@@ -66,7 +66,8 @@ def test_every_experiment_has_every_mode():
         assert not missing, f"{exp} lacks launchers for {missing}"
     for mode in (*MODES, "run"):
         for path in (SCRIPTS / mode).glob("*.sh"):
-            assert path.stem in TABLE, f"{path} names no experiment of common.sh"
+            assert path.stem in TABLE or (mode, path.stem) == ("run", "miniature"), \
+                f"{path} names no experiment of common.sh"
 
 
 def test_every_launcher_command_passes_its_dry_run(tmp_path, capsys):
@@ -78,9 +79,10 @@ def test_every_launcher_command_passes_its_dry_run(tmp_path, capsys):
     for exp in ("demo", "demo_baseline", "iic_demo"):  # their own pipeline: data, references, table
         demo_commands = printed_commands("run", exp, tmp_path)
         helpers = dict(split_entry(c) for c in demo_commands if split_entry(c)[0] not in ENTRY_SCRIPTS)
-        assert list(helpers) == [*DEMO_DATA_SCRIPTS, "paper_scripts/random_init.py",
+        assert list(helpers) == [*DEMO_DATA_SCRIPTS, "paper_scripts/colour_reference.py", "paper_scripts/random_init.py",
                                  "paper_scripts/collect_results.py", "paper_scripts/make_figures.py"]
         collect_results.get_args_parser().parse_args(helpers["paper_scripts/collect_results.py"])
+        load_entry("train_ssl.py").parse_args(helpers["paper_scripts/colour_reference.py"])
         for script in ("paper_scripts/random_init.py", "paper_scripts/make_figures.py"):
             load_entry(script).get_args_parser().parse_args(helpers[script])
         commands += [("run", exp, c) for c in demo_commands if split_entry(c)[0] in ENTRY_SCRIPTS]
@@ -89,7 +91,8 @@ def test_every_launcher_command_passes_its_dry_run(tmp_path, capsys):
     for _, _, cmd in commands:
         args = split_entry(cmd)[1]
         for flag in ("--pretrain", "--ckpt"):
-            if flag in args and args[args.index(flag) + 1] != "none":  # --pretrain none: random init
+            # --pretrain none: random init; --ckpt colour-stats: the no-learning reference
+            if flag in args and args[args.index(flag) + 1] not in ("none", "colour-stats"):
                 path = Path(args[args.index(flag) + 1])
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save({"model": {"encoder.backbone.stem.weight": torch.zeros(1)}, "config": {}}, path)
@@ -104,10 +107,11 @@ def test_every_launcher_command_passes_its_dry_run(tmp_path, capsys):
         module.main(parser.parse_args(args))  # argparse exits (fails) on a bad flag
         config = json.loads(capsys.readouterr().out)
         out_dir = Path(config["output_dir"])
-        if mode == "run":  # the demo pipeline writes to its own folder and to the shared random-init one
-            assert out_dir.parent.parent == tmp_path / "out"
-            assert out_dir.parent.name in (exp, "demo_random", "iic_demo_random")
-            assert out_dir.name == MODE_OF_SCRIPT[script] and config["dataset"] == "demo"
+        if mode == "run":  # one seed of the miniature: <root>/demo/<method>/seed0/<step>
+            method_dir = out_dir.relative_to(tmp_path / "out" / "demo").parts
+            assert method_dir[1:] == ("seed0", {"finetune.py": "finetune", "test.py": "test"}.get(
+                script, MODE_OF_SCRIPT[script]))
+            assert config["dataset"] == str(tmp_path / "data" / "demo" / "csv")
             continue
         assert out_dir == tmp_path / "out" / exp / mode
         model, method_mode, net, data = TABLE[exp]
@@ -146,14 +150,67 @@ def test_iic_recipe_and_protocol(tmp_path):
     assert "--layer conv5 --merge --stride 1" in " ".join(retrieval)
 
 
-@pytest.mark.parametrize("exp, stride", [("demo", "4"), ("demo_baseline", "4"), ("iic_demo", "2")])
-def test_demo_finetunes_its_network_and_the_random_reference_at_one_stride(tmp_path, exp, stride):
+@pytest.mark.parametrize("exp, method", [("demo", "dualvar"), ("demo_baseline", "simclr"), ("iic_demo", "iic")])
+def test_demo_is_one_seed_of_the_miniature(tmp_path, exp, method):
     commands = [split_entry(cmd) for cmd in printed_commands("run", exp, tmp_path)
                 if any(a.endswith(".py") for a in cmd)]
     finetunes = [args for script, args in commands if script == "finetune.py"]
-    assert [args[args.index("--pretrain") + 1] != "none" for args in finetunes] == [True, False]
+    assert [args[args.index("--pretrain") + 1] for args in finetunes] == [
+        "none", str(tmp_path / "out" / "demo" / method / "seed0" / "pretrain" / "checkpoint.pth")]
     for args in finetunes:
-        assert args.count("--stride") == 1 and args[args.index("--stride") + 1] == stride
+        assert args.count("--stride") == 1 and args[args.index("--stride") + 1] == "4"
+    miniature = [split_entry(cmd) for cmd in printed_commands("run", "miniature", tmp_path, SEEDS="0",
+                                                              MINI_METHODS=f"random {method}", MINI_SUPERVISED="0")]
+    def rename(args):
+        return [a.replace(str(tmp_path / "out" / "miniature"), str(tmp_path / "out" / "demo"))
+                .replace("=miniature/", "=demo/") for a in args]
+    assert [(script, rename(args)) for script, args in miniature] == commands
+
+
+def miniature_commands(tmp_path, **env):
+    return [split_entry(cmd) for cmd in printed_commands("run", "miniature", tmp_path, **env)]
+
+
+def flag(args, name):
+    return args[args.index(name) + 1]
+
+
+def test_miniature_runs_every_method_and_seed_on_one_recipe(tmp_path):
+    commands = miniature_commands(tmp_path)
+    pretrains = [args for script, args in commands if script == "train_ssl.py"]
+    assert len(pretrains) == 3 * 3  # simclr, dualvar, iic x seeds 0 1 2
+    assert sorted({flag(a, "--seed") for a in pretrains}) == ["0", "1", "2"]
+    assert sorted({flag(a, "--model") + " " + (flag(a, "--mode") if "--mode" in a else flag(a, "--intra-neg"))
+                   for a in pretrains}) == ["iic repeat", "simclr clip", "simclr clip-sr-tc"]
+    for name in ("--epochs", "--batch-size", "--lr", "--optimizer", "--num-frames", "--size", "--base-width"):
+        assert len({flag(a, name) for a in pretrains}) == 1, f"{name} differs between methods"
+    retrievals = [args for script, args in commands if script == "retrieve.py"]
+    assert len(retrievals) == 1 + 4 * 3  # colour statistics once; random, simclr, dualvar, iic per seed
+    assert len({(flag(a, "--layer"), flag(a, "--stride")) for a in retrievals}) == 1
+    finetunes = [args for script, args in commands if script == "finetune.py"]
+    assert len(finetunes) == 5 * 3  # 4 methods and supervised training from scratch, per seed
+    assert {flag(a, "--epochs") for a in finetunes if flag(a, "--pretrain") != "none"} == {"8"}
+    supervised = [a for a in finetunes if "/supervised/" in flag(a, "--output-dir")]
+    assert [a[len(a) - a[::-1].index("--epochs")] for a in supervised] == ["16"] * 3  # the last --epochs wins
+    collect = next(args for script, args in commands if script == "paper_scripts/collect_results.py")
+    assert "--seeds" in collect and flag(collect, "--summary") == str(tmp_path / "out" / "miniature" / "summary.json")
+
+
+def test_miniature_recipe_does_not_depend_on_the_data_set(tmp_path):
+    own = tmp_path / "mydata"
+    (own / "videos").mkdir(parents=True)
+    (own / "splits").mkdir()
+    (own / "splits" / "classInd.txt").write_text("1 A\r\n")
+    demo = miniature_commands(tmp_path, SEEDS="0")
+    mine = miniature_commands(tmp_path, SEEDS="0", MINI_DATA=str(own))
+    to_demo = lambda args: [a.replace(str(own), str(tmp_path / "data" / "demo")) for a in args]  # noqa: E731
+    # the same commands but for the data paths, and no demo generation; only frame extraction keeps the
+    # native size of the demo's small frames, and the figures name the data folder their own way
+    differ = ("process_data/src/make_demo_data.py", "process_data/src/extract_frame.py", "paper_scripts/make_figures.py")
+    assert [(s, to_demo(a)) for s, a in mine if s not in differ] == [(s, a) for s, a in demo if s not in differ]
+    assert "process_data/src/make_demo_data.py" not in [s for s, _ in mine]
+    proc = launch("run", "miniature", tmp_path, PRINT_ONLY="1", MINI_DATA=str(tmp_path / "missing"))
+    assert proc.returncode != 0 and "MINI_DATA" in proc.stderr
 
 
 def test_global_batch_must_split_over_the_gpus(tmp_path):

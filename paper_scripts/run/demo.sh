@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The project's main job on the built-in synthetic data set, on a 2-core CPU in under 10 minutes:
-# demo videos -> frames -> CSVs -> DualVar pretraining (SimCLR, clip-sr-tc, narrow R(2+1)D-10) -> finetuning
-# -> 10-clip test -> retrieval, beside the same network from random weights, then a results table
-# ($OUTPUT_ROOT/demo/results.md). run/demo_baseline.sh does the same for the plain SimCLR baseline (mode clip).
-# Data steps already done are skipped; environment variables as in paper_scripts/common.sh.
+# One seed of the miniature's recipe (run/miniature.sh) for DualVar (SimCLR, clip-sr-tc) beside random weights and the colour-statistics
+# reference: demo videos -> frames -> CSVs -> pretraining -> kNN, linear probe and retrieval on frozen features ->
+# finetuning -> 10-clip test, then $OUTPUT_ROOT/demo/{results.md,summary.json}. Under 10 minutes on a 2-core CPU
+# (README). The demos share $OUTPUT_ROOT/demo and the data; steps already done are skipped.
 source "$(dirname "$0")/../common.sh"
 EXTRA_ARGS=("$@")
-run_demo "$(basename "$0" .sh)"
+SEEDS="${SEEDS:-0}" MINI_METHODS="${MINI_METHODS:-random dualvar}" MINI_SUPERVISED="${MINI_SUPERVISED:-0}" run_miniature demo

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# IIC on the built-in synthetic data set, on a 2-core CPU: demo videos -> frames -> CSVs -> IIC pretraining
-# (repeat intra-negatives, residual view 2, R(2+1)D-10 at base width 8) -> finetuning on residual frames ->
-# 10-clip test -> retrieval (max-pooled conv5, RGB + residual merged), beside the same network from random
-# weights, then a results table ($OUTPUT_ROOT/iic_demo/results.md).
-# Data steps already done are skipped; environment variables as in paper_scripts/common.sh.
+# One seed of the miniature's recipe (run/miniature.sh) for IIC (repeat, residual) beside random weights and the colour-statistics
+# reference: demo videos -> frames -> CSVs -> pretraining -> kNN, linear probe and retrieval on frozen features ->
+# finetuning -> 10-clip test, then $OUTPUT_ROOT/demo/{results.md,summary.json}. Under 10 minutes on a 2-core CPU
+# (README). The demos share $OUTPUT_ROOT/demo and the data; steps already done are skipped.
 source "$(dirname "$0")/../common.sh"
 EXTRA_ARGS=("$@")
-run_demo "$(basename "$0" .sh)"
+SEEDS="${SEEDS:-0}" MINI_METHODS="${MINI_METHODS:-random iic}" MINI_SUPERVISED="${MINI_SUPERVISED:-0}" run_miniature demo
