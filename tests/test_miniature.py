@@ -125,3 +125,17 @@ def test_seeds_aggregate_into_mean_and_sample_std(tmp_path, capsys):
     write_json(root / "random" / "seed1" / "test_retrieval" / "retrieval.json", {"knn_top1": "high"})
     with pytest.raises(collect_results.ResultsError, match="seed1.*knn_top1"):
         collect_results.summarize_seeds(root)
+
+
+def test_reversal_sensitivity_is_zero_for_features_blind_to_the_arrow_of_time():
+    from paper_scripts.reversal_sensitivity import reversal_sensitivity
+
+    clips = torch.randn(6, 3, 4, 2, 2)
+    ramp = torch.arange(4.0).view(1, 1, 4, 1, 1)
+    blind = lambda x: x.mean(dim=2).flatten(1)  # noqa: E731
+    seeing = lambda x: (x * ramp).mean(dim=2).flatten(1)  # noqa: E731  weights late frames more
+    assert reversal_sensitivity(blind(clips), blind(clips.flip(2))) == pytest.approx(0.0, abs=1e-6)
+    assert reversal_sensitivity(seeing(clips), seeing(clips.flip(2))) > 0.3
+    features = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    # change 1 per clip; mean distance between the two clips 5
+    assert reversal_sensitivity(features, features + torch.tensor([1.0, 0.0])) == pytest.approx(0.2)
