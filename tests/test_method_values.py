@@ -17,7 +17,7 @@ from model.dualvar import MODES
 
 BATCH = 4
 CLIP = (3, 8, 32, 32)  # (C, T, H, W)
-N_SERIES = 2
+N_SERIES = 4  # not 2: every permutation of 2 segments is its own inverse, which would hide a swapped σ
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, METHOD.md §3
 STD = (0.229, 0.224, 0.225)
 # Distinct values: a swap of any two of them changes the losses.
