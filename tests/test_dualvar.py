@@ -196,10 +196,14 @@ def _moco_worker(rank, port, out_dir):
     with torch.no_grad():
         expected_keys, expected_series = frozen(clips[:, 1])
     method.train()
+    # In train mode the key encoder's batch must mix the processes' rows (shuffle-BN): record what it saw.
+    seen = []
+    method.key_encoder.register_forward_hook(lambda _, inputs, output: seen.append((inputs[0].clone(), output[0])))
     out = method(clips)
     torch.save({"keys": keys, "series": series, "expected_keys": expected_keys, "expected_series": expected_series,
                 "loss": {name: value for name, value in out.items()}, "clip_queue": method.clip_queue.clone(),
-                "queue_ptr": method.queue_ptr.clone()}, os.path.join(out_dir, f"rank{rank}.pt"))
+                "queue_ptr": method.queue_ptr.clone(), "key_view": clips[:, 1], "key_encoder_input": seen[0][0],
+                "key_encoder_output": seen[0][1]}, os.path.join(out_dir, f"rank{rank}.pt"))
     distributed.barrier()
     distributed.cleanup()
 
@@ -213,3 +217,18 @@ def test_moco_shuffle_bn_and_queue_under_two_gloo_processes(tmp_path):
         assert result["queue_ptr"].item() == 2 * BATCH  # the global batch of 2 × B keys was enqueued
     # both processes enqueue the same gathered keys, so the queues stay identical
     assert torch.equal(results[0]["clip_queue"], results[1]["clip_queue"])
+
+    # train mode: each key encoder saw B rows of the global batch, some of them the other process's, and
+    # every key came back to its own sample: queue row r·B + i is the key of process r's sample i
+    global_rows = torch.cat([result["key_view"] for result in results])  # (2B, 3, T, H, W)
+    encoded_at = {}
+    for rank, result in enumerate(results):
+        assert len(result["key_encoder_input"]) == BATCH
+        for position, row in enumerate(result["key_encoder_input"]):
+            (owner,) = [g for g in range(2 * BATCH) if torch.equal(row, global_rows[g])]
+            encoded_at[owner] = (rank, position)
+        assert any(owner // BATCH != rank for owner, (r, _) in encoded_at.items() if r == rank), \
+            f"process {rank}'s key encoder saw only its own rows: no shuffle-BN"
+    assert sorted(encoded_at) == list(range(2 * BATCH))
+    for owner, (rank, position) in encoded_at.items():
+        torch.testing.assert_close(results[0]["clip_queue"][owner], results[rank]["key_encoder_output"][position])

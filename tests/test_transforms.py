@@ -179,7 +179,10 @@ def test_cropping_before_resize_matches_resize_then_crop():
     for top, left in [(0, 0), (8, 20), (3, 7)]:
         ours = torch.from_numpy(transform.crop(clip.permute(0, 2, 3, 1).numpy(), top, left)).float()
         reference = TF.resize(clip, [40, 52], antialias=True)[..., top:top + 32, left:left + 32].float()
-        assert (ours.permute(0, 3, 1, 2) - reference).abs().mean() < 2.0  # grey levels; box rounded to pixels
+        # Channels 1 and 2 rise by 6.5 and 5 grey levels per resized pixel: a box half a pixel off errs by
+        # over 2.4 grey levels on average in one of them; rounding the box to source pixels errs by < 0.3.
+        error = (ours.permute(0, 3, 1, 2) - reference).abs().mean(dim=(0, 2, 3))  # (3,) grey levels
+        assert (error < 0.5).all(), error
 
 
 def test_resize_quirk_swaps_height_and_width():

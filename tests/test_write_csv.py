@@ -6,7 +6,8 @@ import pytest
 from dataset.layout import read_class_index, read_split_csv
 from write_csv import FrameIndex, main, parse_folder, parse_hmdb51, parse_kinetics, parse_ucf101
 
-OFFICIAL = Path("/work/shared/data/splits")
+# the official split files live in the shared folder beside the repository: <repo>/../shared/data/splits
+OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "splits"
 
 # Real HMDB51 names carry glob metacharacters and quotes.
 HMDB_ODD = "Brushing_Her_Hair__[_NEW_AUDIO_]_UPDATED!!!!_brush_hair_h_cm_np1_fr_goo_0"
