@@ -16,18 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
 
 from dataset.video_dataset import add_data_args, build_dataset
 from model import add_method_args, build_method, method_sampler
 from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
-from utils.checkpoint import CheckpointError, Checkpointer, unwrap
+from utils.checkpoint import Checkpointer, unwrap
+from utils.cli import run_cli
 from utils.distributed import add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist
-from utils.engine import (NonFiniteLossError, check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler,
-                          train_one_epoch)
+from utils.engine import check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
 from utils.logging import RunLogger, config_to_dict
+from utils.run_dir import claim_output_dir, run_kind
 from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
                             seed_everything)
 
@@ -98,7 +98,8 @@ def main(args: argparse.Namespace) -> None:
 
     device = init_distributed(args)
     try:
-        _train(args, device)
+        with claim_output_dir(args.output_dir, run_kind(args)):
+            _train(args, device)
     finally:
         cleanup()
 
@@ -161,8 +162,4 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    cli_args = parse_args()
-    try:
-        main(cli_args)
-    except (NonFiniteLossError, CheckpointError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    run_cli(main, parse_args())

@@ -1,0 +1,143 @@
+"""Issue 12: no run destroys another's work, every failure prints one clear line.
+
+Each test names the defect it guards; most run in-process, before any data is read."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import finetune
+import retrieve
+import test as test_script
+import train_ssl
+from utils.checkpoint import CHECKPOINT_NAME, CheckpointError, Checkpointer, load_checkpoint, save_checkpoint
+from utils.cli import describe, printable
+from utils.run_dir import (LOCK_NAME, RUN_KIND_NAME, OutputDirError, OutputDirLock, claim_output_dir,
+                           close_inherited_locks)
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAIN = {"kind": "pretrain", "model": "simclr", "net": "r3d"}
+
+
+def pretrain_args(output_dir, *extra):
+    return train_ssl.get_args_parser().parse_args([
+        "--dataset", str(Path(output_dir).parent / "no_such_dataset"), "--output-dir", str(output_dir),
+        "--model", "simclr", "--net", "r3d", "--base-width", "8", "--device", "cpu", *extra])
+
+
+# ---------------------------------------------------------------- 1. one run per output folder
+
+def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tmp_path):
+    with claim_output_dir(tmp_path, PRETRAIN):
+        assert str(os.getpid()) in (tmp_path / LOCK_NAME).read_text()
+        with pytest.raises(OutputDirError, match=rf"in use by another run \(host .*PID {os.getpid()}"):
+            train_ssl.main(pretrain_args(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME, RUN_KIND_NAME]  # nothing else written
+    with claim_output_dir(tmp_path, PRETRAIN):  # released at the end of the first
+        pass
+
+
+def test_a_forked_worker_does_not_keep_the_folder_locked(tmp_path):
+    lock = OutputDirLock(tmp_path)
+    lock.acquire()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # a DataLoader worker: drops its copy of the lock, outlives its parent's lock
+        close_inherited_locks()
+        os.write(write_end, b"x")
+        time.sleep(5)
+        os._exit(0)
+    try:
+        os.read(read_end, 1)
+        lock.release()
+        second = OutputDirLock(tmp_path)
+        second.acquire()  # would raise if the child still held the lock
+        second.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
+# ---------------------------------------------------------------- 2. one kind of run per output folder
+
+def test_finetuning_into_a_pretraining_folder_is_refused(tmp_path):
+    with claim_output_dir(tmp_path, PRETRAIN):
+        save_checkpoint({"model": {}}, tmp_path / CHECKPOINT_NAME)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    args = finetune.get_args_parser().parse_args([
+        "--pretrain", "none", "--net", "r3d", "--base-width", "8", "--resume", "none", "--output-dir", str(tmp_path),
+        "--dataset", str(tmp_path / "no_such_dataset"), "--device", "cpu"])
+    with pytest.raises(OutputDirError, match=r"belongs to another kind of run \(kind pretrain, model simclr"):
+        finetune.main(args)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+    with pytest.raises(OutputDirError, match="net r3d.*this run: .*net r21d"):  # another --net is another kind
+        with claim_output_dir(tmp_path, {**PRETRAIN, "net": "r21d"}):
+            pass
+
+
+def test_a_folder_written_before_the_kind_record_is_recognised_by_its_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"pretrain": "x.pth", "net": "r3d"}}))
+    with pytest.raises(OutputDirError, match="kind finetune"):
+        with claim_output_dir(tmp_path, PRETRAIN):
+            pass
+
+
+def tiny_checkpointer(tmp_path, config):
+    model = torch.nn.Linear(4, 2)
+    return Checkpointer(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), config=config)
+
+
+def test_resuming_a_finetuning_checkpoint_says_so_in_one_short_line(tmp_path):
+    finetuned = tiny_checkpointer(tmp_path, {"pretrain": "none", "net": "r3d"})
+    finetuned.model = torch.nn.Linear(4, 3)  # and its weights do not fit either
+    finetuned.save(1, 0, 1)
+    with pytest.raises(CheckpointError) as error:
+        tiny_checkpointer(tmp_path, {"model": "simclr", "net": "r3d"}).resume("auto")
+    message = str(error.value)
+    assert "is a finetune checkpoint (written by finetune.py), which train_ssl.py cannot resume" in message
+    assert len(message) < 300 and "\n" not in message
+
+
+def test_a_model_mismatch_names_a_few_keys_not_all(tmp_path):
+    big = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(40)])
+    Checkpointer(tmp_path, big, torch.optim.SGD(big.parameters(), lr=0.1)).save(1, 0, 1)
+    with pytest.raises(CheckpointError, match=r"unexpected: 0.bias, 0.weight, 1.bias and 77 more") as error:
+        tiny_checkpointer(tmp_path, {}).resume("auto")
+    assert len(str(error.value)) < 400
+
+
+# ---------------------------------------------------------------- 3. temporary files of killed writers
+
+def test_temporary_checkpoints_of_killed_runs_are_removed_at_start(tmp_path, capsys):
+    stale = tmp_path / f".{CHECKPOINT_NAME}.tmp4194304"
+    stale.write_bytes(b"\0" * 2**20)
+    unrelated = tmp_path / "notes.tmp1"
+    unrelated.write_text("mine")
+    with claim_output_dir(tmp_path, PRETRAIN):
+        assert not stale.exists() and unrelated.exists()
+    assert "removed 1 temporary file(s) (1.0 MiB)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 8. messages
+
+def test_checkpoint_read_errors_give_the_scripts_own_fix(tmp_path):
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"model": {}, "payload": object()}, pickled)
+    with pytest.raises(CheckpointError) as error:
+        test_script.main(test_script.get_args_parser().parse_args(
+            ["--ckpt", str(pickled), "--output-dir", str(tmp_path / "out")]))
+    assert "pass another --ckpt" in str(error.value)
+    assert "--resume" not in str(error.value) and "weights_only=False" not in str(error.value)
+
+
+def test_one_line_messages_keep_control_characters_visible():
+    assert printable("bad \x1b[2Kframe\r folder\nsecond line") == "bad \\x1b[2Kframe\\r folder second line"
