@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from dataset.layout import LayoutError
-from dataset.video_dataset import add_data_args, build_dataset
+from dataset.video_dataset import add_data_args, build_dataset, require_labels
 from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
                               check_modality, classification_loss, load_backbone, prepare_input, read_checkpoint,
                               resolve_backbone_args, snapshot)
@@ -126,7 +126,9 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
     # Without validation the hold-out would only be wasted, so it is trained on.
     train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality)
     val_set = build_dataset(args, "val", "eval", modality=args.modality) if args.val_freq else []
-    if train_set.num_classes < 2 or (dataset_labels(train_set) < 0).any():
+    for dataset in (train_set, val_set) if args.val_freq else (train_set,):
+        require_labels(dataset, "finetuning")
+    if train_set.num_classes < 2:
         raise LayoutError(f"--dataset {args.dataset}: finetuning needs labelled videos of at least 2 classes "
                           f"(found {train_set.num_classes} classes); check ClassInd.txt and the CSV labels")
     iters = iterations_per_epoch(train_set, args.batch_size, args.max_iters_per_epoch)

@@ -393,9 +393,29 @@ def build_dataset(args: argparse.Namespace, split: str, sampler: str,
         raise LayoutError(f"a label in the {split} CSV of {paths.csv_dir} is {max(labels)}, but the dataset has "
                           f"{paths.num_classes} classes; re-run process_data/src/write_csv.py")
     flow_root = paths.check_flow_root() if modality in FLOW_COMPONENTS else None
-    return VideoFrameDataset(
+    dataset = VideoFrameDataset(
         records, paths.frame_root, sampler, class_names=paths.class_names, num_classes=paths.num_classes,
         seed=getattr(args, "seed", 0), num_frames=args.num_frames,
         stride=1 if sampler == "iic" else args.stride, size=args.size, resize=tuple(args.resize),
         resize_quirk=args.resize_quirk, per_frame_jitter=args.per_frame_jitter, modality=modality,
         flow_root=flow_root, hflip=not args.no_hflip)
+    dataset.csv_path = paths.split_csv("test" if split == "test" else "train", args.split)
+    return dataset
+
+
+def require_labels(dataset: VideoFrameDataset, purpose: str) -> None:
+    """Raise LayoutError naming the CSV file and line of the first video without a class (a missing or
+    negative label), which ``purpose`` (finetuning, testing, retrieval) cannot do without."""
+    unlabelled = next((r for r in dataset.records if r.label < 0), None)
+    if unlabelled is None:
+        return
+    csv_path = getattr(dataset, "csv_path", None)
+    line = "?"
+    if csv_path is not None and Path(csv_path).is_file():
+        with open(csv_path) as f:
+            line = next((n for n, text in enumerate(f, start=1)
+                         if text.split(",", 1)[0].strip() == unlabelled.frame_dir), "?")
+    count = sum(r.label < 0 for r in dataset.records)
+    raise LayoutError(f"{csv_path or 'the split CSV'}:{line}: video {unlabelled.frame_dir} has no class label "
+                      f"(a missing or negative third column; {count} such row(s)), but {purpose} needs the class of "
+                      "every video: fix the CSV or re-create it with process_data/src/write_csv.py")

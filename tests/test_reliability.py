@@ -2,9 +2,10 @@
 
 Each test names the defect it guards; most run in-process, before any data is read."""
 
-import errno
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,14 +18,19 @@ import torch
 
 import finetune
 import retrieve
-import test as test_script
 import train_ssl
+from conftest import tiny_demo_flags
+from dataset.layout import LayoutError
+from model.backbones import build_backbone
 from utils.checkpoint import CHECKPOINT_NAME, CheckpointError, Checkpointer, load_checkpoint, save_checkpoint
 from utils.cli import describe, printable
 from utils.run_dir import (LOCK_NAME, RUN_KIND_NAME, OutputDirError, OutputDirLock, claim_output_dir,
                            close_inherited_locks)
 
 REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("test_script", REPO / "test.py")  # not the stdlib `test`
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
 PRETRAIN = {"kind": "pretrain", "model": "simclr", "net": "r3d"}
 
 
@@ -125,6 +131,57 @@ def test_temporary_checkpoints_of_killed_runs_are_removed_at_start(tmp_path, cap
     with claim_output_dir(tmp_path, PRETRAIN):
         assert not stale.exists() and unrelated.exists()
     assert "removed 1 temporary file(s) (1.0 MiB)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 4. test.py / retrieve.py check before the work
+
+@pytest.mark.parametrize("script", [test_script, retrieve])
+def test_evaluation_scripts_refuse_an_unwritable_output_dir_before_reading_anything(script, tmp_path):
+    not_a_folder = tmp_path / "results"
+    not_a_folder.write_text("a file")
+    args = script.get_args_parser().parse_args(["--ckpt", str(tmp_path / "unread.pth"), "--output-dir",
+                                                str(not_a_folder)])
+    with pytest.raises(OutputDirError, match="results is a file, not a folder"):
+        script.main(args)
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o555)
+    if os.access(read_only, os.W_OK):  # root ignores permissions
+        pytest.skip("running as root")
+    args.output_dir = str(read_only / "out")
+    with pytest.raises(OutputDirError, match="cannot be created or written"):
+        script.main(args)
+
+
+def copy_csv_dir(tiny_demo, tmp_path, edit_train_line) -> Path:
+    """tiny_demo's CSV folder with each line of train_split01.csv passed through ``edit_train_line``."""
+    csv_dir = tmp_path / "csv"
+    shutil.copytree(tiny_demo / "csv", csv_dir)
+    train_csv = csv_dir / "train_split01.csv"
+    lines = train_csv.read_text().splitlines()
+    train_csv.write_text("".join(edit_train_line(n, line) + "\n" for n, line in enumerate(lines, start=1)))
+    return csv_dir
+
+
+def test_retrieval_checks_the_labels_before_inference(tiny_demo, tmp_path, monkeypatch):
+    csv_dir = copy_csv_dir(tiny_demo, tmp_path, lambda n, line: line.rsplit(",", 1)[0])  # no labels at all
+    backbone, _ = build_backbone("r3d", 8)
+    ckpt = tmp_path / "pretrained.pth"
+    save_checkpoint({"model": {f"encoder.backbone.{k}": v for k, v in backbone.state_dict().items()},
+                     "config": {"net": "r3d", "base_width": 8}}, ckpt)
+    monkeypatch.setattr(retrieve, "run_inference", lambda *a, **k: pytest.fail("inference ran"))
+    args = retrieve.get_args_parser().parse_args(tiny_demo_flags(tiny_demo) + [
+        "--dataset", str(csv_dir), "--ckpt", str(ckpt), "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
+    with pytest.raises(LayoutError, match=r"train_split01.csv:1: video \S+ has no class label .*9 such row"):
+        retrieve.main(args)
+
+
+def test_finetuning_names_the_csv_line_of_a_negative_label(tiny_demo, tmp_path):
+    csv_dir = copy_csv_dir(tiny_demo, tmp_path, lambda n, line: line.rsplit(",", 1)[0] + ",-2" if n == 4 else line)
+    args = finetune.get_args_parser().parse_args(tiny_demo_flags(tiny_demo) + [
+        "--dataset", str(csv_dir), "--pretrain", "none", "--net", "r3d", "--base-width", "8",
+        "--output-dir", str(tmp_path / "out"), "--val-freq", "0", "--device", "cpu"])
+    with pytest.raises(LayoutError, match=r"train_split01.csv:4: video \S+ has no class label"):
+        finetune.main(args)
 
 
 # ---------------------------------------------------------------- 8. messages

@@ -42,11 +42,18 @@ class OutputDirError(RuntimeError):
     """The output folder cannot be used; the message names it and what to do."""
 
 
-def check_writable(output_dir: str | os.PathLike, flag: str = "--output-dir") -> Path:
-    """Create ``output_dir`` if needed and check that a file can be written there (one-line errors)."""
+def check_writable(output_dir: str | os.PathLike, flag: str = "--output-dir", create: bool = True) -> Path:
+    """Create ``output_dir`` if needed and check that a file can be written there (one-line errors). With
+    ``create=False`` (dry runs) nothing is created: the folder, or its nearest existing parent, must be writable."""
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"{flag} {path} is a file, not a folder: choose another {flag}")
+    if not create:
+        existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputDirError(f"{flag} {path} cannot be created or written ({existing} is not a writable "
+                                 f"folder): choose a folder you can write to")
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
