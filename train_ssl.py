@@ -60,8 +60,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# methods whose only negatives are the other clips of the global batch (MoCo and IIC also draw them from a
+# queue or memory bank): a batch of one clip has none, and its contrastive loss is 0
+BATCH_CONTRASTIVE = ("simclr",)
+
+
 def check_args(args: argparse.Namespace) -> None:
     check_training_args(args, {"save_freq": 0})
+    world_size = get_world_size() if is_dist() else int(os.environ.get("WORLD_SIZE", 1))
+    if args.model in BATCH_CONTRASTIVE and args.batch_size * world_size < 2:
+        raise ValueError(f"--model {args.model} contrasts each clip with the other clips of the batch only, so a global "
+                         f"batch of {args.batch_size * world_size} (--batch-size {args.batch_size} × {world_size} "
+                         "process(es)) has no negatives: use a global batch of at least 2")
+    with torch.device("meta"):  # the checks need the method's configuration, not its weights
+        method = build_method(args, num_videos=1)
+    method.check_config(args.batch_size, args.num_frames)
 
 
 def resolved_config(args: argparse.Namespace, method: torch.nn.Module) -> dict:

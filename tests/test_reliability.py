@@ -5,6 +5,7 @@ Each test names the defect it guards; most run in-process, before any data is re
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from conftest import tiny_demo_flags
 from dataset.layout import LayoutError
 from model.backbones import build_backbone
 from utils.checkpoint import CHECKPOINT_NAME, CheckpointError, Checkpointer, load_checkpoint, save_checkpoint
-from utils.cli import describe, printable
+from utils.cli import describe, printable, run_cli
 from utils.run_dir import (LOCK_NAME, RUN_KIND_NAME, OutputDirError, OutputDirLock, claim_output_dir,
                            close_inherited_locks)
 
@@ -181,6 +182,80 @@ def test_finetuning_names_the_csv_line_of_a_negative_label(tiny_demo, tmp_path):
         "--dataset", str(csv_dir), "--pretrain", "none", "--net", "r3d", "--base-width", "8",
         "--output-dir", str(tmp_path / "out"), "--val-freq", "0", "--device", "cpu"])
     with pytest.raises(LayoutError, match=r"train_split01.csv:4: video \S+ has no class label"):
+        finetune.main(args)
+
+
+# ---------------------------------------------------------------- 7. one line, not a traceback
+
+def test_an_output_dir_that_is_a_file_ends_in_one_line(tmp_path, capsys):
+    not_a_folder = tmp_path / "run"
+    not_a_folder.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(train_ssl.main, pretrain_args(not_a_folder))
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == f"error: --output-dir {not_a_folder} is a file, not a folder: choose another " \
+                                      "--output-dir\n"
+
+
+def test_a_full_disk_keeps_the_checkpoint_and_says_where(tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    path = tmp_path / CHECKPOINT_NAME
+    save_checkpoint({"epoch": 1}, path)
+    (tmp_path / f".{CHECKPOINT_NAME}.tmp{os.getpid()}").symlink_to("/dev/full")  # writes there fail with ENOSPC
+    with pytest.raises(OSError) as error:
+        save_checkpoint({"epoch": 2, "weights": torch.zeros(1000)}, path)
+    message, status = describe(error.value, str(tmp_path))
+    assert message.startswith(f"no space left on {tmp_path} while writing {CHECKPOINT_NAME}") and status == 1
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]
+
+
+class FailingItems(torch.utils.data.Dataset):
+    def __init__(self, failure):
+        self.failure = failure
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        if self.failure == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise LayoutError("frame /data/v1/image_00003.jpg is missing: re-extract it")
+
+
+@pytest.mark.parametrize("failure, expected", [
+    ("bad frame", "frame /data/v1/image_00003.jpg is missing: re-extract it"),
+    ("killed", r"DataLoader worker \(pid\(s\) \d+\) exited unexpectedly: a data-loading process died, most often "
+               "killed for lack of memory; lower --workers or --batch-size"),
+])
+def test_dataloader_worker_failures_read_as_one_line(failure, expected):
+    loader = torch.utils.data.DataLoader(FailingItems(failure), batch_size=2, num_workers=1)
+    with pytest.raises(Exception) as error:
+        next(iter(loader))
+    message, status = describe(error.value)
+    assert re.match(expected, message) if failure == "killed" else message == expected
+    assert status == 1
+
+
+# ---------------------------------------------------------------- 9, 11. what the first forward refuses
+
+@pytest.mark.parametrize("flags, refusal", [
+    (["--num-frames", "8", "--n-series", "3"], "--num-frames 8 is not divisible by --n-series 3"),
+    (["--model", "iic", "--intra-neg", "shuffle", "--num-frames", "6"], "--num-frames 6 is not divisible by 4"),
+    (["--batch-size", "1"], "--model simclr .* global batch of 1 .* has no negatives"),
+])
+def test_dry_run_refuses_what_the_real_run_refuses(flags, refusal, tmp_path):
+    with pytest.raises(ValueError, match=refusal):
+        train_ssl.main(train_ssl.parse_args(["--dry-run", "--output-dir", str(tmp_path / "out"), *flags]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_refuses_an_output_dir_of_another_kind(tmp_path):
+    with claim_output_dir(tmp_path, PRETRAIN):
+        pass
+    args = finetune.get_args_parser().parse_args(["--dry-run", "--pretrain", "none", "--output-dir", str(tmp_path)])
+    with pytest.raises(OutputDirError, match="another kind of run"):
         finetune.main(args)
 
 

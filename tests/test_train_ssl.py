@@ -142,6 +142,41 @@ def test_resume_after_sigkill_mid_epoch_reaches_the_same_weights(tiny_data, unin
         [line[2] for line in reference if line[0] == "iter"], rel=1e-5)
 
 
+def test_sigterm_saves_at_the_next_iteration_boundary_and_the_resume_is_exact(tiny_data, uninterrupted, tmp_path):
+    # As a cluster scheduler does, the signal goes to the whole process group, DataLoader worker included.
+    child = textwrap.dedent(f"""
+        import sys, time
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "process_data" / "src")!r}]
+        import train_ssl
+        from utils.cli import run_cli
+        forward = train_ssl.ssl_forward
+        train_ssl.ssl_forward = lambda *a: (time.sleep(0.5), forward(*a))[1]
+        run_cli(train_ssl.main, train_ssl.parse_args(sys.argv[1:]))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", child, *cli_args(tiny_data, tmp_path, "--workers", "1")],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log, deadline = tmp_path / "log.jsonl", time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None and not (
+                log.is_file() and '"iter"' in log.read_text()):
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        stderr = process.communicate(timeout=60)[1].decode()
+    finally:
+        process.kill()
+    last_line = stderr.strip().splitlines()[-1]
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pth")
+    assert ckpt["iteration"] > 0 and ckpt["epoch"] < 2  # saved mid-epoch, work left to do
+    assert last_line == (f"error: stopped by SIGTERM at epoch {ckpt['epoch']}, iteration {ckpt['iteration']}; "
+                         f"checkpoint saved there: {tmp_path / 'checkpoint.pth'}; to go on, run the same command "
+                         "again (--resume auto continues from it)")
+    assert not list(tmp_path.glob(".*.tmp*"))
+
+    run(tiny_data, tmp_path)
+    assert_same_weights(final_weights(tmp_path), final_weights(uninterrupted))
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
     run(tiny_data, tmp_path, "--epochs", "1", "--max-iters-per-epoch", "1")
     before = (tmp_path / "checkpoint.pth").read_bytes()
