@@ -96,8 +96,12 @@ def _default_decoder() -> str:
 
 DEFAULT_DECODER = _default_decoder()
 
-_REDO_HINT = ("re-run process_data/src/extract_frame.py for this video and then "
-              "process_data/src/write_csv.py so that the CSV matches the frames on disk")
+def _redo_hint(video_dir: Path) -> str:
+    """How to extract one frame folder again: extract_frame.py skips folders that hold frames, unless --redo."""
+    video_dir = Path(video_dir)
+    return (f"extract it again with python process_data/src/extract_frame.py --video-root <your videos> --frame-root "
+            f"{video_dir.parent.parent} --redo {video_dir.parent.name}/{video_dir.name}, then re-run "
+            "process_data/src/write_csv.py so that the CSV matches the frames on disk")
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ def read_frames(video_dir: Path, indices: np.ndarray, decoder: str = DEFAULT_DEC
     """uint8 RGB frames ``(len(indices), 3, H, W)`` of one video (channels-last memory); errors as
     ``_read_images``."""
     frames = _read_images(video_dir, indices, _RGB_LAYOUT, DECODERS[decoder],
-                          f"the CSV says {expected_frames}", _REDO_HINT)  # (N, H, W, 3)
+                          f"the CSV says {expected_frames}", _redo_hint(video_dir))  # (N, H, W, 3)
     return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, H, W)
 
 
@@ -277,7 +281,7 @@ class VideoFrameDataset(Dataset):
         video_dir = record.path(self.frame_root)
         length = record.num_frames
         if length < 1:
-            raise LayoutError(f"video {video_dir} has num_frames={length} in the CSV; {_REDO_HINT}")
+            raise LayoutError(f"video {video_dir} has num_frames={length} in the CSV; {_redo_hint(video_dir)}")
 
         def load(indices: np.ndarray) -> torch.Tensor:
             return read_frames(video_dir, indices, self.decoder, expected_frames=length)

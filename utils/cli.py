@@ -21,6 +21,9 @@ from utils.run_dir import OutputDirError
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError, OutputDirError)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # ANSI escapes, carriage returns ... (not \t, \n)
 _WORKER = re.compile(r"Caught (\w+) in DataLoader worker process \d+")
+# what gloo and NCCL report in the surviving processes when one process of the group dies
+_PEER_LOST = re.compile(r"Connection (reset|closed) by peer|NCCL (error|communicator was aborted)|"
+                        r"collective operation timeout")
 
 
 def printable(text: str) -> str:
@@ -61,6 +64,10 @@ def describe(error: BaseException, output_dir: str | None = None) -> tuple[str, 
             return f"{error.strerror}: free some space, then run the same command again", 1
         return f"no space left on {where}: free some space, then run the same command again", 1
     if isinstance(error, FileNotFoundError) or not isinstance(error, OSError):
+        if isinstance(error, RuntimeError) and _PEER_LOST.search(str(error)):
+            return (f"another process of this job stopped ({str(error).splitlines()[0][:200]}); its own message says "
+                    "why. Under torchrun --max-restarts the group restarts and resumes from the last checkpoint; "
+                    "otherwise run the same command again (--resume auto)", 1)
         if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
             return (f"{str(error).splitlines()[0]}: a data-loading process died, most often killed for lack of "
                     "memory; lower --workers or --batch-size, then run the same command again", 1)
