@@ -25,6 +25,9 @@ crops as for RGB.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -404,7 +407,56 @@ def build_dataset(args: argparse.Namespace, split: str, sampler: str,
         resize_quirk=args.resize_quirk, per_frame_jitter=args.per_frame_jitter, modality=modality,
         flow_root=flow_root, hflip=not args.no_hflip)
     dataset.csv_path = paths.split_csv("test" if split == "test" else "train", args.split)
+    check_frame_counts(records, paths.frame_root, dataset.csv_path)
     return dataset
+
+
+def _count_cache_path(frame_root: Path) -> Path:
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha1(str(Path(frame_root).resolve()).encode()).hexdigest()[:16]
+    return cache_home / "vssl" / "frame_counts" / f"{key}.json"
+
+
+def check_frame_counts(records: list[VideoRecord], frame_root: Path, csv_path: Path | None = None) -> None:
+    """Raise LayoutError unless every record's folder holds the CSV's number of frames, so that a run fails at
+    its start instead of hours in, when it first samples a missing frame.
+
+    A directory listing per folder, cached by the folder's mtime (adding, removing or renaming a frame changes
+    it) in $XDG_CACHE_HOME/vssl/frame_counts/: a later start costs one stat per folder.
+    """
+    cache_path = _count_cache_path(frame_root)
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    changed, wrong = False, []
+    for record in records:
+        folder = record.path(frame_root)
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except OSError:
+            wrong.append((folder, 0, record.num_frames))
+            continue
+        cached = cache.get(str(folder))
+        if cached is None or cached[0] != mtime:
+            cached = cache[str(folder)] = [mtime, count_frames(folder)]
+            changed = True
+        if cached[1] != record.num_frames:
+            wrong.append((folder, cached[1], record.num_frames))
+    if changed:
+        try:  # a cache is an optimisation: a read-only home only costs the listing next time
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass
+    if wrong:
+        folder, on_disk, in_csv = wrong[0]
+        raise LayoutError(
+            f"{len(wrong)} of {len(records)} frame folders do not hold the number of frames that {csv_path or 'the CSV'} "
+            f"says, e.g. {folder}: {on_disk} on disk, {in_csv} in the CSV. If the frames on disk are right, re-run "
+            f"process_data/src/write_csv.py; if a folder is incomplete, {_redo_hint(folder)}")
 
 
 def require_labels(dataset: VideoFrameDataset, purpose: str) -> None:

@@ -20,8 +20,10 @@ import torch
 import finetune
 import retrieve
 import train_ssl
-from conftest import tiny_demo_flags
-from dataset.layout import LayoutError
+from conftest import tiny_demo_args, tiny_demo_flags
+from dataset import video_dataset
+from dataset.layout import LayoutError, read_split_csv
+from dataset.video_dataset import build_dataset
 from model.backbones import build_backbone
 from utils.checkpoint import CHECKPOINT_NAME, CheckpointError, Checkpointer, load_checkpoint, save_checkpoint
 from utils.cli import describe, printable, run_cli
@@ -183,6 +185,25 @@ def test_finetuning_names_the_csv_line_of_a_negative_label(tiny_demo, tmp_path):
         "--output-dir", str(tmp_path / "out"), "--val-freq", "0", "--device", "cpu"])
     with pytest.raises(LayoutError, match=r"train_split01.csv:4: video \S+ has no class label"):
         finetune.main(args)
+
+
+# ---------------------------------------------------------------- 10. frame counts checked at start
+
+def test_a_frame_folder_that_disagrees_with_the_csv_stops_the_run_at_its_start(tiny_demo, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    frames = tmp_path / "frames"
+    shutil.copytree(tiny_demo / "frames", frames)
+    args = tiny_demo_args(tiny_demo, "--frame-root", str(frames))
+    build_dataset(args, "trainval", "finetune")  # consistent: lists every folder once, and caches the counts
+    monkeypatch.setattr(video_dataset, "count_frames", lambda folder: pytest.fail(f"{folder} listed again"))
+    build_dataset(args, "trainval", "finetune")  # unchanged folders: one stat each, no listing
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    short = frames / read_split_csv(tiny_demo / "csv" / "train_split01.csv")[4].frame_dir
+    (short / "image_00016.jpg").unlink()
+    with pytest.raises(LayoutError, match=rf"1 of 9 frame folders do not hold .* e.g. {short}: 15 on disk, 16 in the "
+                                          r"CSV\. .*write_csv\.py.*--redo "):
+        build_dataset(args, "trainval", "finetune")
 
 
 # ---------------------------------------------------------------- 7. one line, not a traceback
