@@ -54,7 +54,7 @@ def describe(error: BaseException, output_dir: str | None = None) -> tuple[str, 
     if isinstance(error, TrainingInterrupted):
         return str(error), 128 + error.signum
     if isinstance(error, KeyboardInterrupt):
-        return "interrupted (Ctrl-C) before the training loop: nothing to save", 128 + signal.SIGINT
+        return "stopped by SIGINT (Ctrl-C); run the same command again to start over", 128 + signal.SIGINT
     worker = _worker_error(error)
     if worker is not None:
         return worker, 1
@@ -80,8 +80,14 @@ def describe(error: BaseException, output_dir: str | None = None) -> tuple[str, 
     return f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}", 1
 
 
+def _stop_now(signum, frame) -> None:
+    raise TrainingInterrupted(signum, "; run the same command again to start over", saved=False)
+
+
 def run_cli(main: Callable, args) -> None:
-    """``main(args)``; a failure that ``describe`` knows becomes ``error: <one line>`` and its exit status."""
+    """``main(args)``; a failure that ``describe`` knows becomes ``error: <one line>`` and its exit status.
+    SIGTERM outside a training loop (which saves first, see utils.engine) stops with a line too, not silently."""
+    signal.signal(signal.SIGTERM, _stop_now)
     try:
         main(args)
     except (Exception, KeyboardInterrupt) as error:

@@ -39,7 +39,7 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signum: int, where: str, saved: bool):
         self.signum, self.where, self.saved = signum, where, saved
-        super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
+        super().__init__(f"stopped by {signal.Signals(signum).name}{'' if where.startswith(';') else ' '}{where}")
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
