@@ -69,8 +69,8 @@ def check_args(args: argparse.Namespace) -> None:
     check_training_args(args, {"save_freq": 0})
     world_size = get_world_size() if is_dist() else int(os.environ.get("WORLD_SIZE", 1))
     if args.model in BATCH_CONTRASTIVE and args.batch_size * world_size < 2:
-        raise ValueError(f"--model {args.model} contrasts each clip with the other clips of the batch only, so a global "
-                         f"batch of {args.batch_size * world_size} (--batch-size {args.batch_size} × {world_size} "
+        raise ValueError(f"--model {args.model} contrasts each clip with the other clips of the batch only, so a "
+                         f"global batch of {args.batch_size * world_size} (--batch-size {args.batch_size} × {world_size} "
                          "process(es)) has no negatives: use a global batch of at least 2")
     with torch.device("meta"):  # the checks need the method's configuration, not its weights
         method = build_method(args, num_videos=1)

@@ -454,8 +454,8 @@ def check_frame_counts(records: list[VideoRecord], frame_root: Path, csv_path: P
     if wrong:
         folder, on_disk, in_csv = wrong[0]
         raise LayoutError(
-            f"{len(wrong)} of {len(records)} frame folders do not hold the number of frames that {csv_path or 'the CSV'} "
-            f"says, e.g. {folder}: {on_disk} on disk, {in_csv} in the CSV. If the frames on disk are right, re-run "
+            f"{len(wrong)} of {len(records)} frame folders do not hold the number of frames that "
+            f"{csv_path or 'the CSV'} says, e.g. {folder}: {on_disk} on disk, {in_csv} in the CSV. If the frames on disk are right, re-run "
             f"process_data/src/write_csv.py; if a folder is incomplete, {_redo_hint(folder)}")
 
 
