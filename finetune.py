@@ -16,23 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 from dataset.layout import LayoutError
-from dataset.video_dataset import add_data_args, build_dataset
+from dataset.video_dataset import add_data_args, build_dataset, require_labels
 from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
                               check_modality, classification_loss, load_backbone, prepare_input, read_checkpoint,
                               resolve_backbone_args, snapshot)
-from utils.checkpoint import CheckpointError, Checkpointer
+from utils.checkpoint import Checkpointer
+from utils.cli import run_cli
 from utils.distributed import (add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist,
                                is_main_process)
-from utils.engine import (NonFiniteLossError, check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler,
-                          train_one_epoch)
+from utils.engine import check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
 from utils.evaluation import classification_report, classify_videos, dataset_labels
 from utils.logging import RunLogger, config_to_dict
+from utils.run_dir import claim_output_dir, run_kind
 from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
                             seed_everything)
 
@@ -115,7 +115,8 @@ def main(args: argparse.Namespace) -> dict | None:
         return None
     device = init_distributed(args)
     try:
-        return _finetune(args, device, ckpt)
+        with claim_output_dir(args.output_dir, run_kind(args)):
+            return _finetune(args, device, ckpt)
     finally:
         cleanup()
 
@@ -125,7 +126,9 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
     # Without validation the hold-out would only be wasted, so it is trained on.
     train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality)
     val_set = build_dataset(args, "val", "eval", modality=args.modality) if args.val_freq else []
-    if train_set.num_classes < 2 or (dataset_labels(train_set) < 0).any():
+    for dataset in (train_set, val_set) if args.val_freq else (train_set,):
+        require_labels(dataset, "finetuning")
+    if train_set.num_classes < 2:
         raise LayoutError(f"--dataset {args.dataset}: finetuning needs labelled videos of at least 2 classes "
                           f"(found {train_set.num_classes} classes); check ClassInd.txt and the CSV labels")
     iters = iterations_per_epoch(train_set, args.batch_size, args.max_iters_per_epoch)
@@ -226,8 +229,4 @@ def validate(classifier: VideoClassifier, val_set, args: argparse.Namespace, dev
 
 
 if __name__ == "__main__":
-    cli_args = get_args_parser().parse_args()
-    try:
-        main(cli_args)
-    except (NonFiniteLossError, CheckpointError, LayoutError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    run_cli(main, get_args_parser().parse_args())

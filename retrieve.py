@@ -21,25 +21,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataset.layout import LayoutError
-from dataset.video_dataset import add_data_args, build_dataset, read_frames
+from dataset.video_dataset import add_data_args, build_dataset, read_frames, require_labels
 from model.backbones import build_backbone
 from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, load_backbone,
                               read_checkpoint, residual_view, resolve_backbone_args)
-from utils.checkpoint import CheckpointError
+from utils.cli import run_cli
 from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
 from utils.engine import check_amp
 from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, knn_classify,
                               linear_probe, plot_embedding, plot_retrieval_examples, recall_at_k, run_inference,
                               topk_accuracy)
 from utils.logging import config_to_dict, git_revision
+from utils.run_dir import check_writable
 
 LAYERS = ("pool", "conv5")
 MERGE_MODALITIES = ("res", "u", "v")
@@ -123,6 +122,7 @@ def main(args: argparse.Namespace) -> dict | None:
             raise ValueError(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
     if args.knn_k < 1 or args.knn_temperature <= 0:
         raise ValueError(f"--knn-k must be >= 1 and --knn-temperature > 0, got {args.knn_k} and {args.knn_temperature}")
+    check_writable(args.output_dir, create=False)  # before any work; rank 0 creates it after the inference
     ckpt = {} if args.ckpt == COLOUR_STATS else read_checkpoint(args.ckpt)
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
@@ -150,6 +150,8 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     backbone.to(device).eval()
     gallery_set = build_dataset(args, "trainval", "eval", modality="rgb")
     query_set = build_dataset(args, "test", "eval", modality="rgb")
+    for dataset in (gallery_set, query_set):
+        require_labels(dataset, "retrieval")
     # a flow view 2 comes from datasets of flow clips (same rows, clip positions and crops)
     merge_flow = args.merge and args.merge_modality in FLOW_MODALITIES
     flow_sets = [build_dataset(args, split, "eval", modality=args.merge_modality)
@@ -172,9 +174,6 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
         gallery = np.concatenate([gallery, features(flow_sets[0], "gallery flow", False)], axis=1)  # (G, 2D)
         queries = np.concatenate([queries, features(flow_sets[1], "queries flow", False)], axis=1)  # (Q, 2D)
     gallery_labels, query_labels = dataset_labels(gallery_set), dataset_labels(query_set)
-    if (gallery_labels < 0).any() or (query_labels < 0).any():
-        raise LayoutError(f"--dataset {args.dataset}: retrieval needs the class of every video, but some CSV rows "
-                          "have no label; re-run process_data/src/write_csv.py")
     recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels, RECALL_KS)
     num_classes = max(query_set.num_classes, int(gallery_labels.max()) + 1, int(query_labels.max()) + 1)
     knn_scores = knn_classify(queries, gallery, gallery_labels, num_classes, args.knn_k, args.knn_temperature)
@@ -235,8 +234,4 @@ def plot_examples(query_set, gallery_set, neighbours: np.ndarray, count: int, pa
 
 
 if __name__ == "__main__":
-    cli_args = get_args_parser().parse_args()
-    try:
-        main(cli_args)
-    except (CheckpointError, LayoutError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    run_cli(main, get_args_parser().parse_args())

@@ -15,23 +15,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dataset.layout import LayoutError
-from dataset.video_dataset import add_data_args, build_dataset
+from dataset.video_dataset import add_data_args, build_dataset, require_labels
 from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, check_modality, check_state_matches,
                               checkpoint_config, prepare_input, read_checkpoint, resolve_backbone_args,
                               strip_ddp_prefix)
 from utils.checkpoint import CheckpointError
+from utils.cli import run_cli
 from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
 from utils.engine import check_amp
 from utils.evaluation import (classification_report, classify_videos, dataset_labels, inherit_flags,
                               plot_confusion_matrix, ranked_classes)
 from utils.logging import config_to_dict, git_revision
+from utils.run_dir import check_writable
 
 RESULTS_NAME = "test_results.json"
 # clip geometry: taken from the checkpoint's configuration unless given
@@ -85,6 +86,7 @@ def main(args: argparse.Namespace) -> dict | None:
     """Run the test; returns the contents of test_results.json (None for --dry-run)."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_writable(args.output_dir, create=False)  # before any work; rank 0 creates it after the inference
     ckpt = read_checkpoint(args.ckpt)
     config = checkpoint_config(ckpt)
     resolve_backbone_args(args, ckpt)
@@ -104,6 +106,7 @@ def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     check_amp(args.amp, device)
     model = build_classifier(args, ckpt).to(device)
     dataset = build_dataset(args, args.test_split, "eval", modality=args.modality)
+    require_labels(dataset, "testing")
     num_classes = model.fc.out_features
     if dataset.num_classes != num_classes:
         raise LayoutError(f"--dataset {args.dataset} has {dataset.num_classes} classes but {args.ckpt} was "
@@ -134,8 +137,4 @@ def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
 
 
 if __name__ == "__main__":
-    cli_args = get_args_parser().parse_args()
-    try:
-        main(cli_args)
-    except (CheckpointError, LayoutError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    run_cli(main, get_args_parser().parse_args())

@@ -16,18 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
 
 from dataset.video_dataset import add_data_args, build_dataset
 from model import add_method_args, build_method, method_sampler
 from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
-from utils.checkpoint import CheckpointError, Checkpointer, unwrap
+from utils.checkpoint import Checkpointer, unwrap
+from utils.cli import run_cli
 from utils.distributed import add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist
-from utils.engine import (NonFiniteLossError, check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler,
-                          train_one_epoch)
+from utils.engine import check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
 from utils.logging import RunLogger, config_to_dict
+from utils.run_dir import claim_output_dir, run_kind
 from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
                             seed_everything)
 
@@ -60,8 +60,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# methods whose only negatives are the other clips of the global batch (MoCo and IIC also draw them from a
+# queue or memory bank): a batch of one clip has none, and its contrastive loss is 0
+BATCH_CONTRASTIVE = ("simclr",)
+
+
 def check_args(args: argparse.Namespace) -> None:
     check_training_args(args, {"save_freq": 0})
+    world_size = get_world_size() if is_dist() else int(os.environ.get("WORLD_SIZE", 1))
+    if args.model in BATCH_CONTRASTIVE and args.batch_size * world_size < 2:
+        raise ValueError(f"--model {args.model} contrasts each clip with the other clips of the batch only, so a "
+                         f"global batch of {args.batch_size * world_size} (--batch-size {args.batch_size} × {world_size} "
+                         "process(es)) has no negatives: use a global batch of at least 2")
+    with torch.device("meta"):  # the checks need the method's configuration, not its weights
+        method = build_method(args, num_videos=1)
+    method.check_config(args.batch_size, args.num_frames)
 
 
 def resolved_config(args: argparse.Namespace, method: torch.nn.Module) -> dict:
@@ -98,7 +111,8 @@ def main(args: argparse.Namespace) -> None:
 
     device = init_distributed(args)
     try:
-        _train(args, device)
+        with claim_output_dir(args.output_dir, run_kind(args)):
+            _train(args, device)
     finally:
         cleanup()
 
@@ -161,8 +175,4 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    cli_args = parse_args()
-    try:
-        main(cli_args)
-    except (NonFiniteLossError, CheckpointError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    run_cli(main, parse_args())

@@ -25,6 +25,9 @@ crops as for RGB.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -96,8 +99,12 @@ def _default_decoder() -> str:
 
 DEFAULT_DECODER = _default_decoder()
 
-_REDO_HINT = ("re-run process_data/src/extract_frame.py for this video and then "
-              "process_data/src/write_csv.py so that the CSV matches the frames on disk")
+def _redo_hint(video_dir: Path) -> str:
+    """How to extract one frame folder again: extract_frame.py skips folders that hold frames, unless --redo."""
+    video_dir = Path(video_dir)
+    return (f"extract it again with python process_data/src/extract_frame.py --video-root <your videos> --frame-root "
+            f"{video_dir.parent.parent} --redo {video_dir.parent.name}/{video_dir.name}, then re-run "
+            "process_data/src/write_csv.py so that the CSV matches the frames on disk")
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ def read_frames(video_dir: Path, indices: np.ndarray, decoder: str = DEFAULT_DEC
     """uint8 RGB frames ``(len(indices), 3, H, W)`` of one video (channels-last memory); errors as
     ``_read_images``."""
     frames = _read_images(video_dir, indices, _RGB_LAYOUT, DECODERS[decoder],
-                          f"the CSV says {expected_frames}", _REDO_HINT)  # (N, H, W, 3)
+                          f"the CSV says {expected_frames}", _redo_hint(video_dir))  # (N, H, W, 3)
     return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, H, W)
 
 
@@ -277,7 +284,7 @@ class VideoFrameDataset(Dataset):
         video_dir = record.path(self.frame_root)
         length = record.num_frames
         if length < 1:
-            raise LayoutError(f"video {video_dir} has num_frames={length} in the CSV; {_REDO_HINT}")
+            raise LayoutError(f"video {video_dir} has num_frames={length} in the CSV; {_redo_hint(video_dir)}")
 
         def load(indices: np.ndarray) -> torch.Tensor:
             return read_frames(video_dir, indices, self.decoder, expected_frames=length)
@@ -393,9 +400,78 @@ def build_dataset(args: argparse.Namespace, split: str, sampler: str,
         raise LayoutError(f"a label in the {split} CSV of {paths.csv_dir} is {max(labels)}, but the dataset has "
                           f"{paths.num_classes} classes; re-run process_data/src/write_csv.py")
     flow_root = paths.check_flow_root() if modality in FLOW_COMPONENTS else None
-    return VideoFrameDataset(
+    dataset = VideoFrameDataset(
         records, paths.frame_root, sampler, class_names=paths.class_names, num_classes=paths.num_classes,
         seed=getattr(args, "seed", 0), num_frames=args.num_frames,
         stride=1 if sampler == "iic" else args.stride, size=args.size, resize=tuple(args.resize),
         resize_quirk=args.resize_quirk, per_frame_jitter=args.per_frame_jitter, modality=modality,
         flow_root=flow_root, hflip=not args.no_hflip)
+    dataset.csv_path = paths.split_csv("test" if split == "test" else "train", args.split)
+    check_frame_counts(records, paths.frame_root, dataset.csv_path)
+    return dataset
+
+
+def _count_cache_path(frame_root: Path) -> Path:
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha1(str(Path(frame_root).resolve()).encode()).hexdigest()[:16]
+    return cache_home / "vssl" / "frame_counts" / f"{key}.json"
+
+
+def check_frame_counts(records: list[VideoRecord], frame_root: Path, csv_path: Path | None = None) -> None:
+    """Raise LayoutError unless every record's folder holds the CSV's number of frames, so that a run fails at
+    its start instead of hours in, when it first samples a missing frame.
+
+    A directory listing per folder, cached by the folder's mtime (adding, removing or renaming a frame changes
+    it) in $XDG_CACHE_HOME/vssl/frame_counts/: a later start costs one stat per folder.
+    """
+    cache_path = _count_cache_path(frame_root)
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    changed, wrong = False, []
+    for record in records:
+        folder = record.path(frame_root)
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except OSError:
+            wrong.append((folder, 0, record.num_frames))
+            continue
+        cached = cache.get(str(folder))
+        if cached is None or cached[0] != mtime:
+            cached = cache[str(folder)] = [mtime, count_frames(folder)]
+            changed = True
+        if cached[1] != record.num_frames:
+            wrong.append((folder, cached[1], record.num_frames))
+    if changed:
+        try:  # a cache is an optimisation: a read-only home only costs the listing next time
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass
+    if wrong:
+        folder, on_disk, in_csv = wrong[0]
+        raise LayoutError(
+            f"{len(wrong)} of {len(records)} frame folders do not hold the number of frames that "
+            f"{csv_path or 'the CSV'} says, e.g. {folder}: {on_disk} on disk, {in_csv} in the CSV. If the frames on disk are right, re-run "
+            f"process_data/src/write_csv.py; if a folder is incomplete, {_redo_hint(folder)}")
+
+
+def require_labels(dataset: VideoFrameDataset, purpose: str) -> None:
+    """Raise LayoutError naming the CSV file and line of the first video without a class (a missing or
+    negative label), which ``purpose`` (finetuning, testing, retrieval) cannot do without."""
+    unlabelled = next((r for r in dataset.records if r.label < 0), None)
+    if unlabelled is None:
+        return
+    csv_path = getattr(dataset, "csv_path", None)
+    line = "?"
+    if csv_path is not None and Path(csv_path).is_file():
+        with open(csv_path) as f:
+            line = next((n for n, text in enumerate(f, start=1)
+                         if text.split(",", 1)[0].strip() == unlabelled.frame_dir), "?")
+    count = sum(r.label < 0 for r in dataset.records)
+    raise LayoutError(f"{csv_path or 'the split CSV'}:{line}: video {unlabelled.frame_dir} has no class label "
+                      f"(a missing or negative third column; {count} such row(s)), but {purpose} needs the class of "
+                      "every video: fix the CSV or re-create it with process_data/src/write_csv.py")

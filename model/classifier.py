@@ -59,7 +59,7 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt") -> dict:
     """A checkpoint of this project with a ``model`` state dict (errors name the file and the flag)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{flag} {path}: no such checkpoint file")
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, fix=f"pass another {flag}")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path} has no 'model' state dict: it is not a checkpoint of this project "
                               "(train_ssl.py or finetune.py writes one)")

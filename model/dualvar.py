@@ -141,6 +141,10 @@ class DualVarBase(nn.Module):
             raise ValueError(f"--num-frames {clips.shape[3]} is not divisible by --n-series {self.n_series}: "
                              "shuffle-rank splits each clip into equal segments")
 
+    def check_config(self, batch_size: int, num_frames: int) -> None:
+        """Refuse, from the flags alone, what the first forward would (for --dry-run and before a run writes)."""
+        self.check_input(torch.empty(batch_size, self.num_views, 3, num_frames, 1, 1, device="meta"))
+
     def shuffle(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shuffle the n temporal segments of each clip (B, 3, T, H, W) -> (shuffled, permutations (B, n))."""
         return shuffle_segments(clips, self.n_series, derangement=self.derangement)
@@ -247,6 +251,10 @@ class MoCoDualVar(DualVarBase):
         if self.use_tc:
             self.series_queue[ptr:ptr + keys.shape[0]] = all_gather_no_grad(series_keys)
         self.queue_ptr[0] = (ptr + keys.shape[0]) % self.queue_size
+
+    def check_config(self, batch_size: int, num_frames: int) -> None:
+        super().check_config(batch_size, num_frames)
+        self.check_queue(batch_size)
 
     def check_queue(self, batch: int) -> None:
         global_batch = batch * get_world_size()

@@ -221,6 +221,15 @@ class IIC(nn.Module):
         columns = [torch.einsum("bkc,bc->bk", self.banks.bank(name)[drawn], feature) for name in banks]
         return torch.cat(columns, dim=1) / self.temperature
 
+    def check_config(self, batch_size: int, num_frames: int) -> None:
+        """Refuse, from the flags alone, what the first forward would (for --dry-run and before a run writes):
+        the views are made from a one-pixel clip of the configured length."""
+        clip = torch.zeros(1, 3, num_frames, 1, 1)
+        if self.modality not in FLOW_MODALITIES:
+            self.view2(clip, None)
+        if self.intra_neg != "none":
+            self.intra_negative(clip)
+
     def check_input(self, clip: torch.Tensor, index: torch.Tensor, flow: torch.Tensor | None) -> None:
         if self.banks.num_videos == 0:
             raise ValueError("IIC's memory banks have no rows: build the method with "

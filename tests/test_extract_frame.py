@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -197,3 +198,50 @@ def test_scripts_run_from_any_directory_without_torch(videos, tmp_path):
     check = ("import sys; sys.path.insert(0, sys.argv[1]); import extract_frame, write_csv, make_demo_data; "
              "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", check, str(src)], cwd=tmp_path).returncode == 0
+
+
+def test_redo_replaces_a_folder_that_a_training_run_found_corrupt(videos, tmp_path, capsys):
+    from dataset.layout import LayoutError
+    from dataset.video_dataset import read_frames
+
+    root = copy_videos(videos, tmp_path)
+    frames = tmp_path / "frames"
+    args = ["--video-root", str(root), "--frame-root", str(frames), "--workers", "1"]
+    assert main(args) == 0
+    bad_dir = frames / "Grow" / "v_Grow_g01_c01"
+    (bad_dir / "image_00003.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    untouched = (frames / "Grow" / "v_Grow_g02_c01" / "image_00001.jpg").stat().st_mtime_ns
+    with pytest.raises(LayoutError) as error:
+        read_frames(bad_dir, np.arange(4), expected_frames=FRAMES)
+    # the hint is a command that works: it names --redo and the folder as the CSV writes it
+    hint = str(error.value)
+    assert f"--frame-root {frames} --redo Grow/v_Grow_g01_c01" in hint
+    assert main(args) == 0  # a plain re-run skips the folder: it holds frames
+    assert (bad_dir / "image_00003.jpg").read_bytes() == b"\xff\xd8 not a jpeg"
+    capsys.readouterr()
+    assert main(args + ["--redo", "Grow/v_Grow_g01_c01"]) == 0
+    assert "1 videos done, 5 skipped" in capsys.readouterr().out
+    assert read_frames(bad_dir, np.arange(FRAMES), expected_frames=FRAMES).shape[0] == FRAMES
+    assert (frames / "Grow" / "v_Grow_g02_c01" / "image_00001.jpg").stat().st_mtime_ns == untouched
+    assert sorted(p.name for p in (frames / "Grow").iterdir()) == [f"v_Grow_g0{i}_c01" for i in (1, 2, 3)]
+    assert main(args + ["--redo", "Grow/no_such_video"]) == 2
+    assert "--redo Grow/no_such_video: no video found" in capsys.readouterr().err
+
+
+def test_a_truncated_video_is_listed_not_extracted_short(videos, tmp_path, capsys):
+    root = copy_videos(videos, tmp_path)
+    truncated = root / "Grow" / "v_Grow_g01_c01.avi"
+    truncated.write_bytes(truncated.read_bytes()[:int(truncated.stat().st_size * 0.6)])
+    frames = tmp_path / "frames"
+    assert main(["--video-root", str(root), "--frame-root", str(frames), "--workers", "1"]) == 1
+    reason = read_failures(frames / FAILURES_FILE)[str(truncated)]
+    assert re.fullmatch(rf"truncated video: \d+ of the {FRAMES} frames its container declares could be decoded "
+                        r"\(download it again\)", reason)
+    assert not (frames / "Grow" / "v_Grow_g01_c01").exists()
+    assert count_frames(frames / "Grow" / "v_Grow_g02_c01") == FRAMES
+
+
+def test_shortfall_tolerates_a_frame_or_two_of_header_error():
+    assert extract_frame.shortfall(98, 100) == "" and extract_frame.shortfall(14, 0) == ""
+    assert extract_frame.shortfall(14, 32).startswith("truncated video: 14 of the 32")
+    assert extract_frame.shortfall(970, 1000) != ""

@@ -142,6 +142,81 @@ def test_resume_after_sigkill_mid_epoch_reaches_the_same_weights(tiny_data, unin
         [line[2] for line in reference if line[0] == "iter"], rel=1e-5)
 
 
+def test_sigterm_saves_at_the_next_iteration_boundary_and_the_resume_is_exact(tiny_data, uninterrupted, tmp_path):
+    # As a cluster scheduler does, the signal goes to the whole process group, DataLoader worker included.
+    child = textwrap.dedent(f"""
+        import sys, time
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "process_data" / "src")!r}]
+        import train_ssl
+        from utils.cli import run_cli
+        forward = train_ssl.ssl_forward
+        train_ssl.ssl_forward = lambda *a: (time.sleep(0.5), forward(*a))[1]
+        run_cli(train_ssl.main, train_ssl.parse_args(sys.argv[1:]))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", child, *cli_args(tiny_data, tmp_path, "--workers", "1")],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log, deadline = tmp_path / "log.jsonl", time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None and not (
+                log.is_file() and '"iter"' in log.read_text()):
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        stderr = process.communicate(timeout=60)[1].decode()
+    finally:
+        process.kill()
+    last_line = stderr.strip().splitlines()[-1]
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pth")
+    assert ckpt["iteration"] > 0 and ckpt["epoch"] < 2  # saved mid-epoch, work left to do
+    assert last_line == (f"error: stopped by SIGTERM at epoch {ckpt['epoch']}, iteration {ckpt['iteration']}; "
+                         f"checkpoint saved there: {tmp_path / 'checkpoint.pth'}; to go on, run the same command "
+                         "again (--resume auto continues from it)")
+    assert not list(tmp_path.glob(".*.tmp*"))
+
+    run(tiny_data, tmp_path)
+    assert_same_weights(final_weights(tmp_path), final_weights(uninterrupted))
+
+
+ELASTIC_WORKER = """
+import os, signal, sys
+sys.path[:0] = [{repo!r}, {extract!r}]
+import train_ssl
+from utils.cli import run_cli
+if os.environ.get("KILL_AT_FORWARD") and os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+    forward, calls = train_ssl.ssl_forward, []
+
+    def dying_forward(*args):
+        calls.append(None)
+        if len(calls) == int(os.environ["KILL_AT_FORWARD"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return forward(*args)
+    train_ssl.ssl_forward = dying_forward
+run_cli(train_ssl.main, train_ssl.parse_args(sys.argv[1:]))
+"""
+
+
+def test_torchrun_elastic_restart_after_a_killed_worker_reaches_the_same_weights(tiny_data, tmp_path):
+    """torchrun --max-restarts restarts both gloo workers when one is SIGKILLed mid-epoch; --resume auto makes
+    the restarted group end with the weights of an uninterrupted 2-process run."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(ELASTIC_WORKER.format(repo=str(REPO), extract=str(REPO / "process_data" / "src")))
+
+    def torchrun(output_dir, **env):
+        args = cli_args(tiny_data, output_dir, "--batch-size", "1", "--save-every-iters", "1", "--dist-backend",
+                        "gloo")  # global batch 2: 3 iterations per epoch
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                               "2", "--max-restarts", "1", "--monitor-interval", "0.2", str(worker), *args],
+                              cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True,
+                              text=True, timeout=600)
+
+    killed = torchrun(tmp_path / "killed", KILL_AT_FORWARD="2")  # rank 1 dies in epoch 0, iteration 1
+    assert killed.returncode == 0, killed.stderr[-3000:]
+    assert "resuming from" in killed.stdout and "at epoch 0, iteration 1" in killed.stdout, killed.stdout[-3000:]
+    reference = torchrun(tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert_same_weights(final_weights(tmp_path / "killed"), final_weights(tmp_path / "reference"))
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
     run(tiny_data, tmp_path, "--epochs", "1", "--max-iters-per-epoch", "1")
     before = (tmp_path / "checkpoint.pth").read_bytes()

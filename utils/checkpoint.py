@@ -11,8 +11,10 @@ holds ``epoch = e + 1, iteration = 0``; ``epochNNN.pth`` copies are named after 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,8 @@ import torch
 import torch.distributed as dist
 
 from utils.distributed import get_rank, get_world_size, is_dist, is_main_process
-from utils.engine import NonFiniteLossError
+from utils.engine import NonFiniteLossError, TrainingInterrupted, stop_at_iteration_boundary
+from utils.run_dir import SCRIPT_OF_KIND, run_kind
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -76,8 +79,23 @@ def gather_rng_states() -> list[dict]:
     return states
 
 
+def _out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space: torch's zip writer reports it as a RuntimeError that may hide
+    the OSError (ENOSPC) in its context, or not carry it at all."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return isinstance(error, RuntimeError) and shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        return False
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically: a crash at any moment leaves the previous file intact."""
+    """Write ``state`` to ``path`` atomically: a crash at any moment leaves the previous file intact.
+    A full disk raises OSError(ENOSPC) naming the folder (the previous file is kept)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -87,21 +105,31 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if _out_of_space(e, path.parent):
+            raise OSError(errno.ENOSPC, f"no space left on {path.parent} while writing {path.name} (the previous "
+                                        f"{path.name} is kept)", str(path.parent)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint on the CPU with ``weights_only=True``; errors name the file and the fix."""
+def load_checkpoint(path: str | os.PathLike, fix: str = "check the path, or delete the file") -> dict:
+    """Load a checkpoint on the CPU with ``weights_only=True``; errors name the file and ``fix`` (what the
+    calling script's user can do about it)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: check the path given to --resume")
+        raise FileNotFoundError(f"checkpoint {path} does not exist: {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several unrelated types for truncated or foreign files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {reason}); it is truncated, "
-                           "corrupt or not a checkpoint of this project: delete it or pass --resume none") from e
+        if "weights only load failed" in str(e).lower():
+            # torch's own advice (weights_only=False) would run whatever code the file carries
+            why = "it holds Python objects that a safe load refuses, so this project did not write it"
+        else:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            why = f"{type(e).__name__}: {reason}; it is truncated, corrupt or not a checkpoint of this project"
+        raise CheckpointError(f"cannot read checkpoint {path} ({why}): {fix}") from None
 
 
 def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
@@ -117,6 +145,19 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint file (use 'auto' to restart from "
                                 f"{Path(output_dir) / CHECKPOINT_NAME} when present, or 'none')")
     return path
+
+
+def _state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """A short account of how two state dicts differ ('' when they fit), naming only a few keys."""
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    reshaped = [f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
+                for k in sorted(set(expected) & set(given)) if given[k].shape != expected[k].shape]
+    return "; ".join(f"{label}: {few(keys)}" for label, keys in (
+        ("missing", missing), ("unexpected", unexpected), ("other shape in the checkpoint", reshaped)) if keys)
 
 
 @dataclass
@@ -158,6 +199,7 @@ class Checkpointer:
             "iteration": iteration,
             "global_step": global_step,
             "config": self.config,
+            "run_kind": run_kind(self.config),
             "rng": gather_rng_states(),
         }
 
@@ -174,29 +216,38 @@ class Checkpointer:
 
     @contextlib.contextmanager
     def naming_last_good(self):
-        """Re-raise a NonFiniteLossError with the checkpoint that is still valid, to resume from."""
+        """Train under ``stop_at_iteration_boundary`` (SIGTERM / SIGINT save at the next iteration boundary);
+        re-raise a NonFiniteLossError or an interruption naming the checkpoint to resume from."""
+        def kept() -> str:
+            return str(self.latest_path) if self.latest_path.is_file() else "none written yet"
+
         try:
-            yield
+            with stop_at_iteration_boundary():
+                yield
         except NonFiniteLossError as e:
-            kept = self.latest_path if self.latest_path.is_file() else "none written yet"
-            raise NonFiniteLossError(f"{e}; last good checkpoint: {kept}") from None
+            raise NonFiniteLossError(f"{e}; last good checkpoint: {kept()}") from None
+        except TrainingInterrupted as e:
+            state = "checkpoint saved there" if e.saved else "last checkpoint"
+            raise TrainingInterrupted(e.signum, f"{e.where}; {state}: {kept()}; to go on, run the same command "
+                                      "again (--resume auto continues from it)", e.saved) from None
 
     def resume(self, resume: str) -> ResumePoint:
         """Restore model, optimizer, scheduler, scaler and this rank's RNG states per ``--resume``."""
         path = resolve_resume(resume, self.output_dir)
         if path is None:
             return ResumePoint()
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, fix="delete it, or pass --resume none to start afresh")
         missing = [key for key in self.REQUIRED_KEYS if key not in ckpt]
         if missing:
             raise CheckpointError(f"{path} lacks {', '.join(missing)}: it is not a training checkpoint of this "
                                   "project and cannot be resumed (to start from its weights, use the script's "
                                   "weight-loading option instead of --resume)")
-        try:
-            unwrap(self.model).load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint {path} does not fit this model (was it written with other "
-                                  f"--model/--mode/--net/--base-width flags?): {e}") from None
+        self._check_kind(path, ckpt)
+        mismatch = _state_mismatch(unwrap(self.model).state_dict(), ckpt["model"])
+        if mismatch:
+            raise CheckpointError(f"checkpoint {path} does not fit this model ({mismatch}); was it written with "
+                                  "other --model/--mode/--net/--base-width flags? Pass those, or --resume none")
+        unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt["scheduler"]:
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -212,6 +263,15 @@ class Checkpointer:
                           "random streams are not restored and the data are sharded differently, so the run "
                           "continues but does not replay the uninterrupted one exactly")
         return ResumePoint(ckpt["epoch"], ckpt["iteration"], ckpt["global_step"], path)
+
+    def _check_kind(self, path: Path, ckpt: dict) -> None:
+        mine, theirs = run_kind(self.config), ckpt.get("run_kind") or run_kind(ckpt.get("config") or {})
+        if not (mine.get("kind") and theirs.get("kind")) or mine["kind"] == theirs["kind"]:
+            return
+        fix = ("to finetune from it, pass it to finetune.py --pretrain" if theirs["kind"] == "pretrain"
+               else f"pass a {SCRIPT_OF_KIND[mine['kind']]} checkpoint to --resume, or --resume none")
+        raise CheckpointError(f"{path} is a {theirs['kind']} checkpoint (written by {SCRIPT_OF_KIND[theirs['kind']]}), "
+                              f"which {SCRIPT_OF_KIND[mine['kind']]} cannot resume: {fix}")
 
     def _warn_config_changes(self, path: Path, saved: dict) -> None:
         changed = sorted(k for k in set(saved) | set(self.config)

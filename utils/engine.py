@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -22,12 +24,70 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from utils.distributed import all_reduce_mean, get_rank, get_world_size, is_dist
 from utils.logging import MetricLogger
+from utils.run_dir import close_inherited_locks
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and every loss term."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the training; ``saved`` says whether a checkpoint of the stopping point was
+    written. Not a KeyboardInterrupt subclass, so that it reaches the script's one-line reporting."""
+
+    def __init__(self, signum: int, where: str, saved: bool):
+        self.signum, self.where, self.saved = signum, where, saved
+        super().__init__(f"stopped by {signal.Signals(signum).name}{'' if where.startswith(';') else ' '}{where}")
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_stop_signal: int | None = None
+
+
+def _request_stop(signum, frame) -> None:
+    global _stop_signal
+    if _stop_signal is not None:  # a second signal: stop now, without waiting for the iteration to end
+        raise TrainingInterrupted(signum, "again before the iteration ended", saved=False)
+    _stop_signal = signum
+
+
+@contextlib.contextmanager
+def stop_at_iteration_boundary():
+    """Inside the ``with``, SIGTERM (what cluster schedulers send before a kill) and SIGINT (Ctrl-C) make
+    ``train_one_epoch`` finish the current iteration, save a checkpoint and raise TrainingInterrupted; a
+    second signal raises at once. Outside the main thread (signals cannot be caught there) it does nothing."""
+    global _stop_signal
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _request_stop) for s in STOP_SIGNALS}
+    _stop_signal = None
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _stop_signal = None
+
+
+def _stop_requested_anywhere(local: int | None) -> int | None:
+    """The signal that asked some rank to stop, or None; every rank must call this together."""
+    if not is_dist():
+        return local
+    # signal numbers are small and positive: the mean is non-zero iff some rank was signalled
+    mean = all_reduce_mean(float(local or 0))
+    return (local or int(signal.SIGTERM)) if mean > 0 else None
+
+
+def quiet_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: a Ctrl-C or a scheduler's SIGTERM reaches every process of the job, but only
+    the training process may act on it (a worker that dies of it would break the save at the next iteration
+    boundary); the worker is stopped by its parent. Also drops inherited output-folder locks."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    close_inherited_locks()
 
 
 def check_amp(amp: str, device: torch.device) -> None:
@@ -91,7 +151,7 @@ def epoch_loader(dataset, *, batch_size: int, workers: int, seed: int, epoch: in
     generator.manual_seed((seed * 1_000_003 + epoch) * 1_009 + get_rank())  # worker seeds only
     return DataLoader(dataset, batch_size=batch_size, sampler=SkipSampler(sampler, start_iter * batch_size),
                       num_workers=workers, pin_memory=pin_memory, drop_last=True, generator=generator,
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=quiet_worker)
 
 
 def weighted_loss(out: dict[str, torch.Tensor], loss_weights: dict[str, float]) -> torch.Tensor:
@@ -117,8 +177,13 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     ``save_fn(epoch, iterations_done, global_step)`` is called on every rank after every
     ``save_every_iters``-th iteration except the last (the caller saves at the end of the epoch).
     Raises NonFiniteLossError before the update of the first iteration whose loss is not finite.
+    Under ``stop_at_iteration_boundary``, a stop signal makes it save after the current iteration (or at once,
+    when it came between epochs) and raise TrainingInterrupted.
     """
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    stop = _stop_requested_anywhere(_stop_signal)
+    if stop is not None:  # the signal came between epochs (validation, the epoch-end save)
+        _save_and_stop(stop, save_fn, epoch, start_iter, global_step)
     model.train()
     meters = MetricLogger()
     global_batch = loader.batch_size * get_world_size()
@@ -135,7 +200,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         names = ["loss", *out]
         values = torch.stack([loss.detach().float()] + [v.detach().float().reshape(()) for v in out.values()])
         values = dict(zip(names, values.tolist()))  # one host sync per iteration
-        _stop_if_not_finite(values, out, epoch, it, global_step)
+        stop = _stop_if_not_finite(values, out, epoch, it, global_step)
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -152,6 +217,8 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             bar.update()
         if logger is not None and (it % log_every == 0 or it == num_iters - 1):
             logger.log("iter", global_step, values, epoch=epoch, iteration=it)
+        if stop is not None:
+            _save_and_stop(stop, save_fn, epoch, it + 1, global_step)
         if save_fn is not None and save_every_iters and (it + 1) % save_every_iters == 0 and it + 1 < num_iters:
             save_fn(epoch, it + 1, global_step)
         tic = time.perf_counter()
@@ -160,13 +227,24 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     return meters.global_averages(), global_step
 
 
-def _stop_if_not_finite(values: dict[str, float], out: dict, epoch: int, it: int, global_step: int) -> None:
-    finite = math.isfinite(values["loss"])
-    if is_dist():  # every rank must stop together, or the others hang in the next collective
-        finite = all_reduce_mean(float(finite)) == 1.0
+def _save_and_stop(signum: int, save_fn, epoch: int, iterations_done: int, global_step: int):
+    if save_fn is not None:
+        save_fn(epoch, iterations_done, global_step)
+    raise TrainingInterrupted(signum, f"at epoch {epoch}, iteration {iterations_done}", saved=save_fn is not None)
+
+
+def _stop_if_not_finite(values: dict[str, float], out: dict, epoch: int, it: int, global_step: int) -> int | None:
+    """Raise NonFiniteLossError if the loss is not finite on some rank; else return the stop signal that some
+    rank received (None if none). One collective for both, as every rank must stop together, or the
+    others hang in the next collective."""
+    finite, stop = math.isfinite(values["loss"]), _stop_signal
+    if is_dist():
+        finite_mean, stop_mean = all_reduce_mean(torch.tensor([float(finite), float(stop or 0)])).tolist()
+        finite, stop = finite_mean == 1.0, ((stop or int(signal.SIGTERM)) if stop_mean > 0 else None)
     if not finite:
         terms = ", ".join(f"{k}={values[k]:.6g}" for k in ["loss", *out] if k == "loss" or k.startswith("loss_"))
         raise NonFiniteLossError(
             f"non-finite loss at epoch {epoch}, iteration {it} (global step {global_step}) on rank "
             f"{get_rank()}: {terms}. Nothing was updated in this iteration and the last checkpoint is "
             "kept; lower --lr, or try --amp none, then resume with --resume auto")
+    return stop

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from utils.distributed import get_rank, get_world_size, is_dist, is_main_process
-from utils.engine import autocast
+from utils.engine import autocast, quiet_worker
 
 RECALL_KS = (1, 5, 10, 20, 50)
 
@@ -43,7 +43,7 @@ def eval_loader(dataset, batch_size: int, workers: int, pin_memory: bool = False
     """This process's shard, in order, last partial batch kept."""
     shard = Subset(dataset, shard_indices(len(dataset), get_rank(), get_world_size()))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=workers,
-                      pin_memory=pin_memory, persistent_workers=False)
+                      pin_memory=pin_memory, persistent_workers=False, worker_init_fn=quiet_worker)
 
 
 def assemble(parts: list[tuple[np.ndarray, np.ndarray]], num_items: int) -> np.ndarray:

@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from utils.run_dir import check_output_dir, run_kind
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -80,7 +82,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, title: str, epochs: in
 
 
 def check_training_args(args: argparse.Namespace, minimums: dict[str, int] | None = None) -> None:
-    """Range checks of the add_training_args flags (and of the script's own integer flags in ``minimums``)."""
+    """Range checks of the add_training_args flags (and of the script's own integer flags in ``minimums``), and
+    whether this run may write into --output-dir (nothing is written yet, so that --dry-run checks it too)."""
     minimums = {"epochs": 1, "batch_size": 1, "warmup_epochs": 0, "save_every_iters": 0, "max_iters_per_epoch": 0,
                 "log_every": 1, **(minimums or {})}
     for flag, minimum in minimums.items():
@@ -88,3 +91,4 @@ def check_training_args(args: argparse.Namespace, minimums: dict[str, int] | Non
             raise ValueError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {getattr(args, flag)}")
     if args.lr <= 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
+    check_output_dir(args.output_dir, run_kind(args))

@@ -7,8 +7,15 @@ short side is ``--short-side`` (or to a fixed ``--size H W``) and written with `
 Videos run in parallel over a process pool. Re-running is cheap and safe: a video whose final
 frame folder exists is skipped, and a folder is only ever written under a temporary name and
 renamed when complete, so a killed run leaves no half folder that looks finished. Videos that
-cannot be decoded are listed in ``F/extract_failures.txt`` (``path<TAB>reason``) while every
-other video is still extracted; the exit status is 1 when any video failed.
+cannot be decoded, and truncated videos (fewer frames decoded than their container declares, beyond
+a tolerance of max(2, 2 %)), are listed in ``F/extract_failures.txt`` (``path<TAB>reason``) while
+every other video is still extracted; the exit status is 1 when any video failed.
+
+    python process_data/src/extract_frame.py --video-root V --frame-root F --redo Class/video [...]
+
+``--redo`` extracts the named frame folders again although they exist (a frame that a training run
+found corrupt, a video replaced since): each is given as the CSV writes it (``<Class>/<video>``) or as
+its path, and its new frames replace the old ones only once complete.
 
     python process_data/src/extract_frame.py --flow --frame-root F [--flow-root O] [--flow-algorithm auto]
 
@@ -52,6 +59,7 @@ from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
 VIDEO_EXTENSIONS = ("avi", "mp4", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "flv", "wmv", "3gp")
 FAILURES_FILE = "extract_failures.txt"
 TMP_SUFFIX = ".tmp-extract"
+OLD_SUFFIX = ".old-extract"  # a folder being replaced by --redo, deleted once the new one is in place
 DEFAULT_SHORT_SIDE = 128
 FLOW_FAILURES_FILE = "flow_failures.txt"
 FLOW_ALGORITHMS = ("auto", "tvl1", "farneback")
@@ -108,6 +116,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="parallel processes, one video each (default min(8, CPU count)); 1 runs inline")
     p.add_argument("--extensions", default=",".join(VIDEO_EXTENSIONS),
                    help="comma-separated video file extensions to pick up when walking --video-root")
+    p.add_argument("--redo", nargs="+", default=[], metavar="FOLDER",
+                   help="extract these frame folders again although they exist: <Class>/<video> as in the CSVs, "
+                        "or their path (the error of a training run that met a bad frame names the folder)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved configuration and the number of videos found as JSON, then exit")
     flow = p.add_argument_group("optical flow (--flow)")
@@ -155,7 +166,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def check_flow_args(args: argparse.Namespace) -> None:
     given = [flag for flag, value in (("--video-root", args.video_root), ("--list", args.list_file),
-                                      ("--short-side", args.short_side), ("--size", args.size)) if value is not None]
+                                      ("--short-side", args.short_side), ("--size", args.size),
+                                      ("--redo", args.redo or None)) if value is not None]
     if given:
         raise ExtractError(f"--flow reads the frame folders under --frame-root, so {', '.join(given)} do(es) not "
                            "apply: extract the frames first (without --flow), then run --flow without those flags")
@@ -210,6 +222,29 @@ def output_size(height: int, width: int, short_side: int | None, size: tuple[int
     if height <= width:
         return short_side, max(1, round(width * short_side / height))
     return max(1, round(height * short_side / width)), short_side
+
+
+def declared_frames(video: Path) -> int:
+    """The frame count the container declares (0 when it declares none)."""
+    try:
+        import av
+
+        with av.open(str(video)) as container:
+            return int(container.streams.video[0].frames) if container.streams.video else 0
+    except Exception:  # a file PyAV cannot open: ask OpenCV
+        capture = cv2.VideoCapture(str(video))
+        try:
+            return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) if capture.isOpened() else 0
+        finally:
+            capture.release()
+
+
+def shortfall(decoded: int, declared: int) -> str:
+    """Why ``decoded`` frames are too few for a container that declares ``declared`` ('' when they are not):
+    counts in headers may be off by a frame or two, so only a shortfall beyond max(2, 2 %) counts."""
+    if declared and declared - decoded > max(2, 0.02 * declared):
+        return f"truncated video: {decoded} of the {declared} frames its container declares could be decoded"
+    return ""
 
 
 def _frames_pyav(video: Path):
@@ -270,6 +305,7 @@ def extract_video(job: Job, short_side: int | None, size: tuple[int, int] | None
     if job.video.stat().st_size == 0:
         return Result(job.video, "failed", reason="empty file (0 bytes)")
     errors = []
+    declared = declared_frames(job.video)
     for decoder_name, decode in DECODERS:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # a stale folder from a killed run, or a failed decoder
         tmp_dir.mkdir(parents=True)
@@ -281,10 +317,12 @@ def extract_video(job: Job, short_side: int | None, size: tuple[int, int] | None
         if count == 0:
             errors.append(f"{decoder_name}: no frames decoded")
             continue
+        short = shortfall(count, declared)
+        if short:
+            errors.append(f"{decoder_name}: {short}")
+            continue
         try:
-            if job.out_dir.is_dir():
-                job.out_dir.rmdir()  # an empty leftover folder; a non-empty one makes rmdir raise
-            os.replace(tmp_dir, job.out_dir)
+            _replace_folder(tmp_dir, job.out_dir)
         except OSError as e:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             return Result(job.video, "failed", reason=f"cannot create {job.out_dir}: {e} "
@@ -292,7 +330,20 @@ def extract_video(job: Job, short_side: int | None, size: tuple[int, int] | None
         return Result(job.video, "done", frames=count)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     reason = "; ".join(errors).replace("\t", " ").replace("\n", " ")
+    if all("truncated video" in e for e in errors):
+        return Result(job.video, "failed", reason=f"{errors[-1].partition(': ')[2]} (download it again)")
     return Result(job.video, "failed", reason=f"unreadable or corrupt video ({reason})")
+
+
+def _replace_folder(tmp_dir: Path, out_dir: Path) -> None:
+    """Rename the finished ``tmp_dir`` to ``out_dir``. An existing ``out_dir`` (--redo) is first moved aside and
+    deleted only afterwards; a kill in between leaves no ``out_dir``, so the next run extracts it again."""
+    old = out_dir.with_name(out_dir.name + OLD_SUFFIX)
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.is_dir():
+        os.replace(out_dir, old)
+    os.replace(tmp_dir, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _extract_in_worker(payload) -> Result:
@@ -408,7 +459,7 @@ def _flow_in_worker(payload) -> Result:
 def find_frame_dirs(frame_root: Path) -> list[Path]:
     """Video frame folders ``frame_root/<Class>/<video>``, sorted; temporary folders of a running or
     killed extraction are not videos."""
-    return _class_entries(frame_root, lambda v: v.is_dir() and not v.name.endswith(TMP_SUFFIX))
+    return _class_entries(frame_root, lambda v: v.is_dir() and not v.name.endswith((TMP_SUFFIX, OLD_SUFFIX)))
 
 
 def flow_complete(job: FlowJob) -> bool:
@@ -502,6 +553,23 @@ def run_jobs(function: Callable[[tuple], Result], payloads: list[tuple], skipped
     return done, failed, frames
 
 
+def redo_folders(names: list[str], frame_root: Path, jobs: list[Job]) -> set[Path]:
+    """The output folders of ``--redo`` (``<Class>/<video>`` relative to ``frame_root``, or a path); each must be
+    the folder of one of the videos found."""
+    by_folder = {Path(os.path.abspath(job.out_dir)): job.out_dir for job in jobs}
+    chosen = set()
+    for name in names:
+        path = Path(name)
+        candidates = [path, frame_root / path] if not path.is_absolute() else [path]
+        match = next((by_folder[Path(os.path.abspath(c))] for c in candidates if Path(os.path.abspath(c)) in by_folder),
+                     None)
+        if match is None:
+            raise ExtractError(f"--redo {name}: no video found for this frame folder (expected <Class>/<video> under "
+                               f"--frame-root {frame_root}, with the video under --video-root or in --list)")
+        chosen.add(match)
+    return chosen
+
+
 def _dry_run(args: argparse.Namespace, found: int) -> int:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config["videos_found"] = found
@@ -525,6 +593,7 @@ def main(argv=None) -> int:
                 f"{args.video_root}/<Class>/*.{{{','.join(sorted(extensions))}}}"
             raise ExtractError(f"no videos found in {source}")
         jobs = make_jobs(videos, args.frame_root)
+        redo = redo_folders(args.redo, args.frame_root, jobs)
     except ExtractError as e:
         print(f"extract_frame.py: error: {e}", file=sys.stderr)
         return 2
@@ -535,7 +604,7 @@ def main(argv=None) -> int:
     args.frame_root.mkdir(parents=True, exist_ok=True)
     failures_path = args.frame_root / FAILURES_FILE
     # A final folder with frames in it is complete: it is only ever created by renaming a finished one.
-    extracted = [count_frames(job.out_dir) > 0 for job in jobs]
+    extracted = [count_frames(job.out_dir) > 0 and job.out_dir not in redo for job in jobs]
     todo = [job for job, is_extracted in zip(jobs, extracted) if not is_extracted]
     skipped = [job.video for job, is_extracted in zip(jobs, extracted) if is_extracted]
     payloads = [(job, args.short_side, size, args.quality) for job in todo]
