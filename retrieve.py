@@ -2,6 +2,7 @@
 
     python retrieve.py --dataset ucf101 --ckpt runs/dualvar_ucf101/epoch189.pth --output-dir runs/retrieval
     python retrieve.py ... --layer conv5 --merge       # IIC's features: max-pooled conv5, RGB + view 2
+    python retrieve.py ... --init-from iic_r3d.pth --net r3d   # a VCOP / IIC / DualVar release
 
 Every video of the train split (gallery) and of the test split (queries) gives 10 evenly spaced centre
 clips (stride --stride); its feature is the mean of the clips' backbone features. Each set is centred
@@ -31,8 +32,8 @@ import torch.nn.functional as F
 from dataset.layout import LayoutError
 from dataset.video_dataset import add_data_args, build_dataset, read_frames
 from model.backbones import build_backbone
-from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, load_backbone,
-                              read_checkpoint, residual_view, resolve_backbone_args)
+from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, init_from,
+                              load_backbone, read_checkpoint, residual_view, resolve_backbone_args)
 from utils.checkpoint import CheckpointError
 from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
 from utils.engine import check_amp
@@ -50,8 +51,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Video retrieval with the features of a pretrained backbone",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("retrieval")
-    group.add_argument("--ckpt", required=True,
-                       help="checkpoint whose backbone gives the features (train_ssl.py's, or a finetune.py one)")
+    group.add_argument("--ckpt", default=None,
+                       help="checkpoint whose backbone gives the features (train_ssl.py's, or a finetune.py one); "
+                            "required unless --init-from is given")
+    group.add_argument("--init-from", default=None, metavar="PATH",
+                       help="instead of --ckpt: a checkpoint of the VCOP family (VCOP, IIC, DualVar, PRP, Pace, ...) "
+                            "whose r3d / r21d / c3d backbone gives the features; pass its --net")
     group.add_argument("--layer", default="pool", choices=LAYERS,
                        help="pool: global average of the last feature map (DualVar); conv5: the last feature map "
                             "max-pooled by (1, 2, 2) and flattened (IIC)")
@@ -104,7 +109,11 @@ def main(args: argparse.Namespace) -> dict | None:
     for flag in ("batch_size", "num_examples"):
         if getattr(args, flag) < (1 if flag == "batch_size" else 0):
             raise ValueError(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
-    ckpt = read_checkpoint(args.ckpt)
+    if (args.ckpt is None) == (args.init_from is None):
+        raise ValueError("pass exactly one of --ckpt (a checkpoint of this project) and --init-from (a VCOP-family "
+                         "checkpoint)")
+    # a foreign checkpoint records no configuration: the flags and their fallbacks decide
+    ckpt = read_checkpoint(args.ckpt) if args.ckpt is not None else {}
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
     if args.merge_modality is None:
@@ -123,8 +132,11 @@ def main(args: argparse.Namespace) -> dict | None:
 def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     check_amp(args.amp, device)
     backbone, _ = build_backbone(args.net, args.base_width)
-    loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
-    kind = backbone_state(ckpt, args.ckpt)[1]
+    if args.init_from is not None:
+        loaded, kind = init_from(backbone, args.init_from, args.net)["loaded_tensors"], "VCOP-family checkpoint"
+    else:
+        loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
+        kind = backbone_state(ckpt, args.ckpt)[1]
     backbone.to(device).eval()
     gallery_set = build_dataset(args, "trainval", "eval", modality="rgb")
     query_set = build_dataset(args, "test", "eval", modality="rgb")
@@ -133,8 +145,8 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     flow_sets = [build_dataset(args, split, "eval", modality=args.merge_modality)
                  for split in ("trainval", "test")] if merge_flow else []
     if is_main_process():
-        print(f"loaded {loaded} backbone tensors from {args.ckpt} ({kind}); {len(gallery_set)} gallery and "
-              f"{len(query_set)} query videos", flush=True)
+        print(f"loaded {loaded} backbone tensors from {args.ckpt or args.init_from} ({kind}); "
+              f"{len(gallery_set)} gallery and {len(query_set)} query videos", flush=True)
 
     def extract(batch: dict, merge_residual: bool) -> torch.Tensor:
         return video_features(backbone, batch["clips"].to(device, non_blocking=True), args.layer, merge_residual)
@@ -156,7 +168,7 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels, RECALL_KS)
     results = {**recall, "num_queries": len(queries), "num_gallery": len(gallery), "feature_dim": gallery.shape[1],
                "layer": args.layer, "merge": args.merge, "merge_modality": args.merge_modality if args.merge else None,
-               "checkpoint": str(args.ckpt), "checkpoint_kind": kind,
+               "checkpoint": str(args.ckpt or args.init_from), "checkpoint_kind": kind,
                "loaded_tensors": loaded, "git": git_revision(), "config": config_to_dict(args)}
     if is_main_process():
         write_outputs(args, results, gallery_set, query_set, gallery, queries, neighbours)

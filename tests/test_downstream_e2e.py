@@ -127,3 +127,38 @@ def test_retrieve_exports_features_and_recall(demo, pretrained, tmp_path):
     assert recomputed == {k: saved[k] for k in recomputed} == {k: results[k] for k in recomputed}
     assert saved["R@50"] == 100.0  # k beyond the 9-video gallery: every class is in it
     assert (tmp_path / "retrieval_examples.png").is_file() and (tmp_path / "tsne_test.png").is_file()
+
+
+def vcop_release(tmp_path, net: str = "r3d", base_width: int = 8) -> tuple[Path, dict]:
+    """A VCOP-family checkpoint file as IIC-style code saves it: {'state_dict': DDP-prefixed tensors + a head}."""
+    from model.backbones import build_backbone, vcop_name
+    backbone, channels = build_backbone(net, base_width)
+    family = {vcop_name(k): v + 0.01 if v.is_floating_point() else v + 7 for k, v in backbone.state_dict().items()}
+    path = tmp_path / "release.pth"
+    torch.save({"state_dict": {**{"module.base_network." + k: v for k, v in family.items()},
+                               "module.linear.weight": torch.zeros(3, channels)}, "epoch": 300}, path)
+    return path, family
+
+
+def test_finetune_and_retrieve_init_from_a_vcop_family_checkpoint(demo, tmp_path):
+    from model.backbones import vcop_name
+    path, family = vcop_release(tmp_path)
+    results = finetune.main(finetune.get_args_parser().parse_args(
+        data_flags(demo) + ["--init-from", str(path), "--net", "r3d", "--base-width", "8", "--output-dir",
+                            str(tmp_path / "ft"), "--train-what", "last", "--epochs", "1", "--val-freq", "0",
+                            "--max-iters-per-epoch", "1", "--batch-size", "2"]))
+    assert results["loaded_tensors"] == len(family) and results["init_from"] == str(path)
+    probed = load_checkpoint(tmp_path / "ft" / "checkpoint.pth")["model"]
+    for key in (k for k in probed if k.startswith("backbone.")):  # linear probe: the loaded tensors, unchanged
+        assert torch.equal(probed[key], family[vcop_name(key[len("backbone."):])]), key
+    retrieved = retrieve.main(retrieve.get_args_parser().parse_args(
+        data_flags(demo) + ["--init-from", str(path), "--net", "r3d", "--base-width", "8", "--output-dir",
+                            str(tmp_path / "ret"), "--num-examples", "0", "--no-tsne"]))
+    assert retrieved["loaded_tensors"] == len(family) and retrieved["checkpoint_kind"] == "VCOP-family checkpoint"
+    with pytest.raises(CheckpointError, match="--init-from .*wrong shape"):
+        retrieve.main(retrieve.get_args_parser().parse_args(
+            data_flags(demo) + ["--init-from", str(path), "--net", "r3d", "--base-width", "16", "--output-dir",
+                                str(tmp_path / "ret16")]))
+    with pytest.raises(ValueError, match="exactly one of --pretrain"):
+        finetune.main(finetune.get_args_parser().parse_args(
+            data_flags(demo) + ["--init-from", str(path), "--pretrain", "none"]))
