@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from utils import preemption
 from utils.distributed import all_reduce_mean, get_rank, get_world_size, is_dist
 from utils.logging import MetricLogger
 
@@ -116,7 +117,8 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
 
     ``save_fn(epoch, iterations_done, global_step)`` is called on every rank after every
     ``save_every_iters``-th iteration except the last (the caller saves at the end of the epoch).
-    Raises NonFiniteLossError before the update of the first iteration whose loss is not finite.
+    Raises NonFiniteLossError before the update of the first iteration whose loss is not finite, and
+    `preemption.Preempted` after saving when a stop was requested (`utils.preemption`).
     """
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     model.train()
@@ -154,6 +156,10 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             logger.log("iter", global_step, values, epoch=epoch, iteration=it)
         if save_fn is not None and save_every_iters and (it + 1) % save_every_iters == 0 and it + 1 < num_iters:
             save_fn(epoch, it + 1, global_step)
+        if it + 1 < num_iters and preemption.stop_requested():  # the last one is followed by the epoch-end save
+            if save_fn is not None:
+                save_fn(epoch, it + 1, global_step)
+            raise preemption.Preempted(f"stopped on request after iteration {it} of epoch {epoch}")
         tic = time.perf_counter()
     if bar is not None:
         bar.close()
