@@ -20,7 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "paper_scripts"))
 import submit  # noqa: E402  (paper_scripts is not a package)
 
-submitit = pytest.importorskip("submitit")
+try:
+    import submitit
+except ImportError:  # the launcher and sbatch tests need no submitit
+    submitit = None
+needs_submitit = pytest.mark.skipif(submitit is None, reason="submitit is not installed")
 
 
 def flag(command: list[str], name: str) -> str:
@@ -104,6 +108,27 @@ def run_interrupted_local_job(folder: Path, commands: list[list[str]], after_ite
     return job
 
 
+def test_a_stop_request_saves_at_the_next_iteration_boundary_and_stops(monkeypatch):
+    from test_engine import FakeDataset, FakeMethod, run_epoch
+    from utils import preemption
+    saved = []
+
+    def save_and_note(epoch, iteration, global_step):
+        saved.append((epoch, iteration, global_step))
+        preemption.request_stop()  # a signal arriving during the save at the 2nd iteration
+
+    monkeypatch.setattr(preemption, "_requested", False)
+    run_epoch(FakeMethod(), FakeDataset(), 0, save_every_iters=2, save_fn=save_and_note)  # not enabled: no stop
+    assert saved == [(0, 2, 2), (0, 4, 4)] and preemption._requested  # 5 iterations, ran to the end
+    saved.clear()
+    monkeypatch.setattr(preemption, "_requested", False)
+    monkeypatch.setattr(preemption, "_enabled", True)
+    with pytest.raises(preemption.Preempted, match="after iteration 1 of epoch 3"):
+        run_epoch(FakeMethod(), FakeDataset(), 3, save_every_iters=2, save_fn=save_and_note)
+    assert saved == [(3, 2, 2), (3, 2, 2)]  # the periodic save, then the stop's own at the same boundary
+
+
+@needs_submitit
 @pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="finds the task processes through /proc")
 def test_interrupted_and_requeued_job_ends_with_the_weights_of_an_uninterrupted_run(tiny_demo, tmp_path,
                                                                                     monkeypatch):
