@@ -180,7 +180,8 @@ def test_narrow_networks_load_their_own_width_and_refuse_extra_blocks():
     for name in ("r21d", "r3d", "c3d", "r3d_18"):
         module, _ = build_backbone(name, base_width=4)
         state = family_state_of(module, seed=2)
-        assert load_vcop_backbone(module, {"backbone." + k: v for k, v in state.items()})["loaded_tensors"] == len(state)
+        report = load_vcop_backbone(module, {"backbone." + k: v for k, v in state.items()})
+        assert report["loaded_tensors"] == len(state)
     r3d_18_state = family_state_of(build_backbone("r3d_18", base_width=4)[0])
     assert "conv2.blocks.0.conv1.temporal_spatial_conv.weight" in r3d_18_state
     with pytest.raises(CheckpointError, match=r"unexpected: conv2\.blocks\.0\."):
