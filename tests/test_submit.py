@@ -91,14 +91,18 @@ def run_interrupted_local_job(folder: Path, commands: list[list[str]], after_ite
     """Run ``commands`` as one 2-task job; signal both tasks once the last command has logged ``after_iters``
     iterations, as Slurm does shortly before the time limit."""
     executor = submitit.LocalExecutor(folder=folder)
-    executor.update_parameters(tasks_per_node=2, timeout_min=10, gpus_per_node=0)
+    executor.update_parameters(tasks_per_node=2, timeout_min=60, gpus_per_node=0)
     job = executor.submit(submit.ClusterJob(commands))
     log = Path(flag(commands[-1], "--output-dir")) / "log.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not job.done():
+    deadline = time.time() + 1200  # generous: on a loaded 2-core machine a first iteration can take minutes
+    while True:
         lines = log.read_text().splitlines() if log.is_file() else []
         if sum(json.loads(line)["kind"] == "iter" for line in lines if line.strip()) >= after_iters:
             break
+        if job.done() or time.time() > deadline:
+            job.cancel()
+            pytest.fail(f"the last command did not log {after_iters} iterations; task 0 printed:\n"
+                        f"{job.task(0).stdout()}")
         time.sleep(0.05)
     pids = task_pids(folder)
     assert len(pids) == 2 and not job.done(), "the job ended before it could be interrupted"
