@@ -3,6 +3,7 @@
     python finetune.py --dataset ucf101 --pretrain runs/dualvar_ucf101/epoch189.pth --output-dir runs/ft_ucf101
     python finetune.py ... --train-what last          # linear probe: frozen backbone
     python finetune.py ... --pretrain none            # random-initialisation baseline
+    python finetune.py ... --init-from vcop_r21d.pth --net r21d   # a VCOP / IIC / DualVar release
     torchrun --nproc_per_node 4 finetune.py ...       # multi-process
 
 Trains on the train split minus the hold-out (seed 666) and validates on the hold-out after every
@@ -23,8 +24,8 @@ import torch
 from dataset.layout import LayoutError
 from dataset.video_dataset import add_data_args, build_dataset, require_labels
 from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
-                              check_modality, classification_loss, load_backbone, prepare_input, read_checkpoint,
-                              resolve_backbone_args, snapshot)
+                              check_modality, classification_loss, init_from, load_backbone, prepare_input,
+                              read_checkpoint, resolve_backbone_args, snapshot)
 from utils.checkpoint import Checkpointer
 from utils.cli import run_cli
 from utils.distributed import (add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist,
@@ -49,9 +50,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         output_dir="runs/finetune",
         published={"epochs": "100 from UCF101 pretraining, 150 from K400", "batch_size": "16", "lr": "0.05",
                    "weight_decay": "1e-3", "schedule": "30 60 80 from UCF101 pretraining, 50 100 from K400"})
-    group.add_argument("--pretrain", required=True,
+    group.add_argument("--pretrain", default=None,
                        help="checkpoint whose backbone initialises the network (train_ssl.py's checkpoint.pth or "
-                            "epochNNN.pth, or a finetune.py checkpoint), or 'none' for random initialisation")
+                            "epochNNN.pth, or a finetune.py checkpoint), or 'none' for random initialisation; "
+                            "required unless --init-from is given")
+    group.add_argument("--init-from", default=None, metavar="PATH",
+                       help="instead of --pretrain: a checkpoint of the VCOP family (VCOP, IIC, DualVar, PRP, Pace, "
+                            "...) whose r3d / r21d / c3d backbone initialises the network; pass its --net")
     group.add_argument("--train-what", default="ft", choices=["ft", "last"],
                        help="ft: train every layer; last: linear probe (backbone frozen, in eval mode, checked "
                             "unchanged after training)")
@@ -74,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     check_training_args(args, {"eval_batch_size": 1, "val_freq": 0})
+    if (args.pretrain is None) == (args.init_from is None):
+        raise ValueError("pass exactly one of --pretrain (a checkpoint of this project, or 'none') and --init-from "
+                         "(a VCOP-family checkpoint)")
     if not 0 <= args.dropout < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     check_modality(args.modality)
@@ -95,7 +103,10 @@ class FinetuneCheckpointer(Checkpointer):
 
 
 def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict | None) -> dict:
-    """Initialise the backbone from --pretrain; returns what was loaded, for the configuration."""
+    """Initialise the backbone from --pretrain or --init-from; returns what was loaded, for the configuration."""
+    if args.init_from is not None:
+        report = init_from(model.backbone, args.init_from, args.net)
+        return {"pretrain_kind": "VCOP-family checkpoint", "loaded_tensors": report["loaded_tensors"]}
     if ckpt is None:
         print("--pretrain none: the backbone starts from random initialisation", flush=True)
         return {"pretrain_kind": "none", "loaded_tensors": 0}
@@ -108,7 +119,7 @@ def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict
 def main(args: argparse.Namespace) -> dict | None:
     """Run the finetuning; returns the results written to finetune_results.json (None for --dry-run)."""
     check_args(args)
-    ckpt = None if args.pretrain == "none" else read_checkpoint(args.pretrain, "--pretrain")
+    ckpt = None if args.pretrain in (None, "none") else read_checkpoint(args.pretrain, "--pretrain")
     resolve_backbone_args(args, ckpt)
     if args.dry_run:
         print(json.dumps(config_to_dict(args), indent=2, sort_keys=True))
@@ -206,6 +217,7 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
         "train_what": args.train_what,
         "modality": args.modality,
         "pretrain": args.pretrain,
+        "init_from": args.init_from,
         **loaded,
         "best_checkpoint": str(Path(args.output_dir) / BEST_NAME),
         "last_checkpoint": str(checkpointer.latest_path),

@@ -2,6 +2,7 @@
 
     python retrieve.py --dataset ucf101 --ckpt runs/dualvar_ucf101/epoch189.pth --output-dir runs/retrieval
     python retrieve.py ... --layer conv5 --merge       # IIC's features: max-pooled conv5, RGB + view 2
+    python retrieve.py ... --init-from iic_r3d.pth --net r3d   # a VCOP / IIC / DualVar release
 
 Every video of the train split (gallery) and of the test split (queries) gives 10 evenly spaced centre
 clips (stride --stride); its feature is the mean of the clips' backbone features. Each set is centred
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 
 from dataset.video_dataset import add_data_args, build_dataset, read_frames, require_labels
 from model.backbones import build_backbone
-from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, load_backbone,
-                              read_checkpoint, residual_view, resolve_backbone_args)
+from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, init_from,
+                              load_backbone, read_checkpoint, residual_view, resolve_backbone_args)
 from utils.cli import run_cli
 from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
 from utils.engine import check_amp
@@ -51,10 +52,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Video retrieval with the features of a pretrained backbone",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("retrieval")
-    group.add_argument("--ckpt", required=True,
+    group.add_argument("--ckpt", default=None,
                        help="checkpoint whose backbone gives the features (train_ssl.py's, or a finetune.py one); "
                             f"'{COLOUR_STATS}': no network, each clip's feature is its per-channel mean and standard "
-                            "deviation (6 numbers), the no-learning reference of METHOD.md §1.4")
+                            "deviation (6 numbers), the no-learning reference of METHOD.md §1.4; required unless "
+                            "--init-from is given")
+    group.add_argument("--init-from", default=None, metavar="PATH",
+                       help="instead of --ckpt: a checkpoint of the VCOP family (VCOP, IIC, DualVar, PRP, Pace, ...) "
+                            "whose r3d / r21d / c3d backbone gives the features; pass its --net")
     group.add_argument("--layer", default="pool", choices=LAYERS,
                        help="pool: global average of the last feature map (DualVar); conv5: the last feature map "
                             "max-pooled by (1, 2, 2) and flattened (IIC)")
@@ -122,8 +127,12 @@ def main(args: argparse.Namespace) -> dict | None:
             raise ValueError(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
     if args.knn_k < 1 or args.knn_temperature <= 0:
         raise ValueError(f"--knn-k must be >= 1 and --knn-temperature > 0, got {args.knn_k} and {args.knn_temperature}")
+    if (args.ckpt is None) == (args.init_from is None):
+        raise ValueError("pass exactly one of --ckpt (a checkpoint of this project) and --init-from (a VCOP-family "
+                         "checkpoint)")
     check_writable(args.output_dir, create=False)  # before any work; rank 0 creates it after the inference
-    ckpt = {} if args.ckpt == COLOUR_STATS else read_checkpoint(args.ckpt)
+    # a foreign checkpoint and the colour reference record no configuration: the flags and their fallbacks decide
+    ckpt = read_checkpoint(args.ckpt) if args.ckpt not in (None, COLOUR_STATS) else {}
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
     if args.merge_modality is None:
@@ -143,6 +152,9 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     check_amp(args.amp, device)
     if args.ckpt == COLOUR_STATS:
         backbone, loaded, kind = ColourStatistics(), 0, "no-learning reference"
+    elif args.init_from is not None:
+        backbone, _ = build_backbone(args.net, args.base_width)
+        loaded, kind = init_from(backbone, args.init_from, args.net)["loaded_tensors"], "VCOP-family checkpoint"
     else:
         backbone, _ = build_backbone(args.net, args.base_width)
         loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
@@ -157,8 +169,8 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     flow_sets = [build_dataset(args, split, "eval", modality=args.merge_modality)
                  for split in ("trainval", "test")] if merge_flow else []
     if is_main_process():
-        print(f"loaded {loaded} backbone tensors from {args.ckpt} ({kind}); {len(gallery_set)} gallery and "
-              f"{len(query_set)} query videos", flush=True)
+        print(f"loaded {loaded} backbone tensors from {args.ckpt or args.init_from} ({kind}); "
+              f"{len(gallery_set)} gallery and {len(query_set)} query videos", flush=True)
 
     def extract(batch: dict, merge_residual: bool) -> torch.Tensor:
         return video_features(backbone, batch["clips"].to(device, non_blocking=True), args.layer, merge_residual)
@@ -183,7 +195,7 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
                "knn": {"k": args.knn_k, "temperature": args.knn_temperature},
                "num_queries": len(queries), "num_gallery": len(gallery), "feature_dim": gallery.shape[1],
                "layer": args.layer, "merge": args.merge, "merge_modality": args.merge_modality if args.merge else None,
-               "checkpoint": str(args.ckpt), "checkpoint_kind": kind,
+               "checkpoint": str(args.ckpt or args.init_from), "checkpoint_kind": kind,
                "loaded_tensors": loaded, "git": git_revision(), "config": config_to_dict(args)}
     if is_main_process():
         write_outputs(args, results, gallery_set, query_set, gallery, queries, neighbours)

@@ -3,13 +3,21 @@
 Every module maps a clip batch (B, 3, T, H, W) to its last feature map (B, C, T', H', W');
 pooling and heads belong to the method. `base_width` narrows every stage (64 = the published
 networks) so that tests and the demo run on a CPU.
+
+r3d, r21d, c3d and r3d_18 have the module structure of the VCOP family of backbones (VCOP, IIC,
+DualVar, PRP, Pace, ...) under readable names: `load_vcop_backbone` loads those codebases' checkpoints.
 """
 
-from collections.abc import Callable
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 
+import torch
 import torch.nn as nn
 from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, Conv3DSimple
 from torchvision.models.video.s3d import S3D
+
+from utils.checkpoint import CheckpointError
 
 
 def factored_width(in_planes: int, out_planes: int, k_t: int, k_s: int) -> int:
@@ -28,6 +36,34 @@ class Conv2Plus1DPerConv(Conv2Plus1D):
         super().__init__(in_planes, out_planes, factored_width(in_planes, out_planes, 3, 3), stride, padding)
 
 
+def factored_conv(in_planes: int, out_planes: int, kernel: tuple[int, int], stride: tuple[int, int] = (1, 1),
+                  padding: tuple[int, int] = (0, 0)) -> nn.Sequential:
+    """A (temporal, spatial) kernel factored as bias-free 1×k×k conv → BN → ReLU → k×1×1 conv.
+
+    ``kernel``, ``stride`` and ``padding`` are (temporal, spatial) pairs; the middle width keeps the
+    parameter count of the full conv (`factored_width`).
+    """
+    (k_t, k_s), (s_t, s_s), (p_t, p_s) = kernel, stride, padding
+    mid_planes = factored_width(in_planes, out_planes, k_t, k_s)
+    return nn.Sequential(
+        nn.Conv3d(in_planes, mid_planes, kernel_size=(1, k_s, k_s), stride=(1, s_s, s_s), padding=(0, p_s, p_s),
+                  bias=False),
+        nn.BatchNorm3d(mid_planes),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(mid_planes, out_planes, kernel_size=(k_t, 1, 1), stride=(s_t, 1, 1), padding=(p_t, 0, 0),
+                  bias=False),
+    )
+
+
+def plain_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    return nn.Conv3d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+def factored_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    """R(2+1)D-10's downsampling shortcut: the 1×1×1 conv factored like every other conv of the network."""
+    return factored_conv(in_planes, out_planes, (1, 1), (stride, stride))
+
+
 def resnet3d_stem(width: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv3d(3, width, kernel_size=(3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
@@ -36,8 +72,13 @@ def resnet3d_stem(width: int) -> nn.Sequential:
     )
 
 
+def factored_stem(width: int) -> nn.Sequential:
+    """R(2+1)D-10's stem: the 3×7×7 conv factored with its parameter-matching middle width, BN, ReLU."""
+    return nn.Sequential(factored_conv(3, width, (3, 7), (1, 2), (1, 3)), nn.BatchNorm3d(width), nn.ReLU(inplace=True))
+
+
 def resnet2plus1d_stem(width: int, mid_width: int) -> nn.Sequential:
-    """The 3×7×7 stem factored as 1×7×7 → BN → ReLU → 3×1×1."""
+    """torchvision's flat R(2+1)D stem: 1×7×7 → BN → ReLU → 3×1×1 → BN → ReLU."""
     return nn.Sequential(
         nn.Conv3d(3, mid_width, kernel_size=(1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
         nn.BatchNorm3d(mid_width),
@@ -56,9 +97,10 @@ class VideoResNetTrunk(nn.Module):
     """
 
     def __init__(self, stem: nn.Module, conv_builder: Callable[..., nn.Module], blocks_per_stage: list[int],
-                 base_width: int) -> None:
+                 base_width: int, shortcut_conv: Callable[[int, int, int], nn.Module] | None = None) -> None:
         super().__init__()
         self.stem = stem
+        shortcut_conv = shortcut_conv or plain_shortcut
         in_planes = base_width
         stages = []
         for stage, num_blocks in enumerate(blocks_per_stage):
@@ -66,10 +108,7 @@ class VideoResNetTrunk(nn.Module):
             stride = 1 if stage == 0 else 2
             downsample = None
             if stride != 1 or in_planes != planes:
-                downsample = nn.Sequential(
-                    nn.Conv3d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
-                    nn.BatchNorm3d(planes),
-                )
+                downsample = nn.Sequential(shortcut_conv(in_planes, planes, stride), nn.BatchNorm3d(planes))
             layers = [BasicBlock(in_planes, planes, conv_builder, stride, downsample)]
             layers += [BasicBlock(planes, planes, conv_builder) for _ in range(num_blocks - 1)]
             stages.append(nn.Sequential(*layers))
@@ -96,9 +135,8 @@ def r3d(base_width: int) -> nn.Module:
 
 
 def r21d(base_width: int) -> nn.Module:
-    """R(2+1)D-10: every conv (stem included) factored with its own parameter-matching middle width."""
-    stem = resnet2plus1d_stem(base_width, factored_width(3, base_width, 3, 7))
-    return VideoResNetTrunk(stem, Conv2Plus1DPerConv, [1, 1, 1, 1], base_width)
+    """R(2+1)D-10: every conv (stem and shortcuts included) factored with its own parameter-matching middle width."""
+    return VideoResNetTrunk(factored_stem(base_width), Conv2Plus1DPerConv, [1, 1, 1, 1], base_width, factored_shortcut)
 
 
 def r3d_18(base_width: int) -> nn.Module:
@@ -122,39 +160,39 @@ def s3d(base_width: int) -> nn.Module:
 
 
 class C3D(nn.Module):
-    """C3D with BatchNorm and no fc layers: 8 convs of widths base_width·(1, 2, 4, 4, 8, 8, 8, 8).
+    """C3D with BatchNorm and no fc layers: 8 convs (with biases) of widths base_width·(1, 2, 4, 4, 8, 8, 8, 8).
 
-    The pools use ceil_mode so that tiny clips (e.g. 8×32×32) never shrink to an empty dimension; at
-    16×112² the output is the usual (8·base_width, 1, 4, 4).
+    The modules carry the family's names (conv1, bn1, ..., conv5b, bn5b). The pools use ceil_mode so
+    that tiny clips (e.g. 8×32×32) never shrink to an empty dimension; at 16×112² the output is the
+    usual (8·base_width, 1, 4, 4).
     """
 
     def __init__(self, base_width: int = 64) -> None:
         super().__init__()
         w = base_width
-        plan = [  # (out channels, pool after this conv: kernel/stride, padding) — None: no pool
-            (w, ((1, 2, 2), (0, 0, 0))),
-            (2 * w, ((2, 2, 2), (0, 0, 0))),
-            (4 * w, None), (4 * w, ((2, 2, 2), (0, 0, 0))),
-            (8 * w, None), (8 * w, ((2, 2, 2), (0, 0, 0))),
-            (8 * w, None), (8 * w, ((2, 2, 2), (0, 1, 1))),
+        plan = [  # (name, out channels, pool after this conv: kernel/stride, padding) — None: no pool
+            ("1", w, ((1, 2, 2), (0, 0, 0))),
+            ("2", 2 * w, ((2, 2, 2), (0, 0, 0))),
+            ("3a", 4 * w, None), ("3b", 4 * w, ((2, 2, 2), (0, 0, 0))),
+            ("4a", 8 * w, None), ("4b", 8 * w, ((2, 2, 2), (0, 0, 0))),
+            ("5a", 8 * w, None), ("5b", 8 * w, ((2, 2, 2), (0, 1, 1))),
         ]
-        layers: list[nn.Module] = []
+        layers: dict[str, nn.Module] = {}
         in_channels = 3
-        for out_channels, pool in plan:
-            layers += [
-                nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-                nn.BatchNorm3d(out_channels),
-                nn.ReLU(inplace=True),
-            ]
+        for name, out_channels, pool in plan:
+            layers[f"conv{name}"] = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
+            layers[f"bn{name}"] = nn.BatchNorm3d(out_channels)
+            layers[f"relu{name}"] = nn.ReLU(inplace=True)
             if pool is not None:
                 kernel, padding = pool
-                layers.append(nn.MaxPool3d(kernel, stride=kernel, padding=padding, ceil_mode=True))
+                layers[f"pool{name[0]}"] = nn.MaxPool3d(kernel, stride=kernel, padding=padding, ceil_mode=True)
             in_channels = out_channels
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(OrderedDict(layers))
         self.out_channels = in_channels
         for module in self.modules():
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, x):
         return self.features(x)  # (B, 8w, T', H', W'); at 16×112² and w = 64: (B, 512, 1, 4, 4)
@@ -179,3 +217,95 @@ def build_backbone(name: str, base_width: int = 64) -> tuple[nn.Module, int]:
         raise ValueError(f"--base-width must be a positive integer, got {base_width}")
     module = BACKBONES[name](base_width)
     return module, module.out_channels
+
+
+# The VCOP family (VCOP, IIC, DualVar, PRP, Pace, ...) names the same tensors differently. This table maps
+# the module path of one of our convs or BNs, relative to its residual block, to the family's. The stem
+# counts as a block whose conv is conv1 (stem.0 -> conv1, stem.1 -> bn1); C3D's names are the family's.
+VCOP_NAMES = {
+    "conv1.0": "conv1.temporal_spatial_conv",  # R3D: one k×k×k conv
+    "conv1.0.0": "conv1.spatial_conv",  # R(2+1)D: its factored conv (.0.2 is the parameter-free ReLU)
+    "conv1.0.1": "conv1.bn",
+    "conv1.0.3": "conv1.temporal_conv",
+    "conv1.1": "bn1",
+    "conv2.0": "conv2.temporal_spatial_conv",
+    "conv2.0.0": "conv2.spatial_conv",
+    "conv2.0.1": "conv2.bn",
+    "conv2.0.3": "conv2.temporal_conv",
+    "conv2.1": "bn2",
+    "downsample.0": "downsampleconv.temporal_spatial_conv",
+    "downsample.0.0": "downsampleconv.spatial_conv",
+    "downsample.0.1": "downsampleconv.bn",
+    "downsample.0.3": "downsampleconv.temporal_conv",
+    "downsample.1": "downsamplebn",
+}
+VCOP_FAMILY_NETS = ("r3d", "r21d", "c3d", "r3d_18")
+# keys of the family's backbone modules; anything else beside them (fc, linear, heads) is ignored
+VCOP_BACKBONE_KEY = re.compile(r"(conv|bn)\d")
+
+
+def vcop_name(key: str) -> str | None:
+    """The family's name for our state-dict ``key``, or None where the family has no such tensor."""
+    module, _, tensor = key.rpartition(".")
+    if match := re.fullmatch(r"features\.((conv|bn)\w+)", module):  # C3D
+        return f"{match[1]}.{tensor}"
+    if match := re.fullmatch(r"stem\.(.+)", module):
+        block, local = "", f"conv1.{match[1]}"
+    elif match := re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", module):
+        # the family's first block of a stage is `block1`, the others `blocks.0`, `blocks.1`, ...
+        index = int(match[2])
+        block, local = f"conv{int(match[1]) + 1}." + ("block1." if index == 0 else f"blocks.{index - 1}."), match[3]
+    else:
+        return None
+    return f"{block}{VCOP_NAMES[local]}.{tensor}" if local in VCOP_NAMES else None
+
+
+def _few(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def find_vcop_prefix(names: list[str], state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The prefix (``module.``, ``encoder_q.0.``, ``base_network.``, "", ...) under which ``state_dict``
+    holds the most of the family names ``names``; on a tie, the one whose tensors come first."""
+    anchor = names[0]
+    candidates = [key[:-len(anchor)] for key in state_dict if key == anchor or key.endswith("." + anchor)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda prefix: sum(prefix + name in state_dict for name in names))
+
+
+def load_vcop_backbone(backbone: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Load a VCOP-family checkpoint's backbone into ``backbone`` (r3d, r21d, c3d or r3d_18), strictly.
+
+    ``state_dict`` may hold the backbone under any prefix and other tensors beside it (heads, a
+    momentum encoder). Returns a report: the prefix found, how many tensors were loaded and how many
+    of the checkpoint's were left out. A checkpoint of another architecture or width raises
+    CheckpointError naming the missing, unexpected and wrong-shape tensors.
+    """
+    ours = backbone.state_dict()
+    theirs = {key: vcop_name(key) for key in ours}
+    if None in theirs.values():
+        raise ValueError(f"this {type(backbone).__name__} backbone has no counterpart in the VCOP family layout "
+                         f"(tensor {next(k for k, v in theirs.items() if v is None)}); the family's networks are "
+                         f"--net {', '.join(VCOP_FAMILY_NETS)}")
+    names = list(theirs.values())
+    prefix = find_vcop_prefix(names, state_dict)
+    if prefix is None:
+        raise CheckpointError(f"the checkpoint holds no tensor named like the family's {names[0]} under any prefix "
+                              f"(its first keys are {_few(list(state_dict))}): it is not a checkpoint of this "
+                              "backbone; pass the --net (and --base-width) it was trained with")
+    under_prefix = {key[len(prefix):] for key in state_dict if key.startswith(prefix)}
+    missing = [name for name in names if name not in under_prefix]
+    unexpected = sorted(name for name in under_prefix - set(names) if VCOP_BACKBONE_KEY.match(name))
+    wrong_shape = [f"{prefix}{name} {tuple(state_dict[prefix + name].shape)} vs {tuple(ours[key].shape)}"
+                   for key, name in theirs.items()
+                   if name in under_prefix and state_dict[prefix + name].shape != ours[key].shape]
+    if missing or unexpected or wrong_shape:
+        problems = [f"{label}: {_few(keys)}" for label, keys in
+                    (("missing", missing), ("unexpected", unexpected),
+                     ("wrong shape (checkpoint vs model)", wrong_shape)) if keys]
+        raise CheckpointError(f"the VCOP-family backbone under prefix {prefix!r} does not fit the "
+                              f"{type(backbone).__name__} built here ({'; '.join(problems)}): pass the --net and "
+                              "--base-width it was trained with")
+    backbone.load_state_dict({key: state_dict[prefix + name] for key, name in theirs.items()}, strict=True)
+    return {"prefix": prefix, "loaded_tensors": len(theirs), "ignored_tensors": len(state_dict) - len(theirs)}

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
-from model.backbones import BACKBONES, build_backbone
+from model.backbones import BACKBONES, VCOP_FAMILY_NETS, build_backbone, load_vcop_backbone
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 # Where each kind of checkpoint of this project keeps its backbone (first match wins). A new method
@@ -123,6 +123,45 @@ def load_backbone(backbone: nn.Module, path: str | Path, ckpt: dict | None = Non
                         f"--net {net} --base-width {base_width} backbone")
     backbone.load_state_dict(state)
     return len(state)
+
+
+# where other codebases' checkpoint files keep their state dict, when it is not the file itself
+STATE_DICT_KEYS = ("state_dict", "model", "net")
+
+
+def read_state_dict(path: str | Path, flag: str = "--init-from") -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint file written by any codebase: the file itself, or the dict it keeps
+    under one of STATE_DICT_KEYS. Read with ``weights_only=True``; errors name the flag and the file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several unrelated types for foreign or truncated files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{flag} {path}: cannot read it as a tensors-only checkpoint ({reason}); load it "
+                              "yourself and torch.save its state dict alone") from e
+    for key in STATE_DICT_KEYS:
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    if not isinstance(ckpt, dict) or not any(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(f"{flag} {path} holds no state dict (neither at its top level nor under "
+                              f"{', '.join(STATE_DICT_KEYS)})")
+    return ckpt
+
+
+def init_from(backbone: nn.Module, path: str | Path, net: str) -> dict:
+    """--init-from: load the backbone of a VCOP-family checkpoint (VCOP, IIC, DualVar, ...); returns the report."""
+    if net not in VCOP_FAMILY_NETS:
+        raise ValueError(f"--init-from loads VCOP-family checkpoints, whose backbones are --net "
+                         f"{', '.join(VCOP_FAMILY_NETS)}; --net {net} is not one of them")
+    try:
+        report = load_vcop_backbone(backbone, read_state_dict(path))
+    except CheckpointError as error:
+        raise CheckpointError(f"--init-from {path}: {error}") from error
+    print(f"loaded {report['loaded_tensors']} backbone tensors from {path} (VCOP-family layout, prefix "
+          f"{report['prefix']!r}; {report['ignored_tensors']} other tensors left out)", flush=True)
+    return report
 
 
 class VideoClassifier(nn.Module):

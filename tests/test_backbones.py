@@ -49,7 +49,7 @@ def test_r21d_uses_per_conv_factored_widths():
     with torch.device("meta"):
         module, _ = build_backbone("r21d")
     # stem 3->64 with a 3×7×7 kernel, and conv2 of stage 2 (64->64) sized by its own widths
-    assert module.stem[0].out_channels == factored_width(3, 64, 3, 7) == 83
+    assert module.stem[0][0].out_channels == factored_width(3, 64, 3, 7) == 83
     assert module.layer2[0].conv2[0][0].out_channels == factored_width(128, 128, 3, 3) == 288
 
 
@@ -80,3 +80,11 @@ def test_bad_names_and_widths_are_clear_errors():
         build_backbone("s3d", base_width=16)
     with pytest.raises(ValueError, match="--base-width"):
         build_backbone("r3d", base_width=0)
+
+
+@pytest.mark.parametrize("name, count", [("r21d", 14_365_303), ("r3d", 14_361_792), ("c3d", 27_661_440)])
+def test_vcop_family_parameter_counts_are_exact(name, count):
+    # the released VCOP / IIC / DualVar checkpoints have exactly these (layer sizes 1, 1, 1, 1)
+    with torch.device("meta"):
+        module, _ = build_backbone(name)
+    assert count_parameters(module) == count

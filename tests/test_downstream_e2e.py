@@ -142,3 +142,38 @@ def test_retrieve_scores_the_colour_statistics_reference(demo, tmp_path):
     assert results["feature_dim"] == 6 and results["loaded_tensors"] == 0 and results["knn"]["k"] == 3
     test = np.load(tmp_path / "features_test.npz")
     assert np.allclose(test["features"][:, 3:], np.abs(test["features"][:, 3:]))  # standard deviations
+
+
+def vcop_release(tmp_path, net: str = "r3d", base_width: int = 8) -> tuple[Path, dict]:
+    """A VCOP-family checkpoint file as IIC-style code saves it: {'state_dict': DDP-prefixed tensors + a head}."""
+    from model.backbones import build_backbone, vcop_name
+    backbone, channels = build_backbone(net, base_width)
+    family = {vcop_name(k): v + 0.01 if v.is_floating_point() else v + 7 for k, v in backbone.state_dict().items()}
+    path = tmp_path / "release.pth"
+    torch.save({"state_dict": {**{"module.base_network." + k: v for k, v in family.items()},
+                               "module.linear.weight": torch.zeros(3, channels)}, "epoch": 300}, path)
+    return path, family
+
+
+def test_finetune_and_retrieve_init_from_a_vcop_family_checkpoint(demo, tmp_path):
+    from model.backbones import vcop_name
+    path, family = vcop_release(tmp_path)
+    results = finetune.main(finetune.get_args_parser().parse_args(
+        data_flags(demo) + ["--init-from", str(path), "--net", "r3d", "--base-width", "8", "--output-dir",
+                            str(tmp_path / "ft"), "--train-what", "last", "--epochs", "1", "--val-freq", "0",
+                            "--max-iters-per-epoch", "1", "--batch-size", "2"]))
+    assert results["loaded_tensors"] == len(family) and results["init_from"] == str(path)
+    probed = load_checkpoint(tmp_path / "ft" / "checkpoint.pth")["model"]
+    for key in (k for k in probed if k.startswith("backbone.")):  # linear probe: the loaded tensors, unchanged
+        assert torch.equal(probed[key], family[vcop_name(key[len("backbone."):])]), key
+    retrieved = retrieve.main(retrieve.get_args_parser().parse_args(
+        data_flags(demo) + ["--init-from", str(path), "--net", "r3d", "--base-width", "8", "--output-dir",
+                            str(tmp_path / "ret"), "--num-examples", "0", "--no-tsne"]))
+    assert retrieved["loaded_tensors"] == len(family) and retrieved["checkpoint_kind"] == "VCOP-family checkpoint"
+    with pytest.raises(CheckpointError, match="--init-from .*wrong shape"):
+        retrieve.main(retrieve.get_args_parser().parse_args(
+            data_flags(demo) + ["--init-from", str(path), "--net", "r3d", "--base-width", "16", "--output-dir",
+                                str(tmp_path / "ret16")]))
+    with pytest.raises(ValueError, match="exactly one of --pretrain"):
+        finetune.main(finetune.get_args_parser().parse_args(
+            data_flags(demo) + ["--init-from", str(path), "--pretrain", "none"]))

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from utils import preemption
 from utils.distributed import all_reduce_mean, get_rank, get_world_size, is_dist
 from utils.logging import MetricLogger
 from utils.run_dir import close_inherited_locks
@@ -178,7 +179,8 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     ``save_every_iters``-th iteration except the last (the caller saves at the end of the epoch).
     Raises NonFiniteLossError before the update of the first iteration whose loss is not finite.
     Under ``stop_at_iteration_boundary``, a stop signal makes it save after the current iteration (or at once,
-    when it came between epochs) and raise TrainingInterrupted.
+    when it came between epochs) and raise TrainingInterrupted; a stop that ``paper_scripts/submit.py``
+    requested (`utils.preemption`) makes it save and raise `preemption.Preempted`.
     """
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     stop = _stop_requested_anywhere(_stop_signal)
@@ -221,6 +223,10 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             _save_and_stop(stop, save_fn, epoch, it + 1, global_step)
         if save_fn is not None and save_every_iters and (it + 1) % save_every_iters == 0 and it + 1 < num_iters:
             save_fn(epoch, it + 1, global_step)
+        if it + 1 < num_iters and preemption.stop_requested():  # the last one is followed by the epoch-end save
+            if save_fn is not None:
+                save_fn(epoch, it + 1, global_step)
+            raise preemption.Preempted(f"stopped on request after iteration {it} of epoch {epoch}")
         tic = time.perf_counter()
     if bar is not None:
         bar.close()
