@@ -144,7 +144,7 @@ def test_interrupted_and_requeued_job_ends_with_the_weights_of_an_uninterrupted_
                 "clip", "--net", "r3d", "--base-width", "4", "--batch-size", "1", "--epochs", "2", "--stride", "1",
                 "--log-every", "1", "--save-freq", "0", "--output-dir", str(out), "--resume", "auto"]
 
-    # One job of two commands: the same run twice (5 iterations per epoch); the second is interrupted
+    # One job of two commands: the same run twice (8 iterations per epoch); the second is interrupted
     # after its second iteration, and the requeued job continues with it, not with the first.
     job = run_interrupted_local_job(tmp_path / "jobs", [command(tmp_path / "reference"),
                                                         command(tmp_path / "interrupted")], after_iters=2)
@@ -154,6 +154,6 @@ def test_interrupted_and_requeued_job_ends_with_the_weights_of_an_uninterrupted_
     assert printed.count("starting afresh") == 2  # the finished first command did not run again
     reference = load_checkpoint(tmp_path / "reference" / "checkpoint.pth")
     resumed = load_checkpoint(tmp_path / "interrupted" / "checkpoint.pth")
-    assert (resumed["epoch"], resumed["global_step"]) == (reference["epoch"], reference["global_step"]) == (2, 10)
+    assert (resumed["epoch"], resumed["global_step"]) == (reference["epoch"], reference["global_step"]) == (2, 16)
     for key, value in reference["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6, msg=key)
