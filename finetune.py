@@ -219,7 +219,8 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
         "pretrain": args.pretrain,
         "init_from": args.init_from,
         **loaded,
-        "best_checkpoint": str(Path(args.output_dir) / BEST_NAME),
+        # with no validation there is no "best": only the last checkpoint exists
+        "best_checkpoint": str(Path(args.output_dir) / BEST_NAME) if checkpointer.best["epoch"] >= 0 else None,
         "last_checkpoint": str(checkpointer.latest_path),
     }
     if is_main_process():
@@ -227,7 +228,12 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(results, indent=2) + "\n")
         os.replace(tmp, path)
-        print(f"results in {path}: best validation top-1 {results['best_val_top1']} at epoch {results['best_epoch']}")
+        if results["best_checkpoint"] is None:
+            print(f"results in {path}: no validation (--val-freq 0); the checkpoint to test is "
+                  f"{results['last_checkpoint']}")
+        else:
+            print(f"results in {path}: best validation top-1 {results['best_val_top1']:.2f} at epoch "
+                  f"{results['best_epoch']} ({results['best_checkpoint']})")
     return results
 
 

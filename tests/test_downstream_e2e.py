@@ -59,6 +59,7 @@ def test_finetune_writes_results_checkpoints_and_validates_each_epoch(finetuned)
     assert results["loaded_tensors"] > 0 and results["pretrain_kind"].startswith("pretraining")
     assert json.loads((out / "finetune_results.json").read_text()) == results
     assert (out / "best.pth").is_file() and (out / "checkpoint.pth").is_file()
+    assert results["best_checkpoint"] == str(out / "best.pth")
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [0, 1] and all(0 <= e["val_top1"] <= 100 for e in epochs)
@@ -163,6 +164,10 @@ def test_finetune_and_retrieve_init_from_a_vcop_family_checkpoint(demo, tmp_path
                             str(tmp_path / "ft"), "--train-what", "last", "--epochs", "1", "--val-freq", "0",
                             "--max-iters-per-epoch", "1", "--batch-size", "2"]))
     assert results["loaded_tensors"] == len(family) and results["init_from"] == str(path)
+    # no validation, so no best.pth: the results name the checkpoint that exists
+    assert results["best_checkpoint"] is None and results["best_val_top1"] is None
+    assert results["last_checkpoint"] == str(tmp_path / "ft" / "checkpoint.pth")
+    assert not (tmp_path / "ft" / "best.pth").exists()
     probed = load_checkpoint(tmp_path / "ft" / "checkpoint.pth")["model"]
     for key in (k for k in probed if k.startswith("backbone.")):  # linear probe: the loaded tensors, unchanged
         assert torch.equal(probed[key], family[vcop_name(key[len("backbone."):])]), key

@@ -293,3 +293,16 @@ def test_random_init_checkpoint_loads_like_a_pretrained_one(tmp_path):
     torch.manual_seed(0)
     fresh, _ = build_backbone("r3d", 8)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), backbone.state_dict().values()))
+
+
+def test_collect_results_heads_columns_by_the_test_data_and_explains_only_shown_brackets(tmp_path):
+    root = tmp_path / "out"
+    write_json(root / "demo" / "test" / "test_results.json", {"top1": 30.0})
+    args = collect_results.get_args_parser().parse_args(["--output-root", str(root)])
+    text = collect_results.main(args)
+    assert "| demo top-1 |" in text.splitlines()[0] and "UCF101" not in text
+    assert "In brackets" not in text and "| 30.0 |" in text
+    write_json(root / "simclr_clip-sr-tc_r21d_k400" / "test" / "test_results.json", {"top1": 80.0})
+    text = collect_results.main(args)
+    assert "| top-1 (tested on) |" in text.splitlines()[0] and "In brackets" in text
+    assert "| 30.0 (demo) |" in text and "| 80.0 (82.0) (UCF101) |" in text
