@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from dataset.video_dataset import add_data_args, build_dataset, require_labels
 from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
                               check_modality, classification_loss, init_from, load_backbone, prepare_input,
                               read_checkpoint, resolve_backbone_args, snapshot)
+from utils.atomic import write_text
 from utils.checkpoint import Checkpointer
 from utils.cli import run_cli
 from utils.distributed import (add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist,
@@ -225,9 +225,7 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
     }
     if is_main_process():
         path = Path(args.output_dir) / RESULTS_NAME
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(results, indent=2) + "\n")
         if results["best_checkpoint"] is None:
             print(f"results in {path}: no validation (--val-freq 0); the checkpoint to test is "
                   f"{results['last_checkpoint']}")

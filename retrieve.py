@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from utils.engine import check_amp
 from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, knn_classify,
                               linear_probe, plot_embedding, plot_retrieval_examples, recall_at_k, run_inference,
                               topk_accuracy)
+from utils.atomic import write_text
 from utils.logging import config_to_dict, git_revision
 from utils.run_dir import check_writable
 
@@ -214,9 +214,7 @@ def write_outputs(args, results, gallery_set, query_set, gallery, queries, neigh
         results["embedding_plot"] = plot_embedding(centre_and_normalise(queries), dataset_labels(query_set),
                                                    query_set.class_names, out / "tsne_test.png",
                                                    title="test-split features (centred, normalised)")
-    tmp = out / ".retrieval.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out / "retrieval.json")
+    write_text(out / "retrieval.json", json.dumps(results, indent=2) + "\n")
     print("  ".join(f"R@{k} {results[f'R@{k}']:.2f}" for k in RECALL_KS) +
           f"  kNN top-1 {results['knn_top1']:.2f}  linear probe top-1 {results['linear_probe_top1']:.2f}" +
           f"  ({results['num_queries']} queries, {results['num_gallery']} gallery videos) -> {out}", flush=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from utils.distributed import add_distributed_args, cleanup, init_distributed, i
 from utils.engine import check_amp
 from utils.evaluation import (classification_report, classify_videos, dataset_labels, inherit_flags,
                               plot_confusion_matrix, ranked_classes)
+from utils.atomic import write_text
 from utils.logging import config_to_dict, git_revision
 from utils.run_dir import check_writable
 
@@ -126,9 +126,7 @@ def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     if is_main_process():
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{RESULTS_NAME}.tmp"
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-        os.replace(tmp, out / RESULTS_NAME)
+        write_text(out / RESULTS_NAME, json.dumps(report, indent=1) + "\n")
         names = dataset.class_names if len(dataset.class_names) == num_classes else [str(i) for i in range(num_classes)]
         plot_confusion_matrix(np.array(report["confusion_matrix"]), names, out / "confusion_matrix.png")
         print(f"{report['num_videos']} videos: top1 {report['top1']:.2f}%  top5 {report['top5']:.2f}%  "

@@ -15,6 +15,10 @@ import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.atomic import write_text  # noqa: E402
+
 COMMON_SH = Path(__file__).with_name("common.sh")
 RECALL_KS = (1, 5, 10, 20, 50)
 COLUMNS = ("ucf101", "hmdb51") + tuple(f"R@{k}" for k in RECALL_KS)
@@ -219,13 +223,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def main_seeds(args: argparse.Namespace) -> str:
     summary = summarize_seeds(args.output_root, args.experiments)
     text = (seeds_table(summary) + "\nMean ± sample standard deviation over seeds, in percent, on the test split of "
@@ -252,8 +249,7 @@ def main(args: argparse.Namespace) -> str:
     note = "\nIn brackets: the published number (METHOD.md §9).\n" if shown else ""
     text = markdown_table(rows) + note
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_text(args.out, text)
     print(text, end="")
     return text
 

@@ -12,7 +12,6 @@ run whose `acc_clip` is no higher than this has learned no more than colour stat
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from model import method_sampler  # noqa: E402
 from model.losses import nt_xent  # noqa: E402
 from retrieve import ColourStatistics  # noqa: E402
 from train_ssl import parse_args  # noqa: E402
+from utils.atomic import write_text  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.engine import epoch_loader, iterations_per_epoch  # noqa: E402
 from utils.logging import config_to_dict  # noqa: E402
 
@@ -51,24 +52,17 @@ def colour_contrast_accuracy(args) -> dict:
             "config": config_to_dict(args)}
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def main(args) -> dict:
     if args.dry_run:
         print(json.dumps(config_to_dict(args), indent=2, sort_keys=True))
         return {}
     result = colour_contrast_accuracy(args)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".colour_contrast.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out / "colour_contrast.json")
+    write_text(out / "colour_contrast.json", json.dumps(result, indent=2) + "\n")
     print(f"colour-statistics clip-contrast accuracy {result['acc_clip']:.4f} over {result['anchors']} anchors "
           f"(batch {args.batch_size}) -> {out / 'colour_contrast.json'}", flush=True)
     return result
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"colour_reference.py: {error}")
+    run_cli(main, parse_args())

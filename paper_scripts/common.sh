@@ -81,16 +81,17 @@ IIC_RETRIEVAL_FLAGS=(--layer conv5 --merge --stride 1)
 # finetuning (AdamW lr 1e-3, no validation hold-out, no horizontal flips: a mirror image turns MoveLeft into
 # MoveRight) with the 10-clip test.
 DEMO_CLIP_FLAGS=(--base-width 8 --num-frames 8 --size 32 --resize 32 42)
+DEMO_STRIDE=4  # pretraining (but IIC's consecutive frames), finetuning and evaluation
 DEMO_RUNTIME_FLAGS=(--amp none --workers 2)  # bf16 autocast is slower on CPUs without AVX512-BF16
-DEMO_PRETRAIN_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride 4 --save-freq 0
-                     --log-every 20)
+DEMO_PRETRAIN_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride "$DEMO_STRIDE"
+                     --save-freq 0 --log-every 20)
 DEMO_IIC_PRETRAIN_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --iic-l2norm
                          --save-freq 0 --log-every 20)
 DEMO_PRETRAIN_GLOBAL_BATCH=16
 DEMO_FINETUNE_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3 --val-freq 0
                      --no-hflip --log-every 20)
 DEMO_FINETUNE_GLOBAL_BATCH=16
-DEMO_FINETUNE_STRIDE=4
+DEMO_FINETUNE_STRIDE=$DEMO_STRIDE
 DEMO_IIC_FINETUNE_STRIDE=2
 # The miniature's methods: name -> train_ssl.py flags; "random" (no pretraining) is the no-learning reference.
 declare -A MINI_METHOD_FLAGS=(
@@ -98,7 +99,7 @@ declare -A MINI_METHOD_FLAGS=(
   [dualvar]="--model simclr --mode clip-sr-tc"
   [iic]="--model iic --intra-neg repeat --modality res"
 )
-MINI_EVAL_FLAGS=(--layer pool --stride 4)
+MINI_EVAL_FLAGS=(--layer pool --stride "$DEMO_STRIDE")
 # Supervised training of the same network from random weights, for as many epochs as pretraining + finetuning.
 MINI_SUPERVISED_EPOCHS=16
 
@@ -277,7 +278,7 @@ run_miniature() {
   local batch ft_batch
   batch="$(per_process_batch "$DEMO_PRETRAIN_GLOBAL_BATCH")"
   ft_batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
-  local ft_flags=(--net r21d "${DEMO_CLIP_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --stride 4 --batch-size "$ft_batch")
+  local ft_flags=(--net r21d "${DEMO_CLIP_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --stride "$DEMO_STRIDE" --batch-size "$ft_batch")
 
   # No-learning reference: colour statistics (6 numbers per clip), in retrieval and in the clip contrast.
   local colour="$root/colour_stats/seed0"
@@ -287,7 +288,7 @@ run_miniature() {
   fi
   if [ ! -f "$root/colour_stats/contrast/colour_contrast.json" ]; then
     run_single paper_scripts/colour_reference.py "${data_flags[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_CLIP_FLAGS[@]}" \
-      --stride 4 --batch-size "$DEMO_PRETRAIN_GLOBAL_BATCH" --output-dir "$root/colour_stats/contrast"
+      --stride "$DEMO_STRIDE" --batch-size "$DEMO_PRETRAIN_GLOBAL_BATCH" --output-dir "$root/colour_stats/contrast"
   fi
 
   local seed method dir ckpt pretrain
@@ -296,7 +297,7 @@ run_miniature() {
       dir="$root/$method/seed$seed"
       if [ "$method" = random ]; then
         ckpt="$dir/random_init.pth" pretrain=none
-        [ -f "$ckpt" ] || run_single paper_scripts/random_init.py --net r21d "${DEMO_CLIP_FLAGS[@]}" --stride 4 \
+        [ -f "$ckpt" ] || run_single paper_scripts/random_init.py --net r21d "${DEMO_CLIP_FLAGS[@]}" --stride "$DEMO_STRIDE" \
           --seed "$seed" --out "$ckpt"
       else
         [ -n "${MINI_METHOD_FLAGS[$method]+set}" ] || die "MINI_METHODS: unknown method '$method'; known: random ${!MINI_METHOD_FLAGS[*]}"

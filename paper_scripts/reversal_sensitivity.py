@@ -24,6 +24,7 @@ from dataset.video_dataset import add_data_args, build_dataset  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
 from model.classifier import (add_backbone_args, checkpoint_config, load_backbone, read_checkpoint,  # noqa: E402
                               resolve_backbone_args)
+from utils.cli import run_cli  # noqa: E402
 from utils.evaluation import inherit_flags  # noqa: E402
 
 DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171]}
@@ -49,8 +50,7 @@ def reversal_sensitivity(features: torch.Tensor, reversed_features: torch.Tensor
 
 
 @torch.no_grad()
-def main(argv=None) -> dict:
-    args = get_args_parser().parse_args(argv)
+def main(args: argparse.Namespace) -> dict:
     ckpt = read_checkpoint(args.ckpt)
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
@@ -70,7 +70,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"reversal_sensitivity.py: {error}")
+    run_cli(main, get_args_parser().parse_args())

@@ -215,9 +215,9 @@ def classification_report(scores: np.ndarray, labels: np.ndarray, class_names: l
 
 # ---------------------------------------------------------------- retrieval
 
-def centre_and_normalise(features: np.ndarray) -> np.ndarray:
-    """Subtract the set's own mean, then L2-normalise each row (a zero row stays zero)."""
-    centred = features - features.mean(axis=0, keepdims=True)
+def centre_and_normalise(features: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+    """Subtract ``mean`` (by default the set's own mean), then L2-normalise each row (a zero row stays zero)."""
+    centred = features - (features.mean(axis=0, keepdims=True) if mean is None else mean)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     return centred / np.maximum(norms, 1e-12)
 
@@ -257,14 +257,10 @@ def knn_classify(query_features: np.ndarray, gallery_features: np.ndarray, galle
     if k < 1 or temperature <= 0:
         raise ValueError(f"kNN needs k >= 1 and a positive temperature, got k={k}, temperature={temperature}")
     mean = gallery_features.mean(axis=0, keepdims=True)
-
-    def normalise(features: np.ndarray) -> np.ndarray:
-        centred = features - mean
-        return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
-
-    queries, gallery = normalise(query_features), normalise(gallery_features)
+    queries, gallery = centre_and_normalise(query_features, mean), centre_and_normalise(gallery_features, mean)
     neighbours = nearest_neighbours(queries, gallery, k)  # (Q, k)
-    similarity = np.take_along_axis(queries @ gallery.T, neighbours, axis=1)  # (Q, k)
+    # the neighbours' similarities only: the (Q, G) matrix is never held whole
+    similarity = np.einsum("qd,qkd->qk", queries, gallery[neighbours])  # (Q, k)
     weights = np.exp((similarity - 1.0) / temperature)  # shifted by the largest possible cosine: no overflow
     scores = np.zeros((len(queries), num_classes))
     np.add.at(scores, (np.arange(len(queries))[:, None], gallery_labels[neighbours]), weights)
@@ -272,13 +268,13 @@ def knn_classify(query_features: np.ndarray, gallery_features: np.ndarray, galle
 
 
 def linear_probe(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-                 num_classes: int, seed: int = 0) -> np.ndarray:
+                 num_classes: int) -> np.ndarray:
     """Class scores (Q, num_classes) of a multinomial logistic regression fitted on frozen train features,
     each dimension standardised with the train split's statistics (L2 penalty C = 1, L-BFGS)."""
     from sklearn.linear_model import LogisticRegression
 
     mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-6
-    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    model = LogisticRegression(C=1.0, max_iter=2000)  # L-BFGS draws nothing at random
     model.fit((train_features - mean) / std, train_labels)
     scores = np.full((len(test_features), num_classes), -np.inf)
     scores[:, model.classes_] = model.predict_log_proba((test_features - mean) / std)

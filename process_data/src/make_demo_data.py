@@ -278,10 +278,10 @@ def video_names(class_name: str, videos_per_class: int) -> list[tuple[int, int, 
     return names
 
 
-def is_test_group(group: int, videos_per_class: int) -> bool:
+def num_test_groups(videos_per_class: int) -> int:
     """Groups 1-7 of 25 are the test split; with fewer groups, the first 28 % of them (at least one)."""
     groups = video_names("x", videos_per_class)[-1][0]
-    return group <= max(1, min(len(TEST_GROUPS), round(groups * len(TEST_GROUPS) / NUM_GROUPS)))
+    return max(1, min(len(TEST_GROUPS), round(groups * len(TEST_GROUPS) / NUM_GROUPS)))
 
 
 def clip_overlap(num_frames: int, clip_len: int, stride: int, trials: int = 20000, seed: int = 0) -> dict[str, float]:
@@ -354,11 +354,12 @@ def generate(out: Path, classes: list[str], videos_per_class: int, seed: int, si
     (seed, class, group, clip), so the worker count does not change the output."""
     height, width = size
     jobs, train, test = [], [], []
+    test_groups = num_test_groups(videos_per_class)
     for label, class_name in enumerate(classes, start=1):
         for group, clip, stem in video_names(class_name, videos_per_class):
             rel = f"{class_name}/{stem}.{fmt}"
             jobs.append((out / "videos" / rel, class_name, group, clip, seed, frames, height, width, fps, fmt))
-            if is_test_group(group, videos_per_class):
+            if group <= test_groups:
                 test.append(rel)
             else:
                 train.append(f"{rel} {label}")
