@@ -113,7 +113,7 @@ def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict
     loaded = load_backbone(model.backbone, args.pretrain, ckpt, args.net, args.base_width)
     kind = backbone_state(ckpt, args.pretrain)[1]
     print(f"loaded {loaded} backbone tensors from {args.pretrain} ({kind})", flush=True)
-    return {"pretrain_kind": kind, "loaded_tensors": loaded}
+    return {"pretrain_kind": kind, "loaded_tensors": loaded, "pretrain_epoch": ckpt.get("epoch")}
 
 
 def main(args: argparse.Namespace) -> dict | None:

@@ -38,6 +38,7 @@ from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, i
                               linear_probe, plot_embedding, plot_retrieval_examples, recall_at_k, run_inference,
                               topk_accuracy)
 from utils.atomic import write_text
+from utils.card import write_card
 from utils.logging import config_to_dict, git_revision
 from utils.run_dir import check_writable
 
@@ -195,7 +196,9 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
                "knn": {"k": args.knn_k, "temperature": args.knn_temperature},
                "num_queries": len(queries), "num_gallery": len(gallery), "feature_dim": gallery.shape[1],
                "layer": args.layer, "merge": args.merge, "merge_modality": args.merge_modality if args.merge else None,
-               "checkpoint": str(args.ckpt or args.init_from), "checkpoint_kind": kind,
+               "checkpoint": str(args.ckpt or args.init_from), "checkpoint_epoch": ckpt.get("epoch"),
+               "checkpoint_config": checkpoint_config(ckpt),
+               "checkpoint_kind": kind,
                "loaded_tensors": loaded, "git": git_revision(), "config": config_to_dict(args)}
     if is_main_process():
         write_outputs(args, results, gallery_set, query_set, gallery, queries, neighbours)
@@ -215,6 +218,7 @@ def write_outputs(args, results, gallery_set, query_set, gallery, queries, neigh
                                                    query_set.class_names, out / "tsne_test.png",
                                                    title="test-split features (centred, normalised)")
     write_text(out / "retrieval.json", json.dumps(results, indent=2) + "\n")
+    write_card(out / "retrieval.json")
     print("  ".join(f"R@{k} {results[f'R@{k}']:.2f}" for k in RECALL_KS) +
           f"  kNN top-1 {results['knn_top1']:.2f}  linear probe top-1 {results['linear_probe_top1']:.2f}" +
           f"  ({results['num_queries']} queries, {results['num_gallery']} gallery videos) -> {out}", flush=True)

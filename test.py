@@ -31,6 +31,7 @@ from utils.engine import check_amp
 from utils.evaluation import (classification_report, classify_videos, dataset_labels, inherit_flags,
                               plot_confusion_matrix, ranked_classes)
 from utils.atomic import write_text
+from utils.card import write_card
 from utils.logging import config_to_dict, git_revision
 from utils.run_dir import check_writable
 
@@ -121,12 +122,15 @@ def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
         {"video": record.frame_dir, "label": int(label), "prediction": int(best[0]), "top5": best.tolist(),
          "score": float(row[best[0]])}
         for record, label, best, row in zip(dataset.records, labels, top5, scores)]
-    report.update(checkpoint=str(args.ckpt), split=args.test_split, aggregate=args.aggregate,
+    report.update(checkpoint=str(args.ckpt), checkpoint_epoch=ckpt.get("epoch"),
+                  checkpoint_config=checkpoint_config(ckpt), split=args.test_split,
+                  aggregate=args.aggregate,
                   class_names=dataset.class_names, git=git_revision(), config=config_to_dict(args))
     if is_main_process():
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / RESULTS_NAME, json.dumps(report, indent=1) + "\n")
+        write_card(out / RESULTS_NAME)
         names = dataset.class_names if len(dataset.class_names) == num_classes else [str(i) for i in range(num_classes)]
         plot_confusion_matrix(np.array(report["confusion_matrix"]), names, out / "confusion_matrix.png")
         print(f"{report['num_videos']} videos: top1 {report['top1']:.2f}%  top5 {report['top5']:.2f}%  "

@@ -128,6 +128,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     seed_everything(args.seed)
     method = build_method(args, num_videos=len(dataset)).to(device)
     config = resolved_config(args, method)
+    config["resolved"]["train_videos"] = len(dataset)
     # ... then one stream per rank for the randomness inside forward (segment permutations).
     seed_everything(args.seed + 1_000 * get_rank())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.atomic import write_text  # noqa: E402
+from utils.card import CARD_NAME, load_card, summary_line, write_card  # noqa: E402
 
 COMMON_SH = Path(__file__).with_name("common.sh")
 RECALL_KS = (1, 5, 10, 20, 50)
@@ -44,6 +46,48 @@ PUBLISHED = {
     # the CMC baseline as the IIC authors ran it
     ("iic", "none-res", "r3d", "ucf101"): {"R@1": 26.4, "R@5": 37.7, "R@10": 45.1, "R@20": 53.2, "R@50": 66.3},
 }
+
+
+# The settings behind the published numbers, as METHOD.md §5.6, §6, §7 and §9 state them; a setting METHOD.md
+# does not state is left out, and so never reported as a difference.
+_DUALVAR_SETTINGS = {"split": 1, "pretraining epochs": 200, "pretraining global batch": 64,
+                     "pretraining processes": 8, "pretraining clip": "16×112², stride 4",
+                     "pretraining checkpoint epoch": 190, "evaluation": "finetune all layers",
+                     "finetuning clip": "16×112², stride 2", "test clips × crops": "10 × 1"}
+_IIC_SETTINGS = {"split": 1, "pretraining epochs": 240, "pretraining global batch": 16}
+
+
+def published_settings(model: str, data: str) -> dict:
+    if model in ("simclr", "moco"):
+        return {**_DUALVAR_SETTINGS, "finetuning epochs": 150 if data == "k400" else 100}
+    return dict(_IIC_SETTINGS) if model == "iic" else {}
+
+
+def card_settings(card: dict) -> dict:
+    """A card's values under the keys of ``published_settings``."""
+    def clip(c: dict) -> str:
+        return f"{c.get('num_frames')}×{c.get('size')}², stride {c.get('stride')}"
+
+    ours = {"split": card["data"]["split"],
+            "test clips × crops": f"{card['evaluation']['clips']} × {card['evaluation']['crops']}"}
+    pre, ft = card.get("pretraining"), card.get("finetuning")
+    if pre:
+        ours.update({"pretraining epochs": pre["epochs"], "pretraining global batch": pre["global_batch"],
+                     "pretraining processes": pre["processes"], "pretraining clip": clip(pre["clip"]),
+                     "pretraining checkpoint epoch": pre["checkpoint_epoch"]})
+    if ft:
+        ours.update({"evaluation": "finetune all layers" if ft["what"] == "all layers" else ft["what"],
+                     "finetuning epochs": ft["epochs"], "finetuning clip": clip(ft["clip"])})
+    else:
+        ours["evaluation"] = "frozen features"
+    return ours
+
+
+def differences(card: dict, published: dict) -> list[str]:
+    """'<setting>: <ours> here, <published> published' for each stated setting that differs."""
+    ours = card_settings(card)
+    return [f"{key}: {ours.get(key, 'none')} here, {value} published" for key, value in published.items()
+            if ours.get(key) != value]
 
 
 class ResultsError(Exception):
@@ -95,6 +139,12 @@ def describe(exp_dir: Path, table: dict) -> tuple[str, str, str, str]:
     return ("random init", "", config.get("net", "?"), "none")
 
 
+def results_files(exp_dir: Path) -> dict[str, Path]:
+    """{results file relative to exp_dir: path} of each result that has one (its card sits beside it)."""
+    files = {f"{folder}/{name}" for folder, name, _ in SOURCES.values()}
+    return {name: exp_dir / name for name in sorted(files) if (exp_dir / name).is_file()}
+
+
 def collect(output_root: Path, table: dict | None = None) -> list[dict]:
     """One row per experiment folder with at least one result, sorted by name."""
     if not output_root.is_dir():
@@ -106,8 +156,20 @@ def collect(output_root: Path, table: dict | None = None) -> list[dict]:
         if all(v is None for v in values.values()):
             continue
         model, mode, net, data = describe(exp_dir, table)
+        result_files = results_files(exp_dir)
+        cards = {}
+        for name, path in result_files.items():
+            try:
+                if not path.with_name(CARD_NAME).is_file():  # a run from before cards: write it now, from its files
+                    write_card(path)
+                cards[name] = load_card(path)
+            except ValueError as e:
+                raise ResultsError(str(e)) from e
+        published = PUBLISHED.get((model, mode, net, data), {})
         rows.append({"experiment": exp_dir.name, "method": f"{model} {mode}".strip(), "backbone": NET_NAMES.get(net, net),
-                     "pretrain": data, "values": values, "published": PUBLISHED.get((model, mode, net, data), {})})
+                     "pretrain": data, "values": values, "published": published, "cards": cards,
+                     "result_files": result_files,
+                     "published_settings": published_settings(model, data) if published else {}})
     return rows
 
 
@@ -121,19 +183,47 @@ def tested_on(row: dict) -> str:
     return "demo" if row["pretrain"] == "demo" else "UCF101"
 
 
-def markdown_table(rows: list[dict]) -> str:
+CARD_LABELS = {"test/test_results.json": "test", "test_hmdb/test_results.json": "HMDB51 test",
+               "test_retrieval/retrieval.json": "retrieval"}
+
+
+def card_links(row: dict, link_base: Path) -> str:
+    return " ".join(f"[{CARD_LABELS[name]}]({Path(os.path.relpath(path.with_name(CARD_NAME), link_base)).as_posix()})"
+                    for name, path in row["result_files"].items())
+
+
+def settings_lines(rows: list[dict]) -> list[str]:
+    """Per row: its card in one line (the UCF101 or demo test's, else the retrieval's), the published
+    settings where a published number sits beside it, and where the two differ."""
+    lines = []
+    for row in rows:
+        name = next(iter(row["cards"]))
+        card = row["cards"][name]
+        line = f"- **{row['experiment']}** ({CARD_LABELS[name]} card): {summary_line(card)}."
+        if row["published_settings"]:
+            stated = ", ".join(f"{k} {v}" for k, v in row["published_settings"].items())
+            diff = differences(card, row["published_settings"])
+            line += f" Published (METHOD.md): {stated}." + (f" **Differs**: {'; '.join(diff)}." if diff else "")
+        lines.append(line)
+    return lines
+
+
+def markdown_table(rows: list[dict], link_base: Path | None = None) -> str:
+    """The results table, each row linked to its reproduction cards, then each row's card in one line."""
+    link_base = Path.cwd() if link_base is None else link_base
     # head the columns by the data set the rows were tested on; a "tested on" column when they differ
     tested = sorted({tested_on(row) for row in rows})
     first = f"{tested[0]} top-1" if len(tested) == 1 else "top-1 (tested on)"
     header = ["experiment", "method", "backbone", "pretrain data", first, "HMDB51 top-1",
-              *(f"R@{k}" for k in RECALL_KS)]
+              *(f"R@{k}" for k in RECALL_KS), "cards"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [cell(row["values"][c], row["published"].get(c)) for c in COLUMNS]
         if len(tested) > 1:
             cells[0] += f" ({tested_on(row)})"
-        lines.append("| " + " | ".join([row["experiment"], row["method"], row["backbone"], row["pretrain"], *cells])
-                     + " |")
+        lines.append("| " + " | ".join([row["experiment"], row["method"], row["backbone"], row["pretrain"], *cells,
+                                        card_links(row, link_base)]) + " |")
+    lines += ["", "Settings of each row (its reproduction card, card.json beside the results):", *settings_lines(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -187,10 +277,23 @@ def summarize_seeds(root: Path, methods: list[str] | None = None) -> dict:
             continue
         metrics = sorted({m for values in per_seed.values() for m in values}, key=list(SEED_METRICS).index)
         summary[name] = {"seeds": sorted(per_seed), "per_seed": {str(s): v for s, v in per_seed.items()},
-                         "metrics": {m: mean_std([v[m] for v in per_seed.values() if m in v]) for m in metrics}}
+                         "metrics": {m: mean_std([v[m] for v in per_seed.values() if m in v]) for m in metrics},
+                         "card": seeds_card(root / name, sorted(per_seed))}
     if not summary:
         raise ResultsError(f"no <method>/seed<N>/ results under {root}: run paper_scripts/run/miniature.sh first")
     return summary
+
+
+def seeds_card(method_dir: Path, seeds: list[int]) -> dict | None:
+    """One card for a method's seeds: the first seed's frozen-feature card (else its test card) with every seed
+    listed, and the settings that vary between the seeds besides the seed itself (none, for a fair comparison)."""
+    for name in sorted({file for file, _ in SEED_METRICS.values()}, reverse=True):  # retrieval first
+        cards = [load_card(method_dir / f"seed{s}" / name) for s in seeds if (method_dir / f"seed{s}" / name).is_file()]
+        if cards:
+            settings = [card_settings(c) for c in cards]
+            varying = sorted({k for s in settings[1:] for k in set(s) | set(settings[0]) if s.get(k) != settings[0].get(k)})
+            return {**cards[0], "seeds": seeds, "varies_between_seeds": varying}
+    return None
 
 
 def seeds_table(summary: dict) -> str:
@@ -204,6 +307,13 @@ def seeds_table(summary: dict) -> str:
             cells.append("–" if stats is None else f"{stats['mean']:.1f} ± {stats['std']:.1f}"
                          + ("" if stats["n"] == len(entry["seeds"]) else f" (n={stats['n']})"))
         lines.append("| " + " | ".join([name, str(len(entry["seeds"])), *cells]) + " |")
+    cards = [(name, entry["card"]) for name, entry in summary.items() if entry.get("card")]
+    if cards:
+        lines += ["", "Settings of each row (its reproduction card; all of them in summary.json):"]
+        for name, card in cards:
+            varying = card["varies_between_seeds"]
+            lines.append(f"- **{name}**: {summary_line(card)}; mean ± std over the seeds."
+                         + (f" **Varies between seeds**: {', '.join(varying)}." if varying else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -247,7 +357,7 @@ def main(args: argparse.Namespace) -> str:
                            "launchers first")
     shown = any(row["published"].get(c) is not None for row in rows for c in COLUMNS)
     note = "\nIn brackets: the published number (METHOD.md §9).\n" if shown else ""
-    text = markdown_table(rows) + note
+    text = markdown_table(rows, args.out.resolve().parent if args.out is not None else None) + note
     if args.out is not None:
         write_text(args.out, text)
     print(text, end="")

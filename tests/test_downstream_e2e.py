@@ -13,6 +13,7 @@ import finetune
 import retrieve
 import train_ssl
 from conftest import DEMO_CLASSES, tiny_demo_flags
+from utils.card import build_card, summary_line
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +135,37 @@ def test_retrieve_exports_features_and_recall(demo, pretrained, tmp_path):
     assert saved["linear_probe_top1"] == 100 * retrieve.topk_accuracy(probe, test["labels"], (1,))[1]
     assert saved["knn"] == {"k": 20, "temperature": 0.07}
     assert (tmp_path / "retrieval_examples.png").is_file() and (tmp_path / "tsne_test.png").is_file()
+
+
+def test_test_and_retrieve_write_a_reproduction_card_from_the_runs_configs(demo, pretrained, finetuned, tmp_path):
+    """The card of a test result follows the checkpoints back to the finetuning and pretraining runs."""
+    test_script.main(test_script.get_args_parser().parse_args(
+        data_flags(demo) + ["--ckpt", str(finetuned[0] / "best.pth"), "--output-dir", str(tmp_path / "test")]))
+    card = json.loads((tmp_path / "test" / "card.json").read_text())
+    assert card == build_card(tmp_path / "test" / "test_results.json")
+    pre, ft = card["pretraining"], card["finetuning"]
+    assert (pre["model"], pre["mode"], pre["net"], pre["epochs"], pre["checkpoint_epoch"]) == ("simclr", "clip", "r3d",
+                                                                                             1, 1)
+    assert (pre["processes"], pre["per_process_batch"], pre["global_batch"]) == (1, 2, 2)
+    assert pre["negatives"] == "the batch of the single process"
+    assert pre["clip"]["stride"] == 1 and ft["clip"]["stride"] == 2 == card["clip"]["stride"]
+    assert pre["videos"] == {"listed": 15, "used": 15}  # the tiny demo: 15 train videos, 6 test
+    best_epoch = finetuned[1]["best_epoch"]
+    assert (ft["what"], ft["epochs"], ft["checkpoint_epoch"]) == ("all layers", 2, best_epoch + 1)
+    assert (ft["videos"]["listed"], ft["videos"]["train_used"] + ft["videos"]["validation_hold_out"]) == (15, 15)
+    assert (ft["global_batch"], ft["batch_norm"]) == (3, "batch statistics of each process")
+    assert card["data"]["videos"] == {"test_listed": 6, "test_used": 6}
+    assert (card["evaluation"]["clips"], card["evaluation"]["crops"], card["data"]["split"]) == (10, 1, 1)
+    assert card["seeds"] == [0] and set(card["revision"]) == {"commit", "clean"}
+    line = summary_line(card)
+    assert "1 × 2 = 2 per step" in line and "10 clips × 1 centre crop" in line and "after epoch 1" in line
+
+    retrieve.main(retrieve.get_args_parser().parse_args(
+        data_flags(demo) + ["--ckpt", str(pretrained), "--output-dir", str(tmp_path / "ret"), "--no-tsne"]))
+    card = json.loads((tmp_path / "ret" / "card.json").read_text())
+    assert card["finetuning"] is None and card["pretraining"]["checkpoint_epoch"] == 1
+    assert card["data"]["videos"] == {"train_listed": 15, "train_used": 15, "test_listed": 6, "test_used": 6}
+    assert card["metrics"]["R@1"] == json.loads((tmp_path / "ret" / "retrieval.json").read_text())["R@1"]
 
 
 def test_retrieve_scores_the_colour_statistics_reference(demo, tmp_path):

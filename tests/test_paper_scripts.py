@@ -256,7 +256,8 @@ def test_collect_results_puts_published_numbers_beside_ours(tmp_path, capsys):
     moco, k400 = (r.split(" | ") for r in rows)
     assert k400[:4] == ["| simclr_clip-sr-tc_r21d_k400", "simclr clip-sr-tc", "R(2+1)D-10", "k400"]
     assert k400[4:] == ["80.2 (82.0)", "– (51.2)", "41.0 (46.7)", "45.0 (63.1)", "50.0 (69.7)", "60.0 (78.0)",
-                        "90.0 (87.8) |"]
+                        "90.0 (87.8)", "[test](out/simclr_clip-sr-tc_r21d_k400/test/card.json) "
+                        "[retrieval](out/simclr_clip-sr-tc_r21d_k400/test_retrieval/card.json) |"]
     assert moco[:6] == ["| moco_clip_r21d_ucf101", "moco clip", "R(2+1)D-10", "ucf101", "–", "33.3"]
     assert (tmp_path / "table.md").read_text() == text == capsys.readouterr().out
 

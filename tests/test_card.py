@@ -1,0 +1,102 @@
+"""Reproduction cards in the results tables: built from the runs' files, compared with the published settings."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "paper_scripts"))
+import collect_results  # noqa: E402
+from utils.card import build_card, summary_line  # noqa: E402
+
+EXP = "simclr_clip-sr-tc_r21d_ucf101"
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def write_published_recipe_run(exp_dir: Path, *, epochs=200, processes=8, commits=("c0ffee", "c0ffee", "c0ffee"),
+                               dirty=False, seed=0, test=True, retrieval=False) -> None:
+    """The config.json files and results a run of the published DualVar recipe leaves (no card yet)."""
+    clip = {"num_frames": 16, "size": 112}
+    write_json(exp_dir / "pretrain" / "config.json", {"git": {"commit": commits[0], "dirty": False}, "config": {
+        "model": "simclr", "mode": "clip-sr-tc", "net": "r21d", "dataset": "ucf101", "split": 1, "epochs": epochs,
+        "batch_size": 64 // processes, "stride": 4, "seed": seed, "moco_k": 16384, **clip,
+        "resolved": {"world_size": processes, "global_batch_size": 64, "train_videos": 9537}}})
+    write_json(exp_dir / "finetune" / "config.json", {"git": {"commit": commits[1], "dirty": dirty}, "config": {
+        "pretrain": str(exp_dir / "pretrain" / "epoch189.pth"), "train_what": "ft", "dataset": "ucf101", "split": 1,
+        "epochs": 100, "batch_size": 2, "stride": 2, "seed": seed, "sync_bn": True, **clip,
+        "resolved": {"world_size": 8, "global_batch_size": 16, "pretrain_epoch": 190, "train_videos": 8737,
+                     "val_videos": 800}}})
+    config = {"dataset": "ucf101", "split": 1, "stride": 2, **clip}
+    if test:
+        write_json(exp_dir / "test" / "test_results.json", {
+            "top1": 79.5, "top5": 95.0, "num_videos": 3783, "split": "test", "aggregate": "softmax",
+            "checkpoint": str(exp_dir / "finetune" / "checkpoint.pth"), "checkpoint_epoch": 100,
+            "git": {"commit": commits[2], "dirty": False}, "config": config})
+    if retrieval:
+        write_json(exp_dir / "test_retrieval" / "retrieval.json", {
+            "R@1": 40.0, "R@5": 60.0, "R@10": 70.0, "R@20": 80.0, "R@50": 90.0, "knn_top1": 50.0 + seed,
+            "linear_probe_top1": 55.0, "num_queries": 3783, "num_gallery": 9537, "layer": "pool",
+            "checkpoint": str(exp_dir / "pretrain" / "epoch189.pth"), "checkpoint_epoch": 190,
+            "git": {"commit": commits[2], "dirty": False}, "config": {**config, "stride": 4}})
+
+
+def test_card_of_a_test_result_follows_the_checkpoints_to_every_stage(tmp_path):
+    write_published_recipe_run(tmp_path)
+    card = build_card(tmp_path / "test" / "test_results.json")
+    pre, ft = card["pretraining"], card["finetuning"]
+    assert (pre["epochs"], pre["processes"], pre["per_process_batch"], pre["global_batch"]) == (200, 8, 8, 64)
+    assert pre["negatives"] == "the global batch, gathered across 8 processes"
+    assert (pre["checkpoint_epoch"], ft["checkpoint_epoch"], ft["epochs"]) == (190, 100, 100)
+    assert ft["batch_norm"] == "synchronised across processes" and ft["videos"]["validation_hold_out"] == 800
+    assert card["data"] == {"dataset": "ucf101", "split": 1, "videos": {"test_listed": None, "test_used": 3783}}
+    assert card["revision"] == {"commit": "c0ffee", "clean": True}
+    line = summary_line(card)
+    assert "8 × 8 = 64 per step" in line and "split 1" in line and "3783 test videos" in line
+
+
+@pytest.mark.parametrize("commits, dirty, expected", [
+    (("a", "a", "a"), True, {"commit": "a", "clean": False}),
+    (("a", "b", "a"), False, {"commit": ["a", "b"], "clean": False}),
+    (("a", None, "a"), False, {"commit": ["a", "unknown"], "clean": False}),
+])
+def test_card_revision_is_clean_only_when_every_stage_ran_one_clean_commit(tmp_path, commits, dirty, expected):
+    write_published_recipe_run(tmp_path, commits=commits, dirty=dirty)
+    assert build_card(tmp_path / "test" / "test_results.json")["revision"] == expected
+
+
+def test_results_table_links_each_row_to_its_card_and_names_differences_from_the_paper(tmp_path):
+    root = tmp_path / "output"
+    write_published_recipe_run(root / EXP)
+    write_published_recipe_run(root / "moco_clip-sr-tc_r21d_ucf101", epochs=100, processes=4)
+    out = tmp_path / "results.md"
+    text = collect_results.main(collect_results.get_args_parser().parse_args(
+        ["--output-root", str(root), "--out", str(out)]))
+    assert (root / EXP / "test" / "card.json").is_file()  # written from the runs' files for an older run
+    row = next(line for line in text.splitlines() if line.startswith(f"| {EXP} "))
+    assert row.endswith(f"[test](output/{EXP}/test/card.json) |")
+    settings = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
+    assert "Published (METHOD.md): split 1, pretraining epochs 200" in settings[EXP]
+    assert "Differs" not in settings[EXP]  # the published recipe, as METHOD.md states it
+    differs = settings["moco_clip-sr-tc_r21d_ucf101"].split("**Differs**: ")[1]
+    assert differs == ("pretraining epochs: 100 here, 200 published; "
+                       "pretraining processes: 4 here, 8 published.")
+
+
+def test_seed_summary_carries_one_card_and_names_settings_that_vary_between_seeds(tmp_path):
+    for seed in (0, 1, 2):
+        write_published_recipe_run(tmp_path / "same" / f"seed{seed}", seed=seed, test=False, retrieval=True)
+        write_published_recipe_run(tmp_path / "mixed" / f"seed{seed}", seed=seed, test=False, retrieval=True,
+                                   epochs=200 if seed < 2 else 150)
+    summary = collect_results.summarize_seeds(tmp_path)
+    same, mixed = summary["same"]["card"], summary["mixed"]["card"]
+    assert same["seeds"] == [0, 1, 2] and same["varies_between_seeds"] == []
+    assert mixed["varies_between_seeds"] == ["pretraining epochs"]
+    assert summary["same"]["metrics"]["knn_top1"]["mean"] == pytest.approx(51.0)
+    table = collect_results.seeds_table(summary)
+    assert "**Varies between seeds**: pretraining epochs." in table
+    assert "- **same**: ucf101 split 1; pretrained simclr clip-sr-tc r21d" in table and "seeds 0, 1, 2" in table
