@@ -12,6 +12,7 @@ import os
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
+from torch.distributed.constants import default_pg_timeout
 
 
 def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -74,9 +75,29 @@ def init_distributed(args: argparse.Namespace) -> torch.device:
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
         raise RuntimeError("--dist-backend nccl needs CUDA devices; use --dist-backend gloo (or auto) on CPU")
-    dist.init_process_group(backend=backend, init_method="env://",
-                            device_id=device if device.type == "cuda" else None)
+    device_id = device if device.type == "cuda" else None
+    store = restart_scoped_store()
+    if store is None:
+        dist.init_process_group(backend=backend, init_method="env://", device_id=device_id)
+    else:
+        dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]), device_id=device_id)
     return device
+
+
+def restart_scoped_store() -> dist.Store | None:
+    """Under torchrun's shared rendezvous store, a client of it whose keys belong to this restart alone; else None.
+
+    torchrun (2.x) serves the workers' store from its agent and keeps it across ``--max-restarts`` restarts, and the
+    env:// rendezvous adds no per-restart prefix. A restarted group then finds the previous group's keys: gloo
+    reads a dead worker's address and fails in connectFullMesh ("Connection refused") or hangs, NCCL reads a
+    stale unique id. Scoping the keys by TORCHELASTIC_RESTART_COUNT gives every restart a clean namespace.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                           int(os.environ["WORLD_SIZE"]), is_master=False, timeout=default_pg_timeout)
+    return dist.PrefixStore(f"restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
 
 
 def cleanup() -> None:
