@@ -26,9 +26,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from dataset.layout import LayoutError
+
+# torch is imported where a tensor is made: process_data/src/write_csv.py probes videos through this module
+# and starts without it (about 3 s per process)
 
 # FFmpeg logs every damaged packet to stderr; the errors that matter reach the caller as exceptions
 os.environ.setdefault("AV_LOG_FORCE_NOCOLOR", "1")
@@ -143,7 +145,7 @@ def probe(path: str | os.PathLike, count: bool = False) -> VideoInfo:
 
 
 def read_video_frames(path: str | os.PathLike, indices: np.ndarray,
-                      expected_frames: int | None = None) -> torch.Tensor:
+                      expected_frames: int | None = None) -> "torch.Tensor":  # noqa: F821
     """uint8 RGB frames ``(len(indices), 3, H, W)`` (channels-last memory) of frames ``indices`` (0-based,
     repeats allowed) of a video; each distinct frame is decoded once. VideoReadError names the file and the
     reason when the video cannot be read or has fewer frames than needed (``expected_frames``: the CSV's count)."""
@@ -169,6 +171,7 @@ def read_video_frames(path: str | os.PathLike, indices: np.ndarray,
     except ValueError:
         raise VideoReadError(f"the frames of video {path} change size mid-stream; re-encode it with "
                              "process_data/src/reencode_videos.py") from None
+    import torch
     return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, H, W)
 
 

@@ -12,17 +12,20 @@ HEIGHT, WIDTH = 32, 48
 
 
 def smooth_frames(count: int, seed: int = 0, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
-    """(count, H, W, 3) uint8 RGB: a moving colour gradient with a moving bright square, smooth enough that
-    H.264 and JPEG both keep it within a few levels, and every frame different from the others."""
+    """(count, H, W, 3) uint8 RGB: a drifting colour gradient and a moving bright blob, smooth enough that
+    H.264's and JPEG's 4:2:0 chroma keep it within a few levels, and fast enough that consecutive frames
+    differ by several times that."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     phase = rng.uniform(0, 2 * np.pi, 3)
     frames = np.empty((count, height, width, 3), np.uint8)
     for t in range(count):
+        cy = height / 2 + height / 4 * np.sin(0.4 * t + phase[0])
+        cx = width / 2 + width / 4 * np.cos(0.3 * t + phase[1])
+        blob = 80 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 5.0 ** 2))
         for c in range(3):
-            frames[t, :, :, c] = 128 + 90 * np.sin(x / width * 2 * np.pi + y / height * np.pi + phase[c] + 0.3 * t)
-        top, left = (2 + t) % (height - 8), (3 * t) % (width - 8)
-        frames[t, top:top + 8, left:left + 8] = 235
+            gradient = 50 * np.sin(x / width * np.pi + y / height * np.pi / 2 + phase[c] + 0.4 * t)
+            frames[t, :, :, c] = np.clip(110 + gradient + blob, 0, 255)
     return frames
 
 
