@@ -17,7 +17,9 @@ Frames come from the demo generator (make_demo_data.py + extract_frame.py, run h
 H.264 with the encoder's default keyframe interval, textured content panning under moving shapes, at short
 side 150 and 256 (``--video-sizes``). For each size the same sample is timed from
 - ``video``: the files as written;
-- ``video_reencoded``: the copies of process_data/src/reencode_videos.py (keyframe every 16 frames);
+- ``video_reencoded``: the copies of process_data/src/reencode_videos.py (its defaults: a keyframe every 16
+  frames, no reference B-frames);
+- ``video_intra``: copies with every frame a keyframe (``reencode_videos.py --keyint 1``, about 6x the size);
 - ``frames``: the same content extracted to JPEG frame folders at native size;
 and ``<source>_decode_only``: only reading the union of A's and B's frames. The variants are timed in turns
 (A, B, C, ..., A, B, C, ...; ``--rounds`` rounds of ``--per-round`` samples each), so that a shared machine's
@@ -124,20 +126,24 @@ def pil_sample(frame_root: Path, record: VideoRecord, idx_a: np.ndarray, idx_b: 
 
 # ---------------------------------------------------------------- the video source (--video)
 
-def alternate_timings(variants: dict, rounds: int, per_round: int) -> dict[str, dict[str, float]]:
+def alternate_timings(variants: dict, rounds: int, per_round: int) -> dict[str, dict]:
     """Samples per second of each ``variants[name](k)`` (k = sample number), timed in turns: each round runs
-    ``per_round`` samples of every variant, one variant after another. {name: median, min, max over rounds}."""
-    rates: dict[str, list[float]] = {name: [] for name in variants}
+    ``per_round`` samples of every variant, one variant after another. Per variant, the median, min and max
+    over rounds of samples per CPU-second of this process ("per_core": what one busy core does, which the other
+    jobs of a shared machine disturb far less than the wall clock) and of samples per wall-clock second."""
+    rates: dict[str, dict[str, list[float]]] = {name: {"per_core": [], "wall": []} for name in variants}
     for name, run_one in variants.items():  # warm-up: imports, first opens, allocator
         run_one(0)
     for r in range(rounds):
         for name, run_one in variants.items():
-            start = time.perf_counter()
+            cpu, wall = time.process_time(), time.perf_counter()
             for k in range(r * per_round, (r + 1) * per_round):
                 run_one(k)
-            rates[name].append(per_round / (time.perf_counter() - start))
-    return {name: {"median": round(float(np.median(v)), 2), "min": round(min(v), 2), "max": round(max(v), 2)}
-            for name, v in rates.items()}
+            rates[name]["per_core"].append(per_round / (time.process_time() - cpu))
+            rates[name]["wall"].append(per_round / (time.perf_counter() - wall))
+    return {name: {clock: {"median": round(float(np.median(v)), 2), "min": round(min(v), 2),
+                           "max": round(max(v), 2)} for clock, v in by_clock.items()}
+            for name, by_clock in rates.items()}
 
 
 def k400_like_frames(count: int, height: int, width: int, seed: int) -> np.ndarray:
@@ -158,7 +164,7 @@ def k400_like_frames(count: int, height: int, width: int, seed: int) -> np.ndarr
 
 
 def make_video_content(work: Path, short_side: int, videos: int) -> tuple[Path, Path, Path]:
-    """(as-written video root, re-encoded root, frame root) of ``videos`` K400-like clips at ``short_side``
+    """(as-written video root, re-encoded root, all-intra root, frame root) of ``videos`` K400-like clips at ``short_side``
     (16:9, 300 frames at 30 fps, libx264 defaults)."""
     import av
     scripts = Path(__file__).resolve().parents[1] / "process_data" / "src"
@@ -177,23 +183,26 @@ def make_video_content(work: Path, short_side: int, videos: int) -> tuple[Path, 
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode())
     reencoded = work / f"reencoded_{short_side}"
+    intra = work / f"intra_{short_side}"
     frames = work / f"frames_{short_side}"
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
-        reencode_videos.main(["--video-root", str(written), "--out-root", str(reencoded), "--short-side", "0",
-                              "--workers", "1"])
+        for root, keyint in ((reencoded, "16"), (intra, "1")):
+            reencode_videos.main(["--video-root", str(written), "--out-root", str(root), "--short-side", "0",
+                                  "--keyint", keyint, "--workers", "1"])
         extract_frame.main(["--video-root", str(written), "--frame-root", str(frames), "--short-side", "0",
                             "--workers", "1"])
-    return written, reencoded, frames
+    return written, reencoded, intra, frames
 
 
 def bench_video(args) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for short_side in args.video_sizes:
-            written, reencoded, frame_root = make_video_content(Path(tmp), short_side, args.videos)
+            written, reencoded, intra, frame_root = make_video_content(Path(tmp), short_side, args.videos)
             names = sorted(p.stem for p in (written / "Class").iterdir())
             variants = {}
-            for source, root in (("video", written), ("video_reencoded", reencoded), ("frames", frame_root)):
+            for source, root in (("video", written), ("video_reencoded", reencoded), ("video_intra", intra),
+                                 ("frames", frame_root)):
                 records = [VideoRecord(f"Class/{n}" + ("" if source == "frames" else ".mp4"), 300) for n in names]
                 dataset = vd.VideoFrameDataset(records, frame_root, "dualvar", seed=args.seed, num_frames=CLIP_LEN,
                                                stride=STRIDE, size=SIZE, resize=RESIZE, video_root=root)

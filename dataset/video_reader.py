@@ -189,7 +189,7 @@ def _decode_indices(container, stream, table: FrameTable, unique: np.ndarray, pa
         if target in frames:
             continue
         if decoder is None or key > position or target <= position:
-            decoder = _seek(container, stream, table, key, target, keyframes, index_of_pts, path)
+            decoder = _seek(container, stream, table, key, target, keyframes, index_of_pts, needed, path)
             position = -1
         for frame in decoder:
             index = index_of_pts.get(frame.pts)
@@ -206,8 +206,24 @@ def _decode_indices(container, stream, table: FrameTable, unique: np.ndarray, pa
     return [frames[i] for i in unique.tolist()]
 
 
+def _decode_needed(container, stream, index_of_pts: dict, needed: set):
+    """Decoded frames from the container's position on. A frame that no other frame references (most B-frames)
+    and that is not needed is not decoded at all (FFmpeg's skip_frame, set per packet): a third of the work of
+    a typical H.264 stream."""
+    context = stream.codec_context
+    context.skip_frame = "DEFAULT"  # a generator abandoned at a seek may have left it skipping
+    skipping = False
+    for packet in container.demux(stream):
+        index = index_of_pts.get(packet.pts)
+        skip = index is not None and index not in needed
+        if skip != skipping:
+            context.skip_frame = "NONREF" if skip else "DEFAULT"
+            skipping = skip
+        yield from packet.decode()
+
+
 def _seek(container, stream, table: FrameTable, key: int, target: int, keyframes: np.ndarray,
-          index_of_pts: dict, path: Path):
+          index_of_pts: dict, needed: set, path: Path):
     """A decoding generator positioned so that its first frame is at or before frame ``target``.
 
     Seeking by the keyframe's timestamp lands on it in most containers; a demuxer that seeks by decoding
@@ -215,7 +231,7 @@ def _seek(container, stream, table: FrameTable, key: int, target: int, keyframes
     """
     for candidate in keyframes[:np.searchsorted(keyframes, key, side="right")][::-1]:
         container.seek(int(table.pts[int(candidate)]), stream=stream, backward=True, any_frame=False)
-        decoder = container.decode(stream)
+        decoder = _decode_needed(container, stream, index_of_pts, needed)
         for frame in decoder:
             index = index_of_pts.get(frame.pts)
             if index is None:

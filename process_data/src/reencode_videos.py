@@ -4,7 +4,8 @@
 
 Every video ``V/<rel>`` becomes ``O/<rel with .mp4>``: H.264 (libx264 through PyAV, yuv420p, ``--crf``), the
 short side scaled to ``--short-side`` (150 as DualVar's Kinetics frames, 240 as its UCF101/HMDB51 frames; 0
-keeps the size; dimensions rounded to even, as 4:2:0 needs), a keyframe every ``--keyint`` frames, no audio.
+keeps the size; dimensions rounded to even, as 4:2:0 needs), a keyframe every ``--keyint`` frames, B-frames
+that no frame references (so that a reader skips those it does not need), no audio.
 Every decoded frame is written once, in order, at the source's average rate, so frame i of the copy is frame i
 of the source: a CSV written from the sources (write_csv.py --source video) keeps its frame counts.
 
@@ -65,7 +66,10 @@ def reencode(source: Path, target: Path, short_side: int, keyint: int, crf: int)
                     encoder.height, encoder.width, encoder.pix_fmt = height, width, "yuv420p"
                     encoder.codec_context.gop_size = keyint
                     # keyframes exactly every keyint frames: no scene-cut keyframes in between, none fewer
-                    encoder.options = {"crf": str(crf), "keyint_min": str(keyint), "sc_threshold": "0"}
+                    # b-pyramid off: no B-frame is a reference, so a reader skips the B-frames it does not need
+                    # (FFmpeg's skip_frame NONREF, dataset/video_reader.py): 56 % of the frames instead of 39 %
+                    encoder.options = {"crf": str(crf), "keyint_min": str(keyint), "sc_threshold": "0",
+                                       "x264-params": "b-pyramid=none"}
                 scaled = frame.reformat(width=encoder.width, height=encoder.height, format="yuv420p",
                                         interpolation="AREA")
                 # frames numbered in order at the output rate: frame i of the copy is the i-th decoded frame
