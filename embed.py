@@ -187,8 +187,9 @@ def load_results(path: Path, config: dict) -> dict[str, np.ndarray] | None:
         raise ValueError(f"{path} is not a features file of embed.py ({error}); choose another --out") from None
     changed = {k: (made_with.get(k), config[k]) for k in CONFIG_KEYS if made_with.get(k) != config[k]}
     if changed:
-        raise ValueError(f"{path} was made with other settings ({', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in changed.items())}): "
-                         "use the same flags to resume it, or choose another --out")
+        differences = ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in changed.items())
+        raise ValueError(f"{path} was made with other settings ({differences}): use the same flags to resume it, "
+                         "or choose another --out")
     return arrays
 
 

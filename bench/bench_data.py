@@ -164,8 +164,8 @@ def k400_like_frames(count: int, height: int, width: int, seed: int) -> np.ndarr
 
 
 def make_video_content(work: Path, short_side: int, videos: int) -> tuple[Path, Path, Path]:
-    """(as-written video root, re-encoded root, all-intra root, frame root) of ``videos`` K400-like clips at ``short_side``
-    (16:9, 300 frames at 30 fps, libx264 defaults)."""
+    """(as-written video root, re-encoded root, all-intra root, frame root) of ``videos`` K400-like clips at
+    ``short_side`` (16:9, 300 frames at 30 fps, libx264 defaults)."""
     import av
     scripts = Path(__file__).resolve().parents[1] / "process_data" / "src"
     sys.path.insert(0, str(scripts))

@@ -7,8 +7,8 @@ is ``--data-root``, else the environment variable ``VSSL_DATA_ROOT``, else ``<re
 a path to a CSV folder; its frames default to the sibling ``frames`` folder. CSV rows that name video
 files (``<Class>/<video>.mp4``, written by ``write_csv.py --source video``) are read from the video root,
 ``<root>/<NAME>/videos`` (a CSV folder: the sibling ``videos``), overridden by ``--video-root``. Optical
-flow (IIC's u / v modalities) lives in ``<root>/<NAME>/tvl1_flow`` (a CSV folder: the sibling ``tvl1_flow``), overridden by
-``--flow-root``; it is only checked when a flow modality asks for it.
+flow (IIC's u / v modalities) lives in ``<root>/<NAME>/tvl1_flow`` (a CSV folder: the sibling
+``tvl1_flow``), overridden by ``--flow-root``; it is only checked when a flow modality asks for it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,6 +32,8 @@ from dataset.layout import LayoutError
 
 # torch is imported where a tensor is made: process_data/src/write_csv.py probes videos through this module
 # and starts without it (about 3 s per process)
+if TYPE_CHECKING:
+    import torch
 
 # FFmpeg logs every damaged packet to stderr; the errors that matter reach the caller as exceptions
 os.environ.setdefault("AV_LOG_FORCE_NOCOLOR", "1")
@@ -145,7 +148,7 @@ def probe(path: str | os.PathLike, count: bool = False) -> VideoInfo:
 
 
 def read_video_frames(path: str | os.PathLike, indices: np.ndarray,
-                      expected_frames: int | None = None) -> "torch.Tensor":  # noqa: F821
+                      expected_frames: int | None = None) -> torch.Tensor:
     """uint8 RGB frames ``(len(indices), 3, H, W)`` (channels-last memory) of frames ``indices`` (0-based,
     repeats allowed) of a video; each distinct frame is decoded once. VideoReadError names the file and the
     reason when the video cannot be read or has fewer frames than needed (``expected_frames``: the CSV's count)."""
