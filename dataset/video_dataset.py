@@ -346,7 +346,9 @@ class VideoFrameDataset(Dataset):
         video_dir = self.video_path(record)
         length = record.num_frames
         if length < 1:
-            raise LayoutError(f"video {video_dir} has num_frames={length} in the CSV; {_redo_hint(video_dir)}")
+            hint = ("re-run process_data/src/write_csv.py --source video" if is_video_file(record.frame_dir)
+                    else _redo_hint(video_dir))
+            raise LayoutError(f"video {video_dir} has num_frames={length} in the CSV; {hint}")
 
         def load(indices: np.ndarray) -> torch.Tensor:
             return self.frames(record, indices)

@@ -46,6 +46,14 @@ def ckpt(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def reference(videos, ckpt, tmp_path_factory):
+    """The features of one uninterrupted single-process run."""
+    out = tmp_path_factory.mktemp("reference") / "features.npz"
+    run(ckpt, videos, out)
+    return load(out)
+
+
 def run(ckpt, videos, out, *extra):
     args = embed.get_args_parser().parse_args(["--ckpt", str(ckpt), "--videos", str(videos), "--out", str(out),
                                                "--workers", "0", "--clips", "3", "--stride", "2", *extra])
@@ -84,10 +92,8 @@ def test_embeds_a_folder_lists_failures_and_writes_neighbours(videos, ckpt, tmp_
     assert not (tmp_path / "failures.txt").exists() or "broken" in (tmp_path / "failures.txt").read_text()
 
 
-def test_a_killed_run_resumes_with_the_videos_left_and_a_rerun_embeds_nothing(videos, ckpt, tmp_path, monkeypatch,
-                                                                             one_torch_thread):
-    reference = tmp_path / "reference.npz"
-    run(ckpt, videos, reference)
+def test_a_killed_run_resumes_with_the_videos_left_and_a_rerun_embeds_nothing(videos, ckpt, reference, tmp_path,
+                                                                             monkeypatch, one_torch_thread):
     calls = []
     real = embed.video_features
 
@@ -106,7 +112,7 @@ def test_a_killed_run_resumes_with_the_videos_left_and_a_rerun_embeds_nothing(vi
     monkeypatch.setattr(embed, "video_features", lambda *a, **k: calls.append(1) or real(*a, **k))
     run(ckpt, videos, out, "--batch-size", "1")
     assert len(calls) == 3 and embed._partial_files(out) == []
-    resumed, whole = load(out), load(reference)
+    resumed, whole = load(out), reference
     assert resumed["paths"].tolist() == whole["paths"].tolist()
     np.testing.assert_allclose(resumed["features"], whole["features"], rtol=1e-5, atol=1e-6)
 
@@ -130,9 +136,7 @@ def test_strict_checkpoint_loading_flags_and_dry_run(videos, ckpt, tmp_path, cap
         assert action.help, action.dest
 
 
-def test_two_processes_under_torchrun_embed_each_video_exactly_once(videos, ckpt, tmp_path):
-    reference = tmp_path / "reference.npz"
-    run(ckpt, videos, reference)
+def test_two_processes_under_torchrun_embed_each_video_exactly_once(videos, ckpt, reference, tmp_path):
     out = tmp_path / "features.npz"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(REPO / "embed.py"), "--ckpt", str(ckpt), "--videos", str(videos), "--out", str(out),
@@ -145,7 +149,7 @@ def test_two_processes_under_torchrun_embed_each_video_exactly_once(videos, ckpt
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = {rank: int(n) for rank, n in re.findall(r"^rank (\d+): embedded (\d+) videos", proc.stdout, re.M)}
     assert sorted(counts) == ["0", "1"] and sum(counts.values()) == 5 and min(counts.values()) >= 2, proc.stdout
-    result, whole = load(out), load(reference)
+    result, whole = load(out), reference
     assert result["paths"].tolist() == whole["paths"].tolist()  # each once, in folder order
     np.testing.assert_allclose(result["features"], whole["features"], rtol=1e-5, atol=1e-6)
     assert "broken.mp4" in (tmp_path / "failures.txt").read_text()
