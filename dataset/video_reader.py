@@ -10,8 +10,9 @@ How a read works (``read_video_frames``):
 - for the needed indices, sorted and without repeats (the union of all of a sample's clips), seek to
   the keyframe at or before the first one, decode forward and keep only the needed frames; when the
   next needed frame lies beyond another keyframe, seek again instead of decoding through the gap;
+- a frame that no other frame references (most B-frames) is not decoded unless it is needed;
 - one decoder thread: each DataLoader worker is one decoder, and on a busy machine FFmpeg's own
-  threads only cost time (measured in bench/bench_data.py's notes and docs/video_source.md).
+  threads only cost time (docs/video_source.md gives the measurement).
 
 ``probe`` gives a video's frame count and rate. The count comes from the container when its declared
 count equals the number of frames the demuxer finds (MP4 and AVI indexes are exact); otherwise (no
@@ -34,9 +35,6 @@ from dataset.layout import LayoutError
 # and starts without it (about 3 s per process)
 if TYPE_CHECKING:
     import torch
-
-# FFmpeg logs every damaged packet to stderr; the errors that matter reach the caller as exceptions
-os.environ.setdefault("AV_LOG_FORCE_NOCOLOR", "1")
 
 
 class VideoReadError(LayoutError):
@@ -64,7 +62,8 @@ class FrameTable:
 
 def _av():
     import av
-    av.logging.set_level(av.logging.PANIC)  # damaged input is reported by exceptions, not by FFmpeg's log lines
+    # FFmpeg would log a line per damaged packet; the errors that matter reach the caller as exceptions
+    av.logging.set_level(av.logging.PANIC)
     return av
 
 
@@ -211,8 +210,8 @@ def _decode_indices(container, stream, table: FrameTable, unique: np.ndarray, pa
 
 def _decode_needed(container, stream, index_of_pts: dict, needed: set):
     """Decoded frames from the container's position on. A frame that no other frame references (most B-frames)
-    and that is not needed is not decoded at all (FFmpeg's skip_frame, set per packet): a third of the work of
-    a typical H.264 stream."""
+    and that is not needed is not decoded at all (FFmpeg's skip_frame, set per packet): about a third of the work
+    of decoding a typical H.264 stream."""
     context = stream.codec_context
     context.skip_frame = "DEFAULT"  # a generator abandoned at a seek may have left it skipping
     skipping = False

@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     jobs = [(s, t, args.short_side, args.keyint, args.crf) for s, t in zip(sources, targets) if not t.is_file()]
     from tqdm import tqdm
     if args.workers > 1 and len(jobs) > 1:
-        with multiprocessing.Pool(args.workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:  # fork can deadlock on codec threads
             results = list(tqdm(pool.imap_unordered(_job, jobs), total=len(jobs), desc="re-encode"))
     else:
         results = [_job(job) for job in tqdm(jobs, desc="re-encode")]

@@ -434,7 +434,8 @@ def probe_videos(video_root: Path, videos: list[str], workers: int, count: bool 
     jobs = [(video_root, rel, count) for rel in todo]
     from tqdm import tqdm
     parallel = workers > 1 and len(jobs) > 1
-    with multiprocessing.Pool(workers) if parallel else contextlib.nullcontext() as pool:
+    # spawn: a fork of a process whose threads hold locks (OpenCV's, FFmpeg's, torch's) can deadlock
+    with multiprocessing.get_context("spawn").Pool(workers) if parallel else contextlib.nullcontext() as pool:
         outcomes = pool.imap_unordered(_probe_one, jobs, chunksize=4) if pool else map(_probe_one, jobs)
         for done, (rel, info) in enumerate(tqdm(outcomes, total=len(jobs), desc="probe videos",
                                                  disable=not jobs), start=1):
