@@ -16,10 +16,10 @@ Video files: a CSV row whose first column ends in a video extension (``<Class>/<
 ``write_csv.py --source video``) is read from ``video_root`` by dataset/video_reader.py, by frame index
 exactly as a frame folder (frame i = the i-th decoded frame = ``image_{i+1:05d}.jpg``), for every sampler.
 Each sample decodes the union of its clips' frames once. A video that fails to decode in a training sampler
-is named on stderr and replaced by another video of its class (an item of the same index, drawn
-deterministically); the run stops with a LayoutError once more than ``max_bad_videos`` (a fraction of the
-split, default 1 %) of the videos have failed in this process. The "eval" sampler (testing, retrieval)
-never replaces a video: its error stops the run. Optical flow keeps its extracted folders.
+is named on stderr and replaced by another video of its class (drawn with (seed, epoch, row) among those
+not known to be bad); the run stops with a LayoutError once more than ``max_bad_videos`` (a fraction of the
+split, default 1 %) of the videos have failed in this process and its DataLoader workers. The "eval" sampler
+(testing, retrieval) never replaces a video: its error stops the run. Optical flow keeps its extracted folders.
 
 Optical flow (``modality`` "u" or "v", METHOD.md §6): RGB frame i reads flow frame min(i, L_flow - 1),
 L_flow = max(L - 1, 1), where flow frame t is the motion from RGB frame t to t + 1 (so the last RGB

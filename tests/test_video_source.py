@@ -197,3 +197,22 @@ def test_more_bad_videos_than_allowed_stop_the_run_across_workers(data, tmp_path
     with pytest.raises(LayoutError, match=r"2 of 4 videos failed to decode, more than --max-bad-videos 0.25 "
                                           r"allows .*raise --max-bad-videos"):
         list(loader)
+
+
+def test_iic_with_optical_flow_reads_rgb_from_the_video_and_flow_from_its_folders(data, tmp_path):
+    """A video CSV keeps using the flow extracted from the frames of the same videos: the same flow clips, and
+    RGB clips up to JPEG error."""
+    root, videos = data
+    flow_root = tmp_path / "tvl1_flow"
+    assert extract_frame.main(["--flow", "--frame-root", str(root / "frames"), "--flow-root", str(flow_root),
+                               "--flow-algorithm", "farneback", "--workers", "1"]) == 0
+    options = dict(num_frames=8, size=24, resize=(32, 48), seed=3, modality="u", flow_root=flow_root)
+    rows = videos[:2]
+    from_video = VideoFrameDataset([VideoRecord(f"{v}.mp4", FRAMES, label) for v, label in rows], root, "iic",
+                                   video_root=root / "videos", **options)
+    from_frames = VideoFrameDataset([VideoRecord(v, FRAMES, label) for v, label in rows], root / "frames", "iic",
+                                    **options)
+    for index in range(len(rows)):
+        a, b = from_video[index], from_frames[index]
+        torch.testing.assert_close(a["flow"], b["flow"], rtol=0, atol=0)
+        assert clip_levels(a, b)[0] < MEAN_LEVELS
