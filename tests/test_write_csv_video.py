@@ -116,3 +116,18 @@ def test_source_video_needs_a_video_root(tmp_path, capsys):
     assert write_csv.main(["--source", "video", "--dataset", "folder", "--video-root", str(tmp_path / "no"),
                            "--out-dir", str(tmp_path)]) == 2
     assert "--video-root" in capsys.readouterr().err
+
+
+def test_video_index_matches_stems_case_and_kinetics_ids(tmp_path):
+    for name in ["Air Drumming/abc_000001_000011.mp4", "Air Drumming/XYZ.webm", "Air Drumming/xyz.mkv",
+                 "Air Drumming/notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    index = write_csv.FrameIndex(tmp_path, videos=True)
+    assert index.find("air_drumming/abc_000001_000011") == "Air Drumming/abc_000001_000011.mp4"
+    assert index.find("Air Drumming/xyz") == "Air Drumming/xyz.mkv"  # the exact spelling first
+    assert index.find("Air Drumming/Xyz") in ("Air Drumming/XYZ.webm", "Air Drumming/xyz.mkv")
+    assert index.find("Air Drumming/notes") is None and index.find("Other/xyz") is None
+    (tmp_path / "Air Drumming" / "def.mp4").write_bytes(b"")
+    index = write_csv.FrameIndex(tmp_path, videos=True)
+    assert index.find("Air Drumming/def_000002_000012") == "Air Drumming/def.mp4"  # a Kinetics id alone
