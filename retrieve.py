@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataset.video_dataset import add_data_args, build_dataset, read_frames, require_labels
+from dataset.video_dataset import add_data_args, build_dataset, require_labels
 from model.backbones import build_backbone
 from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, init_from,
                               load_backbone, read_checkpoint, residual_view, resolve_backbone_args)
@@ -225,11 +225,9 @@ def write_outputs(args, results, gallery_set, query_set, gallery, queries, neigh
 
 
 def middle_frame(dataset, row: int) -> np.ndarray:
-    """(H, W, 3) uint8 middle frame of video ``row``, as stored on disk."""
+    """(H, W, 3) uint8 middle frame of video ``row``, from its frame folder or video file."""
     record = dataset.records[row]
-    index = np.array([record.num_frames // 2])
-    return read_frames(record.path(dataset.frame_root), index, expected_frames=record.num_frames)[0].permute(
-        1, 2, 0).numpy()
+    return dataset.frames(record, np.array([record.num_frames // 2]))[0].permute(1, 2, 0).numpy()
 
 
 def plot_examples(query_set, gallery_set, neighbours: np.ndarray, count: int, path: Path) -> None:

@@ -69,11 +69,23 @@ def expected_flow_frames(num_frames: int) -> int:
 
 def flow_dir(flow_root: str | os.PathLike, component: str, frame_dir: str | os.PathLike) -> Path:
     """``<flow_root>/<component>/<Class>/<video>`` for a CSV ``frame_dir``; an absolute ``frame_dir`` (DPC-style
-    CSV) contributes its last two parts, the class and the video."""
+    CSV) contributes its last two parts, the class and the video; a video file (video CSV) its name without
+    the extension, so that a video CSV finds the flow extracted from the same videos."""
     rel = Path(frame_dir)
     if rel.is_absolute():
         rel = Path(*rel.parts[-2:])
+    if is_video_file(rel):
+        rel = rel.with_suffix("")
     return Path(flow_root) / component / rel
+
+
+# Split CSV rows whose first column ends in one of these name a video file (read by dataset/video_reader.py,
+# relative to the video root) instead of a frame folder
+VIDEO_EXTENSIONS = ("avi", "mp4", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "flv", "wmv", "3gp")
+
+
+def is_video_file(name: str | os.PathLike) -> bool:
+    return Path(name).suffix.lower().lstrip(".") in VIDEO_EXTENSIONS
 
 
 class LayoutError(ValueError):

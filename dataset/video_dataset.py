@@ -12,6 +12,15 @@ Items are dicts with "index" (row in the split) and "label" (-1 when unlabelled)
 - "finetune": "clip" (3, T, H, W);
 - "eval":     "clips" (10, 3, T, H, W), centre crops.
 
+Video files: a CSV row whose first column ends in a video extension (``<Class>/<video>.mp4``, written by
+``write_csv.py --source video``) is read from ``video_root`` by dataset/video_reader.py, by frame index
+exactly as a frame folder (frame i = the i-th decoded frame = ``image_{i+1:05d}.jpg``), for every sampler.
+Each sample decodes the union of its clips' frames once. A video that fails to decode in a training sampler
+is named on stderr and replaced by another video of its class (drawn with (seed, epoch, row) among those
+not known to be bad); the run stops with a LayoutError once more than ``max_bad_videos`` (a fraction of the
+split, default 1 %) of the videos have failed in this process and its DataLoader workers. The "eval" sampler
+(testing, retrieval) never replaces a video: its error stops the run. Optical flow keeps its extracted folders.
+
 Optical flow (``modality`` "u" or "v", METHOD.md §6): RGB frame i reads flow frame min(i, L_flow - 1),
 L_flow = max(L - 1, 1), where flow frame t is the motion from RGB frame t to t + 1 (so the last RGB
 frame reuses the last motion). The one quantised component is replicated to 3 channels and mapped
@@ -28,6 +37,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -39,9 +49,11 @@ from torch.utils.data import Dataset
 
 from dataset import sampling
 from dataset.layout import (FLOW_COMPONENTS, LayoutError, VideoRecord, count_flow_frames, count_frames,
-                            expected_flow_frames, flow_dir, flow_frame_name, frame_name, read_split_csv)
+                            expected_flow_frames, flow_dir, flow_frame_name, frame_name, is_video_file,
+                            read_split_csv)
 from dataset.local_dataset import REGISTRY, DatasetPaths, flow_command, resolve_dataset
 from dataset.transforms import ClipTransform, ViewParams
+from dataset.video_reader import VideoReadError, read_video_frames
 from utils.malloc import keep_freed_memory_for_reuse
 
 SPLITS = ("trainval", "train", "val", "test")
@@ -52,6 +64,7 @@ FLOW_SAMPLERS = ("iic", "finetune", "eval")
 HOLDOUT_SEED = 666
 CROP_ONLY_P = 0.2  # view A skips colour jitter and blur with this probability (METHOD.md §3)
 NUM_EVAL_CLIPS = 10
+DEFAULT_MAX_BAD_VIDEOS = 0.01
 
 
 # ---------------------------------------------------------------- JPEG decoding
@@ -217,7 +230,8 @@ class VideoFrameDataset(Dataset):
                  num_frames: int = 16, stride: int = 4, size: int = 112,
                  resize: tuple[int, int] = (128, 171), resize_quirk: bool = False,
                  per_frame_jitter: bool = False, decoder: str = DEFAULT_DECODER, modality: str = "rgb",
-                 flow_root: Path | None = None, hflip: bool = True):
+                 flow_root: Path | None = None, hflip: bool = True, video_root: Path | None = None,
+                 max_bad_videos: float = DEFAULT_MAX_BAD_VIDEOS):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         if decoder not in DECODERS:
@@ -233,6 +247,10 @@ class VideoFrameDataset(Dataset):
         self.records = records
         self.frame_root = Path(frame_root)
         self.flow_root = Path(flow_root) if flow_root is not None else None
+        self.video_root = Path(video_root) if video_root is not None else None
+        self.max_bad_videos = max_bad_videos
+        # videos that failed to decode, shared with the DataLoader workers like the epoch
+        self._bad = torch.zeros(len(records), dtype=torch.bool).share_memory_()
         self.sampler = sampler
         self.modality = modality
         self.class_names = list(class_names or [])
@@ -265,6 +283,16 @@ class VideoFrameDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def video_path(self, record: VideoRecord) -> Path:
+        """The record's frame folder, or its video file (a video CSV row)."""
+        return record.path(self.video_root if is_video_file(record.frame_dir) else self.frame_root)
+
+    def frames(self, record: VideoRecord, indices: np.ndarray) -> torch.Tensor:
+        """uint8 RGB ``(len(indices), 3, H, W)`` frames ``indices`` of a record, from its video or frame folder."""
+        if is_video_file(record.frame_dir):
+            return read_video_frames(record.path(self.video_root), indices, expected_frames=record.num_frames)
+        return read_frames(record.path(self.frame_root), indices, self.decoder, expected_frames=record.num_frames)
+
     def flow_frames(self, record: VideoRecord, rgb_indices: np.ndarray) -> torch.Tensor:
         """uint8 ``(N, 3, H, W)`` flow frames of this dataset's component at RGB frame ``rgb_indices``."""
         hint = (f"re-run {flow_command(self.frame_root, self.flow_root)} (it redoes incomplete videos), "
@@ -279,19 +307,55 @@ class VideoFrameDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         keep_freed_memory_for_reuse()
-        record = self.records[index]
+        row = index
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        video_dir = record.path(self.frame_root)
+        while True:
+            try:
+                item = self._item(self.records[row], rng)
+            except VideoReadError as error:
+                if self.sampler == "eval":  # a test or retrieval result must cover the videos it names
+                    raise
+                row = self._replacement(row, error)
+                rng = np.random.default_rng([self.seed, self.epoch, index, row])
+                continue
+            item.update(index=index, label=self.records[index].label)
+            return item
+
+    def _replacement(self, row: int, error: VideoReadError) -> int:
+        """Record video ``row`` as bad and name another video of its class (any video when unlabelled) in
+        its place; LayoutError once more than ``max_bad_videos`` of the split have failed."""
+        self._bad[row] = True
+        bad = int(self._bad.sum())
+        print(f"warning: {error}; replaced by another video of its class ({bad} bad video(s) so far, "
+              f"at most {self.max_bad_videos:.1%} of {len(self.records)} allowed by --max-bad-videos)",
+              file=sys.stderr, flush=True)
+        if bad > self.max_bad_videos * len(self.records):
+            raise LayoutError(
+                f"{bad} of {len(self.records)} videos failed to decode, more than --max-bad-videos "
+                f"{self.max_bad_videos} allows (the last: {error}); check the videos named above (re-encode "
+                "them with process_data/src/reencode_videos.py, or drop their rows with "
+                "process_data/src/write_csv.py --source video), or raise --max-bad-videos")
+        label = self.records[row].label
+        candidates = [i for i, r in enumerate(self.records)
+                      if (label < 0 or r.label == label) and not self._bad[i]]
+        if not candidates:
+            raise LayoutError(f"every video of class {label} failed to decode (the last: {error})")
+        return int(np.random.default_rng([self.seed, self.epoch, row]).choice(candidates))
+
+    def _item(self, record: VideoRecord, rng: np.random.Generator) -> dict:
+        video_dir = self.video_path(record)
         length = record.num_frames
         if length < 1:
-            raise LayoutError(f"video {video_dir} has num_frames={length} in the CSV; {_redo_hint(video_dir)}")
+            hint = ("re-run process_data/src/write_csv.py --source video" if is_video_file(record.frame_dir)
+                    else _redo_hint(video_dir))
+            raise LayoutError(f"video {video_dir} has num_frames={length} in the CSV; {hint}")
 
         def load(indices: np.ndarray) -> torch.Tensor:
-            return read_frames(video_dir, indices, self.decoder, expected_frames=length)
+            return self.frames(record, indices)
 
         # the finetune and eval clips of a flow modality are flow frames; IIC's "clip" is always RGB
         load_clip = partial(self.flow_frames, record) if self.flow_component and self.sampler != "iic" else load
-        item = {"index": index, "label": record.label}
+        item = {}
         T = self.num_frames
         if self.sampler in ("dualvar", "two_view"):
             idx_a, idx_b = sampling.dualvar_clip_pair(length, rng, T, self.stride)
@@ -336,6 +400,13 @@ def _val_size(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
+    return value
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="demo",
@@ -350,6 +421,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="optical flow for --modality u / v, laid out as <flow-root>/{u,v}/<Class>/<video>/"
                             "frame000001.jpg; default <data-root>/<dataset>/tvl1_flow (a CSV folder: its sibling "
                             "tvl1_flow); written by process_data/src/extract_frame.py --flow")
+    group.add_argument("--video-root", default=None,
+                       help="video files of a CSV written by process_data/src/write_csv.py --source video (rows "
+                            "<Class>/<video>.mp4); default <data-root>/<dataset>/videos (a CSV folder: its sibling "
+                            "videos)")
+    group.add_argument("--max-bad-videos", type=_fraction, default=DEFAULT_MAX_BAD_VIDEOS,
+                       help="training replaces a video that fails to decode by another of its class and names "
+                            "it on stderr; it stops once more than this fraction of the split's videos has failed")
     group.add_argument("--split", type=int, default=1, help="official split number k (split0k CSVs)")
     group.add_argument("--val-size", type=_val_size, default=None,
                        help="videos held out of the train split for validation (seed 666): a count, or a "
@@ -393,7 +471,7 @@ def build_dataset(args: argparse.Namespace, split: str, sampler: str,
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     modality = modality or getattr(args, "modality", None) or "rgb"
     paths = resolve_dataset(args.dataset, args.data_root, args.frame_root, args.csv_dir,
-                            getattr(args, "flow_root", None))
+                            getattr(args, "flow_root", None), getattr(args, "video_root", None))
     records = _load_split(paths, split, args.split, args.val_size)
     labels = [r.label for r in records]
     if paths.num_classes and max(labels) >= paths.num_classes:
@@ -405,10 +483,25 @@ def build_dataset(args: argparse.Namespace, split: str, sampler: str,
         seed=getattr(args, "seed", 0), num_frames=args.num_frames,
         stride=1 if sampler == "iic" else args.stride, size=args.size, resize=tuple(args.resize),
         resize_quirk=args.resize_quirk, per_frame_jitter=args.per_frame_jitter, modality=modality,
-        flow_root=flow_root, hflip=not args.no_hflip)
+        flow_root=flow_root, hflip=not args.no_hflip, video_root=paths.video_root,
+        max_bad_videos=getattr(args, "max_bad_videos", DEFAULT_MAX_BAD_VIDEOS))
     dataset.csv_path = paths.split_csv("test" if split == "test" else "train", args.split)
-    check_frame_counts(records, paths.frame_root, dataset.csv_path)
+    check_video_files(records, paths.video_root, dataset.csv_path)
+    check_frame_counts([r for r in records if not is_video_file(r.frame_dir)], paths.frame_root, dataset.csv_path)
     return dataset
+
+
+def check_video_files(records: list[VideoRecord], video_root: Path | None, csv_path: Path | None = None) -> None:
+    """Raise LayoutError unless every video row of the CSV names an existing file (one stat per video: their
+    frame counts were checked by write_csv.py, and a video that fails to decode is handled while training)."""
+    videos = [r for r in records if is_video_file(r.frame_dir)]
+    if not videos:
+        return
+    missing = [r.path(video_root) for r in videos if not r.path(video_root).is_file()]
+    if missing:
+        raise LayoutError(f"{len(missing)} of the {len(videos)} videos that {csv_path or 'the CSV'} names do not "
+                          f"exist, e.g. {missing[0]}: point --video-root at the folder that "
+                          "process_data/src/write_csv.py --source video read, or re-run it")
 
 
 def _count_cache_path(frame_root: Path) -> Path:

@@ -16,7 +16,17 @@ they ship (METHOD.md section 1.2):
   ``<youtube_id>``; classes in sorted order;
 - folder: class sub-folders of frame folders under F, split per class with a seed, or user lists.
 
-Frame folders are matched case-insensitively and with spaces equal to underscores (UCF101's
+    python process_data/src/write_csv.py --source video --dataset ... --video-root V --split-dir S --out-dir O
+
+``--source video`` writes rows for the video files under V instead (``<Class>/<video>.mp4,num_frames,label``,
+relative to V; the datasets read them from ``--video-root``), with the same split parsing. ``num_frames`` is
+the container's count when the demuxer confirms it (MP4, AVI), else every frame is decoded and counted
+(``--count-frames`` counts always); ``O/video_frames.tsv`` says which, per file. Probing runs over
+``--workers`` processes and is cached in ``$XDG_CACHE_HOME/vssl/video_probe/`` (by file size and
+modification time), so a rerun opens no video again. A video that cannot be opened or decoded is listed with
+the reason, like a missing one.
+
+Frame folders (and video files) are matched case-insensitively and with spaces equal to underscores (UCF101's
 ``HandstandPushups`` folder holds ``v_HandStandPushups_*``; Kinetics folders spell "air drumming" either
 way). A listed video whose folder is missing or holds no frames is reported by name and makes the
 command fail, unless ``--allow-missing`` (then its row is left out).
@@ -25,20 +35,29 @@ command fail, unless ``--allow-missing`` (then its row is left out).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import hashlib
 import json
+import multiprocessing
 import os
 import random
 import re
 import sys
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dataset.layout import VideoRecord, count_frames, write_class_index, write_split_csv  # noqa: E402
+from dataset.layout import (VideoRecord, count_frames, is_video_file, write_class_index,  # noqa: E402
+                            write_split_csv)
+from dataset.video_reader import VideoInfo, VideoReadError, probe  # noqa: E402
 
 REPORT_NAMES = 20  # names printed per problem kind; the rest are counted
+PROBE_REPORT = "video_frames.tsv"
+CACHE_SAVE_EVERY = 2000  # probed videos between cache writes: a killed run over 240k videos keeps most of its work
 
 
 class SplitFileError(ValueError):
@@ -199,13 +218,25 @@ def read_user_list(path: Path) -> list[str]:
     return [_stem(line.split(" ", 1)[0]) for line in _read_lines(path)]
 
 
+def _video_files(path: Path) -> list[str]:
+    with os.scandir(path) as entries:
+        return sorted(e.name for e in entries if is_video_file(e.name) and e.is_file())
+
+
+def _video_stems(path: Path) -> list[str]:
+    return sorted({Path(name).stem for name in _video_files(path)})
+
+
 def parse_folder(frame_root: Path, test_fraction: float, seed: int,
-                 train_list: Path | None = None, test_list: Path | None = None) -> SplitLists:
+                 train_list: Path | None = None, test_list: Path | None = None,
+                 list_videos: Callable[[Path], list[str]] = _subfolders) -> SplitLists:
     """Classes = sorted class sub-folders of frame_root. Split from user lists, else per class with
-    ``random.Random(seed)``: round(test_fraction * n) videos of each class (at least one when n >= 2)."""
-    class_names = [c for c in _subfolders(frame_root) if _subfolders(frame_root / c)]
+    ``random.Random(seed)``: round(test_fraction * n) videos of each class (at least one when n >= 2).
+    ``list_videos`` names the videos of a class folder: frame folders, or video files (their stems)."""
+    class_names = [c for c in _subfolders(frame_root) if list_videos(frame_root / c)]
     if not class_names:
-        raise SplitFileError(f"no class sub-folders of frame folders in --frame-root {frame_root}")
+        what = "frame folders" if list_videos is _subfolders else "video files"
+        raise SplitFileError(f"no class sub-folders of {what} in {frame_root}")
     label_of = {c.lower(): i for i, c in enumerate(class_names)}
 
     def labelled(videos: list[str], path: Path) -> list[tuple[str, int]]:
@@ -225,7 +256,7 @@ def parse_folder(frame_root: Path, test_fraction: float, seed: int,
     rng = random.Random(seed)
     train, test = [], []
     for label, class_name in enumerate(class_names):
-        videos = _subfolders(frame_root / class_name)
+        videos = list_videos(frame_root / class_name)
         rng.shuffle(videos)
         n_test = round(test_fraction * len(videos))
         if test_fraction > 0 and len(videos) >= 2:
@@ -245,40 +276,43 @@ def _key(name: str) -> str:
 
 class FrameIndex:
     """Folder lookup under a frame root that tolerates case and space/underscore differences and
-    prefers an exact match. Each class folder is listed once."""
+    prefers an exact match. Each class folder is listed once. With ``videos`` it finds video files
+    ``<Class>/<video_stem>.<ext>`` under a video root instead of frame folders."""
 
-    def __init__(self, frame_root: Path):
+    def __init__(self, frame_root: Path, videos: bool = False):
         self.frame_root = frame_root
+        self.videos = videos
         self._classes = self._index(_subfolders(frame_root))
         self._videos: dict[str, dict[str, list[str]]] = {}
 
-    @staticmethod
-    def _index(names: list[str]) -> dict[str, list[str]]:
+    def _index(self, names: list[str], files: bool = False) -> dict[str, list[str]]:
         index: dict[str, list[str]] = {}
         for name in names:
-            index.setdefault(_key(name), []).append(name)
+            index.setdefault(_key(Path(name).stem if files else name), []).append(name)
         return index
 
     @staticmethod
-    def _pick(index: dict[str, list[str]], name: str) -> str | None:
+    def _pick(index: dict[str, list[str]], name: str, files: bool = False) -> str | None:
         candidates = index.get(_key(name), [])
-        return name if name in candidates else (candidates[0] if candidates else None)
+        exact = [c for c in candidates if (Path(c).stem if files else c) == name]
+        return (exact or candidates or [None])[0]
 
     def find(self, video: str) -> str | None:
-        """``<Class>/<video_stem>`` as on disk, or None. A Kinetics stem ``<id>_<start>_<end>`` also
-        matches a folder named ``<id>``."""
+        """``<Class>/<video_stem>`` (``<Class>/<video_stem>.<ext>`` for videos) as on disk, or None. A Kinetics
+        stem ``<id>_<start>_<end>`` also matches a folder named ``<id>``."""
         class_name, _, stem = video.partition("/")
         folder = self._pick(self._classes, class_name)
         if folder is None:
             return None
         if folder not in self._videos:
-            self._videos[folder] = self._index(_subfolders(self.frame_root / folder))
+            listing = _video_files if self.videos else _subfolders
+            self._videos[folder] = self._index(listing(self.frame_root / folder), files=self.videos)
         names = [stem]
         kinetics = re.fullmatch(r"(.+)_\d{6}_\d{6}", stem)
         if kinetics:
             names.append(kinetics.group(1))
         for name in names:
-            found = self._pick(self._videos[folder], name)
+            found = self._pick(self._videos[folder], name, files=self.videos)
             if found is not None:
                 return f"{folder}/{found}"
         return None
@@ -291,32 +325,144 @@ class SplitReport:
     records: list[VideoRecord] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # "<video> (<reason>)"
+    sources: Counter = field(default_factory=Counter)  # where num_frames came from, for video files
 
-    def lines(self, allow_missing: bool) -> list[str]:
+    @property
+    def problems(self) -> int:
+        return len(self.missing) + len(self.empty) + len(self.unreadable)
+
+    def lines(self, allow_missing: bool, videos: bool = False) -> list[str]:
         out = [f"{self.name}: listed {self.listed}, found {len(self.records)}, "
-               f"missing {len(self.missing)}, empty {len(self.empty)}"]
-        for kind, videos in (("missing (no frame folder)", self.missing), ("empty (no image_*.jpg)", self.empty)):
-            if videos:
-                more = f" ... and {len(videos) - REPORT_NAMES} more" if len(videos) > REPORT_NAMES else ""
-                out.append(f"  {kind}: {', '.join(videos[:REPORT_NAMES])}{more}")
-        if allow_missing and (self.missing or self.empty):
-            out.append(f"  --allow-missing: {len(self.missing) + len(self.empty)} rows left out of the CSV")
+               f"missing {len(self.missing)}, empty {len(self.empty)}" +
+               (f", unreadable {len(self.unreadable)}; num_frames from the container for "
+                f"{self.sources['container']}, counted for {self.sources['counted']} (per file: {PROBE_REPORT})"
+                if videos else "")]
+        kinds = ((("missing (no video file)", self.missing), ("empty (no decodable frame)", self.empty),
+                  ("unreadable", self.unreadable)) if videos else
+                 (("missing (no frame folder)", self.missing), ("empty (no image_*.jpg)", self.empty)))
+        for kind, names in kinds:
+            if names:
+                more = f" ... and {len(names) - REPORT_NAMES} more" if len(names) > REPORT_NAMES else ""
+                out.append(f"  {kind}: {', '.join(names[:REPORT_NAMES])}{more}")
+        if allow_missing and self.problems:
+            out.append(f"  --allow-missing: {self.problems} rows left out of the CSV")
         return out
 
 
-def match_split(name: str, videos: list[tuple[str, int]], index: FrameIndex) -> SplitReport:
+def match_split(name: str, videos: list[tuple[str, int]], index: FrameIndex,
+                probes: dict[str, VideoInfo | str] | None = None) -> SplitReport:
+    """Rows of the listed ``videos`` found under the index's root; ``probes`` (video files: path relative to
+    the root -> VideoInfo, or the reason it cannot be read) replace counting frame folders."""
     report = SplitReport(name, listed=len(videos))
     for video, label in videos:
         frame_dir = index.find(video)
         if frame_dir is None:
             report.missing.append(video)
             continue
-        num_frames = count_frames(index.frame_root / frame_dir)
+        if probes is None:
+            num_frames = count_frames(index.frame_root / frame_dir)
+        else:
+            info = probes[frame_dir]
+            if isinstance(info, str):
+                report.unreadable.append(f"{frame_dir} ({info})")
+                continue
+            num_frames = info.num_frames
+            if num_frames:
+                report.sources[info.source] += 1
         if num_frames == 0:
             report.empty.append(frame_dir)
         else:
             report.records.append(VideoRecord(frame_dir, num_frames, label))
     return report
+
+
+# ---------------------------------------------------------------------------------------------------
+# Probing video files: frame counts, in parallel, cached.
+
+
+def probe_cache_path(video_root: Path) -> Path:
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha1(str(Path(video_root).resolve()).encode()).hexdigest()[:16]
+    return cache_home / "vssl" / "video_probe" / f"{key}.json"
+
+
+def _probe_one(job: tuple[Path, str, bool]) -> tuple[str, VideoInfo | str]:
+    root, rel, count = job
+    try:
+        return rel, probe(root / rel, count=count)
+    except VideoReadError as error:
+        return rel, str(error)
+    except Exception as error:  # noqa: BLE001 - one damaged file must not stop a run over 240k videos
+        return rel, f"{type(error).__name__}: {error}"
+
+
+def _stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _save_cache(path: Path, cache: dict) -> None:
+    try:  # a cache is an optimisation: a read-only home only costs the probing next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def probe_videos(video_root: Path, videos: list[str], workers: int, count: bool = False,
+                 cache_path: Path | None = None) -> tuple[dict[str, VideoInfo | str], int]:
+    """(video -> VideoInfo or the reason it cannot be read, how many were probed now rather than cached) for
+    ``videos`` relative to ``video_root``. A cached result is reused while the file keeps its size and
+    modification time (and, with ``count``, was counted)."""
+    cache_path = cache_path or probe_cache_path(video_root)
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    results: dict[str, VideoInfo | str] = {}
+    todo = []
+    for rel in videos:
+        entry = cache.get(rel)
+        if entry and entry["stamp"] == _stamp(video_root / rel) and (not count or entry.get("source") != "container"):
+            results[rel] = entry["error"] if "error" in entry else VideoInfo(
+                entry["num_frames"], entry["fps"], entry["source"], entry["declared"])
+        else:
+            todo.append(rel)
+    jobs = [(video_root, rel, count) for rel in todo]
+    from tqdm import tqdm
+    parallel = workers > 1 and len(jobs) > 1
+    # spawn: a fork of a process whose threads hold locks (OpenCV's, FFmpeg's, torch's) can deadlock
+    with multiprocessing.get_context("spawn").Pool(workers) if parallel else contextlib.nullcontext() as pool:
+        outcomes = pool.imap_unordered(_probe_one, jobs, chunksize=4) if pool else map(_probe_one, jobs)
+        for done, (rel, info) in enumerate(tqdm(outcomes, total=len(jobs), desc="probe videos",
+                                                 disable=not jobs), start=1):
+            results[rel] = info
+            entry = {"error": info} if isinstance(info, str) else dict(
+                num_frames=info.num_frames, fps=info.fps, source=info.source, declared=info.declared)
+            cache[rel] = {"stamp": _stamp(video_root / rel), **entry}
+            if done % CACHE_SAVE_EVERY == 0:
+                _save_cache(cache_path, cache)
+    if jobs:
+        _save_cache(cache_path, cache)
+    return results, len(jobs)
+
+
+def write_probe_report(path: Path, probes: dict[str, VideoInfo | str]) -> None:
+    """``video, num_frames, source, declared, fps, problem`` per probed video, tab-separated, sorted."""
+    lines = ["video\tnum_frames\tsource\tdeclared\tfps\tproblem"]
+    for rel, info in sorted(probes.items()):
+        if isinstance(info, str):
+            lines.append(f"{rel}\t\t\t\t\t{' '.join(info.split())}")
+        else:
+            fps = "" if info.fps is None else f"{info.fps:g}"
+            lines.append(f"{rel}\t{info.num_frames}\t{info.source}\t{info.declared}\t{fps}\t")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -330,8 +476,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="format of the split files: ucf101 (classInd/trainlist0k/testlist0k), hmdb51 "
                         "(<class>_test_split<k>.txt), k400 (annotation CSVs), folder (class sub-folders of "
                         "--frame-root, seeded split or --train-list/--test-list)")
-    p.add_argument("--frame-root", type=Path, required=True,
-                   help="frame folders F/<Class>/<video>/image_NNNNN.jpg (from extract_frame.py)")
+    p.add_argument("--source", choices=("frames", "video"), default="frames",
+                   help="frames: rows for the frame folders under --frame-root; video: rows for the video files "
+                        "under --video-root (read by the datasets straight from the videos)")
+    p.add_argument("--frame-root", type=Path,
+                   help="frame folders F/<Class>/<video>/image_NNNNN.jpg (from extract_frame.py); --source frames")
+    p.add_argument("--video-root", type=Path,
+                   help="video files V/<Class>/<video>.<ext> (any container FFmpeg reads); --source video")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="--source video: processes that probe the videos (default min(8, CPUs))")
+    p.add_argument("--count-frames", action="store_true",
+                   help="--source video: decode and count every video's frames even where the container's count "
+                        "is confirmed by its index")
     p.add_argument("--split-dir", type=Path,
                    help="folder with the official split files (required except for --dataset folder)")
     p.add_argument("--out-dir", type=Path, required=True, help="where the CSVs and ClassInd.txt are written")
@@ -355,7 +511,8 @@ def parse_split_lists(args: argparse.Namespace) -> SplitLists:
     if args.dataset == "folder":
         if not 0 <= args.test_fraction < 1:
             raise SplitFileError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
-        return parse_folder(args.frame_root, args.test_fraction, args.seed, args.train_list, args.test_list)
+        return parse_folder(args.root, args.test_fraction, args.seed, args.train_list, args.test_list,
+                            list_videos=_video_stems if args.source == "video" else _subfolders)
     if args.split_dir is None and not (args.dataset == "k400" and args.train_list and args.test_list):
         raise SplitFileError(f"--dataset {args.dataset} needs --split-dir (the folder of its official split files)")
     if args.dataset == "ucf101":
@@ -371,28 +528,44 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=2))
         return 0
+    videos = args.source == "video"
+    flag = "--video-root" if videos else "--frame-root"
+    args.root = args.video_root if videos else args.frame_root
     try:
-        if not args.frame_root.is_dir():
-            raise SplitFileError(f"--frame-root {args.frame_root} is not a folder: run extract_frame.py first")
+        if args.root is None:
+            raise SplitFileError(f"--source {args.source} needs {flag}")
+        if not args.root.is_dir():
+            raise SplitFileError(f"{flag} {args.root} is not a folder" +
+                                 ("" if videos else ": run extract_frame.py first"))
+        if args.workers < 1:
+            raise SplitFileError(f"--workers must be at least 1, got {args.workers}")
         lists = parse_split_lists(args)
     except SplitFileError as e:
         print(f"write_csv.py: error: {e}", file=sys.stderr)
         return 2
 
-    index = FrameIndex(args.frame_root)
-    reports = [match_split("train", lists.train, index), match_split("test", lists.test, index)]
+    index = FrameIndex(args.root, videos=videos)
+    probes = None
+    if videos:
+        found = sorted({f for f in (index.find(v) for v, _ in lists.train + lists.test) if f is not None})
+        probes, probed = probe_videos(args.root, found, args.workers, args.count_frames)
+        print(f"probed {probed} videos, {len(found) - probed} from the cache ({probe_cache_path(args.root)})")
+        write_probe_report(args.out_dir / PROBE_REPORT, probes)
+    reports = [match_split("train", lists.train, index, probes), match_split("test", lists.test, index, probes)]
     incomplete = False
     for report in reports:
-        print("\n".join(report.lines(args.allow_missing)))
-        incomplete |= bool(report.missing or report.empty)
+        print("\n".join(report.lines(args.allow_missing, videos)))
+        incomplete |= bool(report.problems)
         if not report.records:
-            print(f"write_csv.py: error: no video of the {report.name} split has frames under {args.frame_root}; "
-                  "check --frame-root and run extract_frame.py", file=sys.stderr)
+            what = "readable video" if videos else "frames"
+            print(f"write_csv.py: error: no video of the {report.name} split has {what} under {args.root}; "
+                  f"check {flag}" + ("" if videos else " and run extract_frame.py"), file=sys.stderr)
             return 1
     if incomplete and not args.allow_missing:
-        print("write_csv.py: error: listed videos are missing or empty (names above); extract them with "
-              "extract_frame.py (see extract_failures.txt in the frame root), or pass --allow-missing to "
-              "leave them out. No CSV written.", file=sys.stderr)
+        fix = ("re-download or re-encode them (process_data/src/reencode_videos.py)" if videos else
+               "extract them with extract_frame.py (see extract_failures.txt in the frame root)")
+        print(f"write_csv.py: error: listed videos are missing, empty or unreadable (names above); {fix}, or pass "
+              "--allow-missing to leave them out. No CSV written.", file=sys.stderr)
         return 1
 
     suffix = f"split{args.split:02d}"
