@@ -43,8 +43,8 @@ from dataset.layout import VIDEO_EXTENSIONS, is_video_file
 from dataset.transforms import ClipTransform
 from dataset.video_reader import VideoReadError, probe, read_video_frames
 from model.backbones import build_backbone
-from model.classifier import (add_backbone_args, backbone_state, checkpoint_config, load_backbone, read_checkpoint,
-                              resolve_backbone_args)
+from model.classifier import (add_backbone_args, backbone_state, checkpoint_config, init_from, load_backbone,
+                              read_checkpoint, resolve_backbone_args)
 from retrieve import DATA_FALLBACKS, LAYERS, video_features
 from utils.atomic import write_text
 from utils.cli import run_cli
@@ -57,7 +57,7 @@ from utils.run_dir import check_writable
 FAILURES_NAME = "failures.txt"
 NEIGHBOURS_NAME = "neighbours.csv"
 # what must match between a run and the --out it resumes: features of other settings would not compare
-CONFIG_KEYS = ("ckpt", "net", "base_width", "layer", "clips", "num_frames", "stride", "size", "resize",
+CONFIG_KEYS = ("ckpt", "init_from", "net", "base_width", "layer", "clips", "num_frames", "stride", "size", "resize",
                "resize_quirk")
 
 
@@ -65,8 +65,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Embed every video of a folder or list with a pretrained backbone",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("embedding")
-    group.add_argument("--ckpt", required=True,
+    group.add_argument("--ckpt", default=None,
                        help="checkpoint whose backbone gives the features (train_ssl.py's or finetune.py's)")
+    group.add_argument("--init-from", default=None, metavar="PATH",
+                       help="instead of --ckpt: a checkpoint of a VCOP-family codebase (VCOP, IIC, DualVar, PRP, "
+                            "Pace, ...; any key prefix), loaded strictly into --net r3d, r21d or c3d")
     group.add_argument("--videos", required=True,
                        help="a folder (searched recursively for files ending in ." + ", .".join(VIDEO_EXTENSIONS) +
                             ") or a text file with one video path per line")
@@ -264,7 +267,11 @@ def main(args: argparse.Namespace) -> dict | None:
     if out.suffix != ".npz":
         raise ValueError(f"--out {out} must end in .npz (np.savez would add the suffix)")
     check_writable(out.parent, flag="the folder of --out", create=False)
-    ckpt = read_checkpoint(args.ckpt)
+    if (args.ckpt is None) == (args.init_from is None):
+        raise ValueError("pass exactly one of --ckpt (a checkpoint of this project) and --init-from (a VCOP-family "
+                         "checkpoint)")
+    # a foreign checkpoint records no configuration: the flags and their fallbacks decide
+    ckpt = read_checkpoint(args.ckpt) if args.ckpt is not None else {}
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
     args.resize = list(args.resize)
@@ -284,7 +291,11 @@ def _embed(args: argparse.Namespace, device: torch.device, ckpt: dict, paths: li
     rank, world = get_rank(), get_world_size()
     config = resolved_config(args)
     backbone, _ = build_backbone(args.net, args.base_width)
-    loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
+    if args.init_from is not None:
+        loaded, kind = init_from(backbone, args.init_from, args.net)["loaded_tensors"], "VCOP-family checkpoint"
+    else:
+        loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
+        kind = backbone_state(ckpt, args.ckpt)[1]
     backbone.to(device).eval()
     if rank == 0:  # what a killed run left in partial files goes into --out first: each rank rewrites its own
         _fold(out, config, paths)
@@ -294,7 +305,7 @@ def _embed(args: argparse.Namespace, device: torch.device, ckpt: dict, paths: li
     todo = [p for p in paths if p not in done]
     mine = todo[rank::world]
     if rank == 0:
-        print(f"loaded {loaded} backbone tensors from {args.ckpt} ({backbone_state(ckpt, args.ckpt)[1]}); "
+        print(f"loaded {loaded} backbone tensors from {args.ckpt or args.init_from} ({kind}); "
               f"{len(paths)} videos, {len(paths) - len(todo)} already embedded in {out}, {len(todo)} to do"
               + (f" over {world} processes" if world > 1 else ""), flush=True)
     embedded, failures = _embed_shard(args, device, backbone, mine, _partial_path(out, rank), config)
