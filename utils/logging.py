@@ -131,15 +131,13 @@ class RunLogger:
         os.replace(tmp, path)
 
     def start(self, config: dict) -> dict:
-        """Write OUTPUT_DIR/config.json with the git revision and print both; returns what was written."""
+        """Write OUTPUT_DIR/config.json with the git revision; returns what was written. Nothing is printed:
+        utils.cli.launch prints one line naming this file and the flags that differ from the defaults."""
         info = {"git": git_revision(), "config": config}
         if self.enabled:
-            text = json.dumps(info, indent=2, sort_keys=True)
             tmp = self.output_dir / ".config.json.tmp"
-            tmp.write_text(text + "\n")
+            tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
             os.replace(tmp, self.output_dir / "config.json")
-            print(f"git revision: {info['git']['commit']} (dirty: {info['git']['dirty']})")
-            print(f"configuration (also in {self.output_dir / 'config.json'}):\n{text}", flush=True)
         return info
 
     def log(self, kind: str, step: int, values: dict[str, float], **fields) -> None:
