@@ -50,11 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from dataset.layout import (FLOW_COMPONENTS, FLOW_FOLDER, count_flow_frames, count_frames,  # noqa: E402
                             expected_flow_frames, flow_frame_name, frame_name)
 from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
+from utils.progress import progress_bar  # noqa: E402
 
 VIDEO_EXTENSIONS = ("avi", "mp4", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "flv", "wmv", "3gp")
 FAILURES_FILE = "extract_failures.txt"
@@ -535,7 +535,9 @@ def run_jobs(function: Callable[[tuple], Result], payloads: list[tuple], skipped
     failed_now: set[str] = set()
     try:
         with _results(function, payloads, workers) as results:
-            for result in tqdm(results, total=len(payloads), unit="video", desc=desc, dynamic_ncols=True):
+            bar = progress_bar(len(payloads), desc=desc, unit="video")
+            for result in results:
+                bar.update()
                 if result.status == "done":
                     done += 1
                     frames += result.frames
@@ -544,7 +546,8 @@ def run_jobs(function: Callable[[tuple], Result], payloads: list[tuple], skipped
                     failed += 1
                     failures[str(result.video)] = result.reason
                     failed_now.add(str(result.video))
-                    tqdm.write(f"FAILED {result.video}: {result.reason}", file=sys.stderr)
+                    bar.write(f"FAILED {result.video}: {result.reason}", file=sys.stderr)
+            bar.close()
     finally:
         # Entries of videos outside this run stay (another --list may share the frame root) unless
         # the video is gone. Written also when interrupted: keep what was learned so far.
