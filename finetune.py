@@ -61,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--modality", default="rgb", choices=MODALITIES,
                        help="network input: rgb; res = raw residual x_t - x_{t-1} of the normalised clip "
                             "(IIC's finetuning input); u / v = that optical-flow component in [0, 1], read from "
-                            "--flow-root (process_data/src/extract_frame.py --flow writes it)")
+                            "--flow-root (process_data/src/extract_flow.py writes it)")
     group.add_argument("--dropout", type=float, default=0.0, help="dropout before the linear layer (0: none)")
     group.add_argument("--val-freq", type=int, default=1,
                        help="validate on the hold-out every this many epochs (and after the last); 0: never, and "
