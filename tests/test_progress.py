@@ -17,15 +17,15 @@ class Clock:
 
 def test_plain_progress_prints_a_line_every_ten_percent():
     out = io.StringIO()
-    bar = PlainProgress(200, desc="epoch 0", unit="it", file=out, clock=Clock(0.01))
+    bar = PlainProgress(200, desc="epoch 0", file=out, clock=Clock(0.01))
     for _ in range(200):
         bar.set_postfix_str("loss 1.2345", refresh=False)
         bar.update()
     bar.close()
     lines = out.getvalue().splitlines()
     assert len(lines) == 10 and "\r" not in out.getvalue()
-    assert lines[0].startswith("epoch 0: 20/200 it (10%), ") and lines[0].endswith(", loss 1.2345")
-    assert lines[-1].startswith("epoch 0: 200/200 it (100%)")
+    assert lines[0].startswith("epoch 0: 20/200 (10%), ") and lines[0].endswith(", loss 1.2345")
+    assert lines[-1].startswith("epoch 0: 200/200 (100%)")
     assert all(line == line.rstrip() for line in lines)
 
 
@@ -37,7 +37,7 @@ def test_plain_progress_prints_every_thirty_seconds_and_the_final_count():
     bar.close()
     lines = out.getvalue().splitlines()
     # the clock moves 7 s a call (twice per printed line): a line about every 30 s, then the last count
-    assert 2 <= len(lines) <= 4 and lines[-1].startswith("eval: 109/10000 it (1%)")
+    assert 2 <= len(lines) <= 4 and lines[-1].startswith("eval: 109/10000 (1%)")
     assert [int(line.split()[1].split("/")[0]) for line in lines] == sorted({int(line.split()[1].split("/")[0])
                                                                              for line in lines})
 

@@ -97,7 +97,7 @@ def test_the_configuration_is_one_line_of_changed_flags(uninterrupted):
     assert f"every flag in {uninterrupted / 'config.json'}" in lines[0]
     assert '"lr":' not in PRINTED["uninterrupted"]  # no JSON dump
     # not a terminal: the progress bar prints plain lines, no carriage-return updates
-    assert "\r" not in PRINTED["uninterrupted"] and "epoch 1: 3/3 it (100%)" in PRINTED["uninterrupted"]
+    assert "\r" not in PRINTED["uninterrupted"] and "epoch 1: 3/3 (100%)" in PRINTED["uninterrupted"]
 
 
 def test_uninterrupted_run_writes_logs_and_checkpoints(uninterrupted):

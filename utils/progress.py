@@ -18,10 +18,10 @@ class PlainProgress:
     """The part of tqdm's interface the project uses (update, set_postfix_str, write, close), printing
     ``desc: n/total (p%), elapsed, postfix`` lines."""
 
-    def __init__(self, total: int, *, desc: str, initial: int = 0, unit: str = "it", file: TextIO | None = None,
+    def __init__(self, total: int, *, desc: str, initial: int = 0, file: TextIO | None = None,
                  every_percent: float = PLAIN_EVERY_PERCENT, every_seconds: float = PLAIN_EVERY_SECONDS,
                  clock: Callable[[], float] = time.monotonic):
-        self.total, self.n, self.desc, self.unit = total, initial, desc, unit
+        self.total, self.n, self.desc = total, initial, desc
         self.file = file or sys.stderr
         self.every_percent, self.every_seconds, self.clock = every_percent, every_seconds, clock
         self.postfix = ""
@@ -36,7 +36,7 @@ class PlainProgress:
         elapsed = self.clock() - self.start
         share = f" ({self._percent():.0f}%)" if self.total else ""
         postfix = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {self.n}/{self.total} {self.unit}{share}, {elapsed:.0f} s{postfix}", file=self.file,
+        print(f"{self.desc}: {self.n}/{self.total}{share}, {elapsed:.0f} s{postfix}", file=self.file,
               flush=True)
         self.last_time, self.last_percent, self.printed_n = self.clock(), self._percent(), self.n
 
@@ -59,10 +59,10 @@ class PlainProgress:
 
 def progress_bar(total: int, *, desc: str, initial: int = 0, unit: str = "it", file: TextIO | None = None,
                  leave: bool = True):
-    """A tqdm bar when ``file`` (default stderr) is a terminal, else a ``PlainProgress``."""
+    """A tqdm bar when ``file`` (default stderr) is a terminal, else a ``PlainProgress`` (which names no unit)."""
     file = file or sys.stderr
     if getattr(file, "isatty", lambda: False)():
         from tqdm import tqdm
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=file, leave=leave)
-    return PlainProgress(total, desc=desc, initial=initial, unit=unit, file=file)
+    return PlainProgress(total, desc=desc, initial=initial, file=file)
