@@ -27,13 +27,11 @@ from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, as
                               read_checkpoint, resolve_backbone_args, snapshot)
 from utils.atomic import write_text
 from utils.checkpoint import Checkpointer
-from utils.cli import run_cli
-from utils.distributed import (add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist,
-                               is_main_process)
+from utils.cli import launch, run_cli
+from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist, is_main_process
 from utils.engine import check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
 from utils.evaluation import classification_report, classify_videos, dataset_labels
 from utils.logging import RunLogger, config_to_dict
-from utils.run_dir import claim_output_dir, run_kind
 from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
                             seed_everything)
 
@@ -63,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--modality", default="rgb", choices=MODALITIES,
                        help="network input: rgb; res = raw residual x_t - x_{t-1} of the normalised clip "
                             "(IIC's finetuning input); u / v = that optical-flow component in [0, 1], read from "
-                            "--flow-root (process_data/src/extract_frame.py --flow writes it)")
+                            "--flow-root (process_data/src/extract_flow.py writes it)")
     group.add_argument("--dropout", type=float, default=0.0, help="dropout before the linear layer (0: none)")
     group.add_argument("--val-freq", type=int, default=1,
                        help="validate on the hold-out every this many epochs (and after the last); 0: never, and "
@@ -121,15 +119,8 @@ def main(args: argparse.Namespace) -> dict | None:
     check_args(args)
     ckpt = None if args.pretrain in (None, "none") else read_checkpoint(args.pretrain, "--pretrain")
     resolve_backbone_args(args, ckpt)
-    if args.dry_run:
-        print(json.dumps(config_to_dict(args), indent=2, sort_keys=True))
-        return None
-    device = init_distributed(args)
-    try:
-        with claim_output_dir(args.output_dir, run_kind(args)):
-            return _finetune(args, device, ckpt)
-    finally:
-        cleanup()
+    return launch(args, get_args_parser(), lambda device: _finetune(args, device, ckpt),
+                  saved_in=str(Path(args.output_dir) / "config.json"), claim_output=True)
 
 
 def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:

@@ -31,8 +31,8 @@ from dataset.video_dataset import add_data_args, build_dataset, require_labels
 from model.backbones import build_backbone
 from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, init_from,
                               load_backbone, read_checkpoint, residual_view, resolve_backbone_args)
-from utils.cli import run_cli
-from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
+from utils.cli import launch, run_cli
+from utils.distributed import add_distributed_args, is_main_process
 from utils.engine import check_amp
 from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, knn_classify,
                               linear_probe, plot_embedding, plot_retrieval_examples, recall_at_k, run_inference,
@@ -139,14 +139,8 @@ def main(args: argparse.Namespace) -> dict | None:
     if args.merge_modality is None:
         pretrained_with = checkpoint_config(ckpt).get("modality")
         args.merge_modality = pretrained_with if pretrained_with in MERGE_MODALITIES else "res"
-    if args.dry_run:
-        print(json.dumps(config_to_dict(args), indent=2, sort_keys=True))
-        return None
-    device = init_distributed(args)
-    try:
-        return _retrieve(args, device, ckpt)
-    finally:
-        cleanup()
+    return launch(args, get_args_parser(), lambda device: _retrieve(args, device, ckpt),
+                  saved_in=f"{Path(args.output_dir) / 'retrieval.json'} under \"config\"")
 
 
 def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:

@@ -25,8 +25,8 @@ from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, ch
                               checkpoint_config, prepare_input, read_checkpoint, resolve_backbone_args,
                               strip_ddp_prefix)
 from utils.checkpoint import CheckpointError
-from utils.cli import run_cli
-from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
+from utils.cli import launch, run_cli
+from utils.distributed import add_distributed_args, is_main_process
 from utils.engine import check_amp
 from utils.evaluation import (classification_report, classify_videos, dataset_labels, inherit_flags,
                               plot_confusion_matrix, ranked_classes)
@@ -93,14 +93,8 @@ def main(args: argparse.Namespace) -> dict | None:
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, config, {**DATA_FALLBACKS, "modality": "rgb"})
     check_modality(args.modality)
-    if args.dry_run:
-        print(json.dumps(config_to_dict(args), indent=2, sort_keys=True))
-        return None
-    device = init_distributed(args)
-    try:
-        return _test(args, device, ckpt)
-    finally:
-        cleanup()
+    return launch(args, get_args_parser(), lambda device: _test(args, device, ckpt),
+                  saved_in=f"{Path(args.output_dir) / RESULTS_NAME} under \"config\"")
 
 
 def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:

@@ -14,8 +14,8 @@ uninterrupted run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -23,16 +23,16 @@ from dataset.video_dataset import add_data_args, build_dataset
 from model import add_method_args, build_method, method_sampler
 from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
 from utils.checkpoint import Checkpointer, unwrap
-from utils.cli import run_cli
-from utils.distributed import add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist
+from utils.cli import launch, run_cli
+from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist
 from utils.engine import check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
 from utils.logging import RunLogger, config_to_dict
-from utils.run_dir import claim_output_dir, run_kind
 from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
                             seed_everything)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def get_args_parser(model: str | None = None) -> argparse.ArgumentParser:
+    """The flags; with ``model="iic"`` their defaults are IIC's published recipe."""
     parser = argparse.ArgumentParser(description="Self-supervised video pretraining (DualVar on SimCLR / MoCo, IIC)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = add_training_args(
@@ -48,16 +48,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_data_args(parser)
     add_method_args(parser)
     add_distributed_args(parser)
+    if model == "iic":
+        parser.set_defaults(**IIC_RECIPE)
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with IIC's published recipe as the defaults under --model iic."""
-    parser = get_args_parser()
-    known, _ = parser.parse_known_args(argv)
-    if known.model == "iic":
-        parser.set_defaults(**IIC_RECIPE)
-    return parser.parse_args(argv)
+    known, _ = get_args_parser().parse_known_args(argv)
+    return get_args_parser(known.model).parse_args(argv)
 
 
 # methods whose only negatives are the other clips of the global batch (MoCo and IIC also draw them from a
@@ -105,16 +104,9 @@ def ssl_forward(model: torch.nn.Module, batch: dict, device: torch.device) -> di
 
 def main(args: argparse.Namespace) -> None:
     check_args(args)
-    if args.dry_run:
-        print(json.dumps(resolved_config(args, build_method(args)), indent=2, sort_keys=True))
-        return
-
-    device = init_distributed(args)
-    try:
-        with claim_output_dir(args.output_dir, run_kind(args)):
-            _train(args, device)
-    finally:
-        cleanup()
+    launch(args, get_args_parser(args.model), lambda device: _train(args, device),
+           saved_in=str(Path(args.output_dir) / "config.json"),
+           dry_run_config=lambda: resolved_config(args, build_method(args)), claim_output=True)
 
 
 def _train(args: argparse.Namespace, device: torch.device) -> None:

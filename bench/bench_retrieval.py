@@ -4,9 +4,11 @@ Two passes over the same videos (10 clips each, 16 frames at stride 4, centre 11
 - ``extraction_s``: retrieve.py's path end to end — DataLoader with --workers decoding and cropping
   while the backbone runs (utils.evaluation.run_inference);
 - ``inference_s``: the backbone alone on the same clips, decoded beforehand and held in memory.
-``ratio`` = fastest extraction pass / fastest inference pass (--repeats alternating passes of each, so
-that load from other processes on a shared machine hits both alike); target <= 1.2 on the CPU with the
-demo data. ``data_only_s`` is the time to produce every item in the main process, without the model.
+``ratio``: the median over --repeats loops, each one inference pass then one extraction pass
+(bench/timing.alternate), of extraction / inference within the loop, so that load from other processes
+on a shared machine hits both alike; ``ratio_spread`` gives its min, max and interquartile range. Target
+<= 1.2 on the CPU with the demo data. ``data_only_s`` is the time to produce every item in the main
+process, without the model.
 
 Frames come from the demo generator (make_demo_data.py + extract_frame.py + write_csv.py, run here
 unless ``--data`` points at a folder holding ``frames/`` and ``csv/``).
@@ -31,6 +33,9 @@ from model.backbones import build_backbone  # noqa: E402
 from retrieve import video_features  # noqa: E402
 from utils.evaluation import run_inference  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import alternate, ratio  # noqa: E402
+
 
 def make_demo(work: Path, videos_per_class: int) -> Path:
     scripts = Path(__file__).resolve().parents[1] / "process_data" / "src"
@@ -54,7 +59,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="videos per batch (each is 10 clips)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the end-to-end pass")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="alternating passes of each kind; the ratio uses the fastest of each")
+                        help="loops of one pass of each kind; the ratio is the median of the per-loop ratios")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
 
@@ -75,27 +80,28 @@ def main() -> None:
         for i in range(len(dataset)):
             dataset[i]
         data_s = time.perf_counter() - tic
+
+        @torch.no_grad()
+        def inference_pass() -> None:
+            for clips in batches:
+                extract({"clips": clips})
+
+        def extraction_pass() -> None:
+            run_inference(extract, dataset, batch_size=args.batch_size, workers=args.workers, device=device,
+                          desc="extraction")
+
         with torch.no_grad():
             extract({"clips": batches[0]})  # warm-up: first-call kernel selection
-        inference, extraction = [], []
-        for _ in range(args.repeats):  # alternate, and keep the fastest of each: the machine may be shared
-            with torch.no_grad():
-                tic = time.perf_counter()
-                for clips in batches:
-                    extract({"clips": clips})
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                inference.append(time.perf_counter() - tic)
-            timings: dict = {}
-            run_inference(extract, dataset, batch_size=args.batch_size, workers=args.workers, device=device,
-                          timings=timings, desc="extraction")
-            extraction.append(timings["total"])
+        times = alternate({"inference": inference_pass, "extraction": extraction_pass}, repeats=args.repeats,
+                          warmup=0, sync=torch.cuda.synchronize if device.type == "cuda" else None)
+        extraction_over_inference = ratio(times, "extraction", "inference")
     print(json.dumps({
         "videos": len(dataset), "clips": 10 * len(dataset), "net": args.net, "base_width": args.base_width,
         "workers": args.workers, "batch_size": args.batch_size, "device": str(device),
         "torch_threads": torch.get_num_threads(), "data_only_s": round(data_s, 3),
-        "extraction_s": [round(t, 3) for t in extraction], "inference_s": [round(t, 3) for t in inference],
-        "ratio": round(min(extraction) / min(inference), 3),
+        "extraction_s": [round(t, 3) for t in times["extraction"]],
+        "inference_s": [round(t, 3) for t in times["inference"]],
+        "ratio": extraction_over_inference["median"], "ratio_spread": extraction_over_inference,
         "target_ratio": 1.2}))
 
 

@@ -4,17 +4,20 @@
     python bench/bench_step.py --device cuda --base-width 64 --batch-size 8 --num-frames 16 --size 112
 
 - ``dualvar_step_s``: one SimCLR clip-sr-tc step (forward over the 3B clips A, B, A′ and over the B
-  shuffled clips, losses, backward, SGD step), median over ``--repeats`` after ``--warmup`` steps;
+  shuffled clips, losses, backward, SGD step), median over ``--repeats`` after ``--warmup`` steps
+  (``*_spread``: min, max and interquartile range);
 - ``backbone_only_s``: the same backbone passes (3B clips, then B clips) with a fixed random linear
   function of the feature maps as the loss and the same SGD step on the backbone: no heads, losses or
   shuffling — the limit;
-- ``overhead`` = dualvar_step_s / backbone_only_s (target ≤ 1.05);
-- ``simclr_step_s``: the plain two-view baseline (``--mode clip``), and ``dualvar_over_simclr``;
+- ``overhead``: the median over the timed loops of dualvar step / backbone-only step within each loop
+  (target ≤ 1.05), ``overhead_spread`` its min, max and interquartile range;
+- ``simclr_step_s``: the plain two-view baseline (``--mode clip``), and ``dualvar_over_simclr`` (per-loop
+  ratios likewise, with ``dualvar_over_simclr_spread``);
 - ``*_peak_mb``: on the CPU the growth of the peak resident set size (``getrusage`` max RSS) of a fresh
   process over building the model and running two steps (one subprocess per kind, so that peaks do
   not mask each other); on CUDA ``torch.cuda.max_memory_allocated``.
-Timed steps of the three kinds take turns in one process, so load changes on a shared machine hit
-all of them alike.
+Timed steps of the three kinds take turns in one loop (bench/timing.alternate), and each ratio is taken
+within a loop, so load changes on a shared machine hit both of its figures alike.
 """
 
 from __future__ import annotations
@@ -22,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -37,7 +38,11 @@ from model import add_method_args, build_method  # noqa: E402 (needs the reposit
 from model.backbones import build_backbone  # noqa: E402
 from utils.engine import autocast, weighted_loss  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from timing import alternate, ratio, spread  # noqa: E402
+
 MEASUREMENTS = ("dualvar", "backbone", "simclr")
+STEP_KEYS = {"dualvar_step": "dualvar", "backbone_only": "backbone", "simclr_step": "simclr"}  # JSON key -> kind
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,7 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast as in training")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps of each kind; the median is reported")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed loops, each one step of every kind; medians of times and per-loop ratios")
     parser.add_argument("--memory-of", choices=MEASUREMENTS, help=argparse.SUPPRESS)  # internal: one memory probe
     return parser
 
@@ -94,19 +100,13 @@ def build_step(name: str, args: argparse.Namespace):
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     model.train()
 
-    def step() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
+    def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast(args.amp, device):
             loss = loss_fn()
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - tic
     return step
 
 
@@ -120,17 +120,11 @@ def peak_memory_mb(name: str, args: argparse.Namespace) -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else max_rss_mb() - rss_before
 
 
-def step_times(args: argparse.Namespace) -> dict[str, float]:
-    """Median step time of each kind; the kinds take turns so that a change in machine load hits all alike."""
+def step_times(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds of each timed step of each kind, the kinds taking turns in one loop."""
     steps = {name: build_step(name, args) for name in MEASUREMENTS}
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    times = {name: [] for name in MEASUREMENTS}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            times[name].append(step())
-    return {name: statistics.median(t) for name, t in times.items()}
+    sync = torch.cuda.synchronize if args.device == "cuda" else None
+    return alternate(steps, repeats=args.repeats, warmup=args.warmup, sync=sync)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -146,14 +140,15 @@ def main(args: argparse.Namespace) -> dict:
         peaks[name] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
     torch.manual_seed(0)
     times = step_times(args)
+    overhead, over_simclr = ratio(times, "dualvar", "backbone"), ratio(times, "dualvar", "simclr")
     report = {
         "device": args.device, "net": args.net, "base_width": args.base_width, "batch_size": args.batch_size,
         "clip": f"{args.num_frames}x{args.size}x{args.size}", "amp": args.amp, "threads": torch.get_num_threads(),
-        "dualvar_step_s": round(times["dualvar"], 4),
-        "backbone_only_s": round(times["backbone"], 4),
-        "overhead": round(times["dualvar"] / times["backbone"], 3),
-        "simclr_step_s": round(times["simclr"], 4),
-        "dualvar_over_simclr": round(times["dualvar"] / times["simclr"], 3),
+        "repeats": args.repeats,
+        **{f"{key}_s": spread(times[name])["median"] for key, name in STEP_KEYS.items()},
+        **{f"{key}_spread": spread(times[name]) for key, name in STEP_KEYS.items()},
+        "overhead": overhead["median"], "overhead_spread": overhead,
+        "dualvar_over_simclr": over_simclr["median"], "dualvar_over_simclr_spread": over_simclr,
         "dualvar_peak_mb": round(peaks["dualvar"], 1),
         "backbone_only_peak_mb": round(peaks["backbone"], 1),
         "simclr_peak_mb": round(peaks["simclr"], 1),

@@ -12,7 +12,7 @@ as retrieve.py writes them, plus the frames and ClassInd.txt under DATA_ROOT/<da
                                  neighbours (first, middle and last frame); green border = same class
 - method_overview.png            DualVar (METHOD.md §5) and IIC (§6), drawn with matplotlib; needs no run
 
-Runs that are missing are skipped with a note. Every figure is a pure function of its inputs (fixed seeds).
+Runs that were not made are left out of the figures, with a note naming the command that makes them. Every figure is a pure function of its inputs (fixed seeds).
 """
 from __future__ import annotations
 
@@ -31,8 +31,13 @@ from dataset.layout import LayoutError, count_frames, frame_name, read_class_ind
 
 FIGURES = {"distribution": "demo_feature_distribution.png", "retrieval": "demo_retrieval.png",
            "overview": "method_overview.png"}
-DEFAULT_RUNS = ("random init=demo_random/test_retrieval", "SimCLR clip baseline=demo_baseline/test_retrieval",
-                "DualVar=demo/test_retrieval")
+DEFAULT_RUNS = ("random init=demo/random/seed0/test_retrieval",
+                "SimCLR clip baseline=demo/simclr/seed0/test_retrieval",
+                "DualVar=demo/dualvar/seed0/test_retrieval")
+# the command that makes each default run (paper_scripts/common.sh's run_miniature writes it)
+MAKES = {"demo/random/seed0/test_retrieval": "bash paper_scripts/run/demo.sh",
+         "demo/simclr/seed0/test_retrieval": "bash paper_scripts/run/demo_baseline.sh",
+         "demo/dualvar/seed0/test_retrieval": "bash paper_scripts/run/demo.sh"}
 FEATURE_KEYS = ("features", "labels", "video_ids")
 WIDTH_INCHES, DPI = 14.0, 100  # 1400 px: the README's width
 QUERY_COLOUR, HIT_COLOUR, MISS_COLOUR = "#1f3b73", "#1a9641", "#d7191c"
@@ -47,7 +52,7 @@ class FigureError(Exception):
 def parse_run(spec: str) -> tuple[str, str]:
     name, sep, folder = spec.partition("=")
     if not sep or not name.strip() or not folder.strip():
-        raise argparse.ArgumentTypeError(f"{spec!r}: expected NAME=DIR, e.g. 'DualVar=demo/test_retrieval'")
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected NAME=DIR, e.g. 'DualVar=demo/dualvar/seed0/test_retrieval'")
     return name.strip(), folder.strip()
 
 
@@ -56,14 +61,24 @@ def run_folders(runs: list[tuple[str, str]], output_root: Path) -> list[tuple[st
     return [(name, Path(folder) if Path(folder).is_absolute() else output_root / folder) for name, folder in runs]
 
 
-def completed_runs(folders: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+def making_command(folder: Path, output_root: Path) -> str:
+    """The command that makes the retrieval run in ``folder``: its demo script, else retrieve.py."""
+    try:
+        relative = folder.relative_to(output_root).as_posix()
+    except ValueError:
+        relative = None
+    return MAKES.get(relative) or f"python retrieve.py --ckpt CHECKPOINT ... --output-dir {folder}"
+
+
+def completed_runs(folders: list[tuple[str, Path]], output_root: Path) -> list[tuple[str, Path]]:
     """The runs whose retrieval.json exists (retrieve.py writes it last); prints a note for the others."""
     found = []
     for name, folder in folders:
         if (folder / "retrieval.json").is_file():
             found.append((name, folder))
         else:
-            print(f"note: run '{name}' skipped: {folder / 'retrieval.json'} does not exist", flush=True)
+            print(f"note: the figures omit run '{name}', which was not made (no {folder / 'retrieval.json'}); "
+                  f"to include it, make it with: {making_command(folder, output_root)}", flush=True)
     if not found:
         expected = ", ".join(str(folder) for _, folder in folders)
         raise FigureError(f"no retrieval run found: expected retrieval.json in one of {expected}; run retrieve.py "
@@ -424,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
     dataset_root = args.data_root / args.dataset
     class_index, frame_root = dataset_root / "csv" / "ClassInd.txt", dataset_root / "frames"
     needs_runs = {"distribution", "retrieval"} & set(args.figures)
-    runs = completed_runs(run_folders(args.runs, args.output_root)) if needs_runs else []
+    runs = completed_runs(run_folders(args.runs, args.output_root), args.output_root) if needs_runs else []
     retrieval_run = None
     if "retrieval" in args.figures:
         found = dict(runs)

@@ -195,8 +195,8 @@ def test_scripts_run_from_any_directory_without_torch(videos, tmp_path):
                              "--frame-root", "frames", "--workers", "2"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert count_frames(tmp_path / "frames" / "Grow" / "v_Grow_g03_c01") == FRAMES
-    check = ("import sys; sys.path.insert(0, sys.argv[1]); import extract_frame, write_csv, make_demo_data; "
-             "sys.exit('torch' in sys.modules)")
+    check = ("import sys; sys.path.insert(0, sys.argv[1]); import extract_frame, extract_flow, write_csv, "
+             "make_demo_data; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", check, str(src)], cwd=tmp_path).returncode == 0
 
 

@@ -15,7 +15,8 @@ from paper_scripts.make_figures import FigureError
 from utils.evaluation import recall_at_k
 
 CLASSES = ["MoveRight", "MoveLeft", "Grow", "Shrink"]
-RUNS = {"demo_random": 1, "demo_baseline": 2, "demo": 3}  # run folder -> seed of its fake features
+# run folder (paper_scripts/common.sh's run_miniature demo layout) -> seed of its fake features
+RUNS = {"demo/random/seed0": 1, "demo/simclr/seed0": 2, "demo/dualvar/seed0": 3}
 SCRIPT = make_figures.REPO / "paper_scripts" / "make_figures.py"
 
 
@@ -79,15 +80,22 @@ def test_writes_the_three_figures_at_readme_width_deterministically(fake_demo, c
 
 def test_missing_runs_are_skipped_with_a_note(fake_demo, capsys):
     data_root, output_root, out_dir = fake_demo
-    (output_root / "demo_baseline" / "test_retrieval" / "retrieval.json").unlink()  # an unfinished run
+    (output_root / "demo/simclr/seed0" / "test_retrieval" / "retrieval.json").unlink()  # a run not made
     plan = make_figures.main(flags(data_root, output_root, out_dir, "--figures", "distribution"))
     assert [run["name"] for run in plan["runs"]] == ["random init", "DualVar"]
     note = capsys.readouterr().out
-    assert "'SimCLR clip baseline' skipped" in note and str(output_root / "demo_baseline") in note
+    # the note says the figure omits a run that was not made, and the command that makes it
+    assert "omit run 'SimCLR clip baseline', which was not made" in note
+    assert str(output_root / "demo/simclr/seed0") in note and "bash paper_scripts/run/demo_baseline.sh" in note
+    assert "demo.sh" not in note.replace("demo_baseline.sh", "")
+    # a run of --runs outside the demo layout is made by retrieve.py into its folder
+    make_figures.main(flags(data_root, output_root, out_dir, "--dry-run", "--runs",
+                            "A=demo/dualvar/seed0/test_retrieval", "B=elsewhere/test_retrieval"))
+    assert f"--output-dir {output_root / 'elsewhere/test_retrieval'}" in capsys.readouterr().out
     assert (out_dir / "demo_feature_distribution.png").is_file()
     assert not (out_dir / "demo_retrieval.png").exists()
     # without DualVar, the retrieval grid falls back to the last run found; a named missing run is an error
-    (output_root / "demo" / "test_retrieval" / "retrieval.json").unlink()
+    (output_root / "demo/dualvar/seed0" / "test_retrieval" / "retrieval.json").unlink()
     assert make_figures.main(flags(data_root, output_root, out_dir, "--dry-run"))["retrieval_run"] == "random init"
     with pytest.raises(FigureError, match="--retrieval-run 'DualVar'"):
         make_figures.main(flags(data_root, output_root, out_dir, "--retrieval-run", "DualVar"))
@@ -96,7 +104,7 @@ def test_missing_runs_are_skipped_with_a_note(fake_demo, capsys):
 def test_prefix_names_the_files_of_another_demo(fake_demo):
     data_root, output_root, out_dir = fake_demo
     make_figures.main(flags(data_root, output_root, out_dir, "--prefix", "iic_", "--figures", "retrieval",
-                            "--runs", "IIC=demo/test_retrieval"))
+                            "--runs", "IIC=demo/dualvar/seed0/test_retrieval"))
     assert sorted(p.name for p in out_dir.iterdir()) == ["iic_demo_retrieval.png"]
 
 
@@ -113,7 +121,7 @@ def test_no_run_at_all_names_the_expected_folders(tmp_path):
 
 def test_retrieval_grid_shows_the_neighbours_retrieve_py_ranks(fake_demo):
     _, output_root, _ = fake_demo
-    folder = output_root / "demo" / "test_retrieval"
+    folder = output_root / "demo/dualvar/seed0" / "test_retrieval"
     test = make_figures.read_features(folder / "features_test.npz")
     train = make_figures.read_features(folder / "features_train.npz")
     rows, neighbours = make_figures.select_examples(test, train, count=3, k=5)
@@ -131,7 +139,7 @@ def test_retrieval_grid_shows_the_neighbours_retrieve_py_ranks(fake_demo):
 
 def test_bad_inputs_name_the_file_and_the_fix(fake_demo):
     data_root, output_root, out_dir = fake_demo
-    features = output_root / "demo" / "test_retrieval" / "features_test.npz"
+    features = output_root / "demo/dualvar/seed0" / "test_retrieval" / "features_test.npz"
     np.savez(features, features=np.zeros((3, 4)), labels=np.zeros(3, int))
     with pytest.raises(FigureError, match=f"{features}: no video_ids.*re-run retrieve.py"):
         make_figures.main(flags(data_root, output_root, out_dir, "--figures", "retrieval"))
@@ -147,7 +155,8 @@ def test_bad_inputs_name_the_file_and_the_fix(fake_demo):
     with pytest.raises(SystemExit):
         make_figures.main(flags(data_root, output_root, out_dir, "--runs", "no-equals-sign"))
     with pytest.raises(FigureError, match="every NAME must be different"):
-        make_figures.main(flags(data_root, output_root, out_dir, "--runs", "a=demo/test_retrieval", "a=x"))
+        make_figures.main(flags(data_root, output_root, out_dir, "--runs", "a=demo/dualvar/seed0/test_retrieval",
+                                "a=x"))
 
 
 def test_dry_run_reads_and_writes_nothing_and_the_cli_needs_no_torch(fake_demo, tmp_path):

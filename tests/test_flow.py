@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import extract_flow
 import extract_frame
 import finetune
 import retrieve
@@ -44,8 +45,8 @@ def write_gray(path, image):
 
 
 def flow_main(frame_root, flow_root, *extra):
-    return extract_frame.main(["--flow", "--frame-root", str(frame_root), "--flow-root", str(flow_root),
-                               "--workers", "1", *extra])
+    return extract_flow.main(["--frame-root", str(frame_root), "--flow-root", str(flow_root), "--workers", "1",
+                              *extra])
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_extraction_writes_one_flow_frame_fewer_per_component(demo_flow):
             assert names[0] == "frame000001.jpg"
         image = read_gray(demo_flow / "tvl1_flow" / "u" / rel / "frame000001.jpg")
         assert image.ndim == 2 and image.shape == read_gray(frames / frame_name(0)).shape[:2]
-    assert not (demo_flow / "tvl1_flow" / extract_frame.FLOW_FAILURES_FILE).exists()
+    assert not (demo_flow / "tvl1_flow" / extract_flow.FLOW_FAILURES_FILE).exists()
 
 
 def moving_square(folder, step, frames=5, hw=(48, 64)):
@@ -98,7 +99,7 @@ def test_flow_sign_follows_the_motion(tmp_path, capsys):
     moved = 128 + 2 * 255 / 40  # +2 px at bound 20
     assert abs(mean("u", "right") - moved) < 4 and abs(mean("v", "right") - 128) < 2
     assert abs(mean("v", "down") - moved) < 4 and abs(mean("u", "down") - 128) < 2
-    quantised = extract_frame.quantise_flow(np.array([-30.0, -20.0, 0.0, 20.0, 30.0]), 20.0)
+    quantised = extract_flow.quantise_flow(np.array([-30.0, -20.0, 0.0, 20.0, 30.0]), 20.0)
     assert quantised.tolist() == [0, 0, 128, 255, 255]
 
 
@@ -127,7 +128,7 @@ def test_corrupt_frames_are_listed_and_the_rest_processed(tmp_path, capsys):
     (frames / "Move" / "empty").mkdir()
     assert flow_main(frames, flow) == 1
     err = capsys.readouterr().err
-    failures = extract_frame.read_failures(flow / extract_frame.FLOW_FAILURES_FILE)
+    failures = extract_frame.read_failures(flow / extract_flow.FLOW_FAILURES_FILE)
     assert sorted(Path(k).name for k in failures) == ["bad", "empty"]
     assert "image_00003.jpg" in failures[str(frames.resolve() / "Move" / "bad")] and "image_00003.jpg" in err
     assert count_flow_frames(flow / "u" / "Move" / "good") == 4
@@ -137,17 +138,33 @@ def test_corrupt_frames_are_listed_and_the_rest_processed(tmp_path, capsys):
 def test_flow_flags(tmp_path, capsys):
     frames = tmp_path / "frames"
     moving_square(frames / "Move" / "a", (0, 1))
-    assert extract_frame.main(["--flow", "--frame-root", str(frames), "--video-root", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit):  # a flag of frame extraction
+        extract_flow.main(["--frame-root", str(frames), "--video-root", str(tmp_path)])
     assert "--video-root" in capsys.readouterr().err
-    assert extract_frame.main(["--flow", "--frame-root", str(tmp_path / "none")]) == 2
-    assert "without --flow first" in capsys.readouterr().err
-    assert extract_frame.main(["--flow", "--frame-root", str(frames), "--dry-run"]) == 0
+    assert extract_flow.main(["--frame-root", str(tmp_path / "none")]) == 2
+    assert "run process_data/src/extract_frame.py first" in capsys.readouterr().err
+    assert extract_flow.main(["--frame-root", str(frames), "--dry-run"]) == 0
     config = json.loads(capsys.readouterr().out)
     assert config["videos_found"] == 1 and config["flow_root"] == str(tmp_path / "tvl1_flow")
     assert not (tmp_path / "tvl1_flow").exists()
-    if not extract_frame.tvl1_available():
-        assert extract_frame.main(["--flow", "--frame-root", str(frames), "--flow-algorithm", "tvl1"]) == 2
+    if not extract_flow.tvl1_available():
+        assert extract_flow.main(["--frame-root", str(frames), "--flow-algorithm", "tvl1"]) == 2
         assert "opencv-contrib" in capsys.readouterr().err
+
+
+def test_extract_frame_flow_still_runs_the_flow_script(tmp_path, capsys):
+    """The flow's old command (which the datasets' messages name) runs extract_flow.py, with a one-line note."""
+    frames = tmp_path / "frames"
+    moving_square(frames / "Move" / "a", (0, 1))
+    assert extract_frame.main(["--flow", "--frame-root", str(frames), "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "optical flow is now process_data/src/extract_flow.py" in captured.err
+    assert "extract_flow.py: 1 videos done" in captured.out
+    assert count_flow_frames(tmp_path / "tvl1_flow" / "u" / "Move" / "a") == count_frames(frames / "Move" / "a") - 1
+
+
+def test_flow_shares_the_job_runner_of_frame_extraction():
+    assert extract_flow.run_jobs is extract_frame.run_jobs and extract_flow.Result is extract_frame.Result
 
 
 # ---------------------------------------------------------------- loading

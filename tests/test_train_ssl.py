@@ -1,6 +1,8 @@
 """train_ssl.py end to end on a tiny frame-folder dataset: exact resume (epoch boundary and SIGKILL
 mid-epoch), the non-finite guard, --dry-run for every method × mode."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -76,11 +78,26 @@ def assert_same_weights(a, b):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
 
+PRINTED = {}  # what the uninterrupted run printed
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("uninterrupted")
-    run(tiny_data, output_dir)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        run(tiny_data, output_dir)
+    PRINTED["uninterrupted"] = printed.getvalue()
     return output_dir
+
+
+def test_the_configuration_is_one_line_of_changed_flags(uninterrupted):
+    lines = [line for line in PRINTED["uninterrupted"].splitlines() if line.startswith("configuration")]
+    assert len(lines) == 1 and "--epochs 2" in lines[0] and "--lr 0.05" in lines[0]
+    assert "--save-freq" not in lines[0] and "--weight-decay" not in lines[0]  # at their defaults
+    assert f"every flag in {uninterrupted / 'config.json'}" in lines[0]
+    assert '"lr":' not in PRINTED["uninterrupted"]  # no JSON dump
+    # not a terminal: the progress bar prints plain lines, no carriage-return updates
+    assert "\r" not in PRINTED["uninterrupted"] and "epoch 1: 3/3 (100%)" in PRINTED["uninterrupted"]
 
 
 def test_uninterrupted_run_writes_logs_and_checkpoints(uninterrupted):

@@ -1,5 +1,11 @@
-"""How the entry scripts end: a failure a user or a cluster can cause prints one clear line and exits
-non-zero; only a bug in the code shows a traceback.
+"""How the entry scripts start and end. ``launch`` is the shared end of their ``main``: --dry-run prints
+the resolved configuration; a real run prints one line of configuration and works between
+``init_distributed`` and ``cleanup``. ``run_cli`` turns a failure a user or a cluster can cause into one
+clear line and a non-zero exit status; only a bug in the code shows a traceback.
+
+    def main(args):
+        check_args(args)
+        return launch(args, get_args_parser(), lambda device: _work(args, device), saved_in=...)
 
     if __name__ == "__main__":
         run_cli(main, get_args_parser().parse_args())
@@ -7,15 +13,26 @@ non-zero; only a bug in the code shows a traceback.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import errno
+import json
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Callable
+from typing import TypeVar
+
+import torch
 
 from utils.checkpoint import CheckpointError
+from utils.distributed import cleanup, init_distributed, is_main_process
 from utils.engine import NonFiniteLossError, TrainingInterrupted
-from utils.run_dir import OutputDirError
+from utils.logging import config_to_dict, git_revision
+from utils.run_dir import OutputDirError, claim_output_dir, run_kind
+
+Result = TypeVar("Result")
 
 # ValueError covers dataset.layout.LayoutError and the flag checks
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError, OutputDirError)
@@ -97,3 +114,60 @@ def run_cli(main: Callable, args) -> None:
         message, status = known
         print(f"error: {printable(message)}", file=sys.stderr, flush=True)
         sys.exit(status)
+
+
+def changed_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The flags of ``args`` whose values differ from ``parser``'s defaults, written as a command line."""
+    def plain(value):
+        return json.loads(json.dumps(value, default=str))  # paths and tuples compare as config.json stores them
+
+    words = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help" or not hasattr(args, action.dest):
+            continue
+        value, default = getattr(args, action.dest), parser.get_default(action.dest)
+        if isinstance(default, str) and callable(action.type):
+            default = action.type(default)  # as argparse converts a string default
+        if plain(value) == plain(default):
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # store_true / store_false: the flag alone says it
+            words.append(flag)
+        elif isinstance(value, (list, tuple)):
+            words.append(" ".join([flag, *(shlex.quote(str(v)) for v in value)]))
+        else:
+            words.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(words)
+
+
+def configuration_line(args: argparse.Namespace, parser: argparse.ArgumentParser, saved_in: str) -> str:
+    """One line in place of the whole configuration: the flags that differ from the defaults, where all of them
+    are kept, and the git revision."""
+    git = git_revision()
+    revision = (f"git {git['commit'][:12]}{' with uncommitted changes' if git['dirty'] else ''}"
+                if git["commit"] else "no git revision")
+    changed = changed_flags(args, parser)
+    return (f"configuration: {'flags that differ from the defaults: ' + changed if changed else 'the defaults'} "
+            f"(every flag in {saved_in}; {revision})")
+
+
+def launch(args: argparse.Namespace, parser: argparse.ArgumentParser, work: Callable[[torch.device], Result], *,
+           saved_in: str, dry_run_config: Callable[[], dict] | None = None,
+           claim_output: bool = False) -> Result | None:
+    """The shared end of an entry script's ``main``, once its flags are checked. --dry-run prints the resolved
+    configuration (``dry_run_config()``, by default the flags) as JSON and returns None. Otherwise: the
+    processes start (``init_distributed``), rank 0 prints ``configuration_line``, ``work(device)`` runs (inside
+    ``claim_output_dir`` with ``claim_output``) and the processes stop (``cleanup``) whatever happens."""
+    if args.dry_run:
+        config = dry_run_config() if dry_run_config is not None else config_to_dict(args)
+        print(json.dumps(config, indent=2, sort_keys=True))
+        return None
+    device = init_distributed(args)
+    try:
+        claim = claim_output_dir(args.output_dir, run_kind(args)) if claim_output else contextlib.nullcontext()
+        with claim:
+            if is_main_process():
+                print(configuration_line(args, parser, saved_in), flush=True)
+            return work(device)
+    finally:
+        cleanup()

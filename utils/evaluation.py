@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from utils.distributed import get_rank, get_world_size, is_dist, is_main_process
 from utils.engine import autocast, quiet_worker
+from utils.progress import progress_bar
 
 RECALL_KS = (1, 5, 10, 20, 50)
 
@@ -91,8 +92,7 @@ def run_inference(fn: Callable[[dict], torch.Tensor], dataset, *, batch_size: in
     filled = 0
     bar = None
     if is_main_process():
-        from tqdm import tqdm
-        bar = tqdm(total=shard_size, desc=desc, dynamic_ncols=True, leave=False)
+        bar = progress_bar(shard_size, desc=desc, leave=False)
     model_time = 0.0
     start = time.perf_counter()
     for batch in loader:

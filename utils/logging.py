@@ -1,4 +1,4 @@
-"""Run logs: configuration and git revision at start, tensorboard + JSON lines + tqdm on rank 0, and
+"""Run logs: configuration and git revision at start, tensorboard + JSON lines + a progress bar on rank 0, and
 meters whose means are all-reduced across processes.
 
 Files in OUTPUT_DIR: ``config.json`` (the resolved configuration plus the git revision),
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from utils.distributed import all_reduce_mean, is_main_process
+from utils.progress import progress_bar
 
 
 def config_to_dict(args) -> dict:
@@ -131,15 +132,13 @@ class RunLogger:
         os.replace(tmp, path)
 
     def start(self, config: dict) -> dict:
-        """Write OUTPUT_DIR/config.json with the git revision and print both; returns what was written."""
+        """Write OUTPUT_DIR/config.json with the git revision; returns what was written. Nothing is printed:
+        utils.cli.launch prints one line naming this file and the flags that differ from the defaults."""
         info = {"git": git_revision(), "config": config}
         if self.enabled:
-            text = json.dumps(info, indent=2, sort_keys=True)
             tmp = self.output_dir / ".config.json.tmp"
-            tmp.write_text(text + "\n")
+            tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
             os.replace(tmp, self.output_dir / "config.json")
-            print(f"git revision: {info['git']['commit']} (dirty: {info['git']['dirty']})")
-            print(f"configuration (also in {self.output_dir / 'config.json'}):\n{text}", flush=True)
         return info
 
     def log(self, kind: str, step: int, values: dict[str, float], **fields) -> None:
@@ -152,12 +151,10 @@ class RunLogger:
             self.writer.add_scalar(f"{kind}/{name}", value, step)
 
     def progress(self, total: int, initial: int, desc: str):
-        """A tqdm bar on rank 0, None elsewhere."""
+        """A progress bar on rank 0 (utils.progress: tqdm on a terminal, plain lines in a log), None elsewhere."""
         if not self.enabled:
             return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stdout)
+        return progress_bar(total, initial=initial, desc=desc, file=sys.stdout)
 
     def close(self) -> None:
         if self.enabled:

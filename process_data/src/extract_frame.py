@@ -17,20 +17,8 @@ every other video is still extracted; the exit status is 1 when any video failed
 found corrupt, a video replaced since): each is given as the CSV writes it (``<Class>/<video>``) or as
 its path, and its new frames replace the old ones only once complete.
 
-    python process_data/src/extract_frame.py --flow --frame-root F [--flow-root O] [--flow-algorithm auto]
-
-``--flow`` computes optical flow instead, from the already-extracted RGB frame folders under F (not
-from the videos): the flow then has exactly the RGB frames' size and one frame fewer, and needs no
-second decode. It writes the two-stream release's layout ``O/{u,v}/<Class>/<video>/frame000001.jpg``
-(O defaults to the sibling ``tvl1_flow`` of F, where the datasets look for it): flow frame t (1-based
-file t + 1) is the motion from RGB frame t to t + 1 on grayscale frames, a one-frame video gets one
-zero-motion frame. Algorithm: TV-L1 (``cv2.optflow.DualTVL1OpticalFlow_create``, opencv-contrib) when
-available, else Farnebäck; the choice is printed. Each component is clipped to [-B, B] pixels (B =
-``--flow-bound``, 20) and mapped linearly to 0..255 (128 = no motion; u > 128 = moving right, v > 128 =
-moving down). Resumable like frame extraction: a video whose u and v folders both hold the expected
-number of frames is skipped, anything else is redone, and both components are written under
-temporary names and renamed when complete. Unreadable frames fail that video only, listed in
-``O/flow_failures.txt``.
+Optical flow from the extracted frames is process_data/src/extract_flow.py, which shares this script's
+resumable job runner (``run_jobs``); ``extract_frame.py --flow ...`` still runs it, with a note.
 """
 
 from __future__ import annotations
@@ -49,25 +37,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from dataset.layout import (FLOW_COMPONENTS, FLOW_FOLDER, count_flow_frames, count_frames,  # noqa: E402
-                            expected_flow_frames, flow_frame_name, frame_name)
+from dataset.layout import count_frames, frame_name  # noqa: E402
 from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
+from utils.progress import progress_bar  # noqa: E402
 
 VIDEO_EXTENSIONS = ("avi", "mp4", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "flv", "wmv", "3gp")
 FAILURES_FILE = "extract_failures.txt"
 TMP_SUFFIX = ".tmp-extract"
 OLD_SUFFIX = ".old-extract"  # a folder being replaced by --redo, deleted once the new one is in place
 DEFAULT_SHORT_SIDE = 128
-FLOW_FAILURES_FILE = "flow_failures.txt"
-FLOW_ALGORITHMS = ("auto", "tvl1", "farneback")
-# OpenCV's documented Farnebäck example settings: pyramid scale 0.5, 3 levels, window 15, 3 iterations,
-# polynomial neighbourhood 5 with sigma 1.2
-FARNEBACK_PARAMS = (0.5, 3, 15, 3, 5, 1.2, 0)
-
-
 class ExtractError(RuntimeError):
     """A configuration problem that stops the whole run (as opposed to one bad video)."""
 
@@ -76,12 +55,6 @@ class ExtractError(RuntimeError):
 class Job:
     video: Path
     out_dir: Path
-
-
-@dataclass(frozen=True)
-class FlowJob:
-    frame_dir: Path  # RGB frames in
-    out_dirs: tuple[Path, ...]  # one folder per component (u, v) out
 
 
 @dataclass(frozen=True)
@@ -95,13 +68,13 @@ class Result:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Extract every frame of every video into F/<Class>/<video_stem>/image_NNNNN.jpg "
-                    "(parallel, resumable; failures listed in F/extract_failures.txt); with --flow, compute "
-                    "optical flow from those frame folders into O/{u,v}/<Class>/<video_stem>/frameNNNNNN.jpg.")
+                    "(parallel, resumable; failures listed in F/extract_failures.txt). Optical flow from those frames: "
+                    "process_data/src/extract_flow.py.")
     p.add_argument("--video-root", type=Path,
                    help="folder of class sub-folders of videos (V/<Class>/<video>.<ext>); with --list, "
                         "the base for relative paths in the list")
     p.add_argument("--frame-root", type=Path, required=True,
-                   help="output folder; frames go to F/<Class>/<video_stem>/ (with --flow: the input)")
+                   help="output folder; frames go to F/<Class>/<video_stem>/")
     p.add_argument("--list", type=Path, dest="list_file",
                    help="text file with one video path per line (relative to --video-root or absolute), "
                         "for Kinetics-style layouts; output F/<parent folder name>/<stem>/")
@@ -121,21 +94,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "or their path (the error of a training run that met a bad frame names the folder)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved configuration and the number of videos found as JSON, then exit")
-    flow = p.add_argument_group("optical flow (--flow)")
-    flow.add_argument("--flow", action="store_true",
-                      help="compute optical flow from the RGB frame folders already extracted under --frame-root "
-                           "(same size as the frames, one flow frame per consecutive pair) instead of decoding "
-                           "videos; --video-root, --list, --short-side and --size do not apply")
-    flow.add_argument("--flow-root", type=Path, default=None,
-                      help=f"flow output folder O, written as O/{{u,v}}/<Class>/<video_stem>/frame000001.jpg "
-                           f"(default: {FLOW_FOLDER} next to --frame-root, where the datasets look for it)")
-    flow.add_argument("--flow-algorithm", default="auto", choices=FLOW_ALGORITHMS,
-                      help="tvl1 = cv2.optflow.DualTVL1OpticalFlow (needs opencv-contrib, as the published flow); "
-                           "farneback = cv2.calcOpticalFlowFarneback (plain OpenCV, much faster, coarser); "
-                           "auto = tvl1 when available, else farneback")
-    flow.add_argument("--flow-bound", type=float, default=20.0,
-                      help="each flow component is clipped to [-B, B] pixels and mapped linearly to 0..255 "
-                           "(the two-stream release's quantisation, B = 20)")
+    p.add_argument("--flow", action="store_true",
+                   help="optical flow is process_data/src/extract_flow.py; --flow runs it with the other flags "
+                        "(--frame-root, --flow-root, --flow-algorithm, --flow-bound, --workers, --quality, --dry-run)")
     return p
 
 
@@ -144,9 +105,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ExtractError(f"--quality must be in 1..100, got {args.quality}")
     if args.workers < 1:
         raise ExtractError(f"--workers must be >= 1, got {args.workers}")
-    if args.flow:
-        check_flow_args(args)
-        return
     if args.size is not None and args.short_side is not None:
         raise ExtractError("give either --short-side or --size H W, not both")
     if args.size is None and args.short_side is None:
@@ -162,23 +120,6 @@ def check_args(args: argparse.Namespace) -> None:
             raise ExtractError(f"--video-root {args.video_root} is not a folder")
     elif not args.list_file.is_file():
         raise ExtractError(f"--list {args.list_file} does not exist")
-
-
-def check_flow_args(args: argparse.Namespace) -> None:
-    given = [flag for flag, value in (("--video-root", args.video_root), ("--list", args.list_file),
-                                      ("--short-side", args.short_side), ("--size", args.size),
-                                      ("--redo", args.redo or None)) if value is not None]
-    if given:
-        raise ExtractError(f"--flow reads the frame folders under --frame-root, so {', '.join(given)} do(es) not "
-                           "apply: extract the frames first (without --flow), then run --flow without those flags")
-    if not args.frame_root.is_dir():
-        raise ExtractError(f"--frame-root {args.frame_root} is not a folder: --flow needs the extracted RGB frames "
-                           "(run this script without --flow first)")
-    if not args.flow_bound > 0:
-        raise ExtractError(f"--flow-bound must be positive, got {args.flow_bound}")
-    if args.flow_root is None:
-        args.flow_root = args.frame_root.parent / FLOW_FOLDER
-    args.flow_algorithm = resolve_flow_algorithm(args.flow_algorithm)
 
 
 def _class_entries(root: Path, keep: Callable[[os.DirEntry], bool]) -> list[Path]:
@@ -350,123 +291,6 @@ def _extract_in_worker(payload) -> Result:
     return extract_video(*payload)
 
 
-def tvl1_available() -> bool:
-    return hasattr(cv2, "optflow") and hasattr(cv2.optflow, "DualTVL1OpticalFlow_create")
-
-
-def resolve_flow_algorithm(name: str) -> str:
-    if name == "auto":
-        return "tvl1" if tvl1_available() else "farneback"
-    if name == "tvl1" and not tvl1_available():
-        raise ExtractError("--flow-algorithm tvl1 needs cv2.optflow, which only opencv-contrib provides: "
-                           "pip install opencv-contrib-python-headless (in place of opencv-python-headless), "
-                           "or use --flow-algorithm farneback")
-    return name
-
-
-def flow_function(algorithm: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """(previous, next) uint8 grayscale (H, W) -> float32 flow (H, W, 2): (u, v) displacement in pixels."""
-    if algorithm == "tvl1":
-        tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
-        return lambda previous, following: tvl1.calc(previous, following, None)
-    return lambda previous, following: cv2.calcOpticalFlowFarneback(previous, following, None, *FARNEBACK_PARAMS)
-
-
-def quantise_flow(component: np.ndarray, bound: float) -> np.ndarray:
-    """Displacements (H, W) clipped to [-bound, bound] and mapped linearly to uint8 0..255 (0 -> 128)."""
-    scaled = (np.clip(component, -bound, bound) + bound) * (255.0 / (2 * bound))
-    return np.rint(scaled).astype(np.uint8)
-
-
-def _read_gray(path: Path, shape: tuple[int, int] | None) -> np.ndarray:
-    try:
-        blob = np.fromfile(path, np.uint8)
-    except FileNotFoundError:
-        raise ValueError(f"{path} is missing (the frames must be consecutive)") from None
-    gray = cv2.imdecode(blob, cv2.IMREAD_GRAYSCALE) if blob.size else None
-    if gray is None:
-        raise ValueError(f"cannot decode {path}: empty, truncated or not a JPEG")
-    if shape is not None and gray.shape != shape:
-        raise ValueError(f"{path} is {gray.shape[1]}x{gray.shape[0]} but the earlier frames are {shape[1]}x{shape[0]}")
-    return gray
-
-
-def _write_flow(job: FlowJob, tmp_dirs: list[Path], num_frames: int, algorithm: str, bound: float,
-                quality: int) -> int:
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
-    compute = flow_function(algorithm)
-    previous = _read_gray(job.frame_dir / frame_name(0), None)
-    if num_frames == 1:  # no pair: one zero-motion frame, so that every video has flow to read
-        flows = iter([np.zeros((*previous.shape, 2), np.float32)])
-    else:
-        def pairs() -> Iterator[np.ndarray]:
-            nonlocal previous
-            for t in range(1, num_frames):
-                following = _read_gray(job.frame_dir / frame_name(t), previous.shape)
-                yield compute(previous, following)  # (H, W, 2)
-                previous = following
-        flows = pairs()
-    count = 0
-    for flow in flows:
-        for c, tmp_dir in enumerate(tmp_dirs):
-            ok, encoded = cv2.imencode(".jpg", quantise_flow(flow[..., c], bound), params)
-            if not ok:
-                raise ValueError(f"JPEG encoding failed for flow frame {count}")
-            (tmp_dir / flow_frame_name(count)).write_bytes(encoded.tobytes())
-        count += 1
-    return count
-
-
-def _install(tmp_dir: Path, out_dir: Path) -> None:
-    """Rename the finished ``tmp_dir`` to ``out_dir``, replacing an incomplete earlier result; a folder that
-    holds anything but flow frames is left alone (OSError)."""
-    if out_dir.is_dir():
-        for entry in out_dir.iterdir():
-            if entry.is_file() and entry.suffix == ".jpg" and entry.name.startswith("frame"):
-                entry.unlink()
-        out_dir.rmdir()
-    os.replace(tmp_dir, out_dir)
-
-
-def extract_flow_video(job: FlowJob, algorithm: str, bound: float, quality: int) -> Result:
-    """Compute the flow of one frame folder into ``job.out_dirs``; never raises for a bad video."""
-    num_frames = count_frames(job.frame_dir)
-    if num_frames == 0:
-        return Result(job.frame_dir, "failed", reason="no image_NNNNN.jpg frames in the folder")
-    tmp_dirs = [d.with_name(d.name + TMP_SUFFIX) for d in job.out_dirs]
-    try:
-        for tmp_dir in tmp_dirs:
-            shutil.rmtree(tmp_dir, ignore_errors=True)  # a stale folder from a killed run
-            tmp_dir.mkdir(parents=True)
-        count = _write_flow(job, tmp_dirs, num_frames, algorithm, bound, quality)
-        for tmp_dir, out_dir in zip(tmp_dirs, job.out_dirs):
-            try:
-                _install(tmp_dir, out_dir)
-            except OSError as e:
-                raise OSError(f"cannot replace {out_dir}: {e} (remove the folder and re-run)") from None
-    except Exception as e:  # any failure of this video: report it, keep going with the others
-        for tmp_dir in tmp_dirs:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        reason = f"{type(e).__name__}: {e}".replace("\t", " ").replace("\n", " ")
-        return Result(job.frame_dir, "failed", reason=reason)
-    return Result(job.frame_dir, "done", frames=count)
-
-
-def _flow_in_worker(payload) -> Result:
-    return extract_flow_video(*payload)
-
-
-def find_frame_dirs(frame_root: Path) -> list[Path]:
-    """Video frame folders ``frame_root/<Class>/<video>``, sorted; temporary folders of a running or
-    killed extraction are not videos."""
-    return _class_entries(frame_root, lambda v: v.is_dir() and not v.name.endswith((TMP_SUFFIX, OLD_SUFFIX)))
-
-
-def flow_complete(job: FlowJob) -> bool:
-    expected = expected_flow_frames(count_frames(job.frame_dir))
-    return all(count_flow_frames(d) == expected for d in job.out_dirs)
-
-
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # the pool already uses every core; nested threads only oversubscribe
     keep_freed_memory_for_reuse()
@@ -535,7 +359,9 @@ def run_jobs(function: Callable[[tuple], Result], payloads: list[tuple], skipped
     failed_now: set[str] = set()
     try:
         with _results(function, payloads, workers) as results:
-            for result in tqdm(results, total=len(payloads), unit="video", desc=desc, dynamic_ncols=True):
+            bar = progress_bar(len(payloads), desc=desc, unit="video")
+            for result in results:
+                bar.update()
                 if result.status == "done":
                     done += 1
                     frames += result.frames
@@ -544,7 +370,8 @@ def run_jobs(function: Callable[[tuple], Result], payloads: list[tuple], skipped
                     failed += 1
                     failures[str(result.video)] = result.reason
                     failed_now.add(str(result.video))
-                    tqdm.write(f"FAILED {result.video}: {result.reason}", file=sys.stderr)
+                    bar.write(f"FAILED {result.video}: {result.reason}", file=sys.stderr)
+            bar.close()
     finally:
         # Entries of videos outside this run stay (another --list may share the frame root) unless
         # the video is gone. Written also when interrupted: keep what was learned so far.
@@ -578,11 +405,16 @@ def _dry_run(args: argparse.Namespace, found: int) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--flow" in argv:  # the flow's old place: hand over to its own script
+        import extract_flow
+
+        print("extract_frame.py --flow: optical flow is now process_data/src/extract_flow.py (the same flags, "
+              "without --flow); running it", file=sys.stderr, flush=True)
+        return extract_flow.main([a for a in argv if a != "--flow"])
     args = get_args_parser().parse_args(argv)
     try:
         check_args(args)
-        if args.flow:
-            return main_flow(args)
         extensions = {e.strip().lstrip(".").lower() for e in args.extensions.split(",") if e.strip()}
         if args.list_file is not None:
             videos = read_video_list(args.list_file, args.video_root)
@@ -611,33 +443,6 @@ def main(argv=None) -> int:
     done, failed, frames = run_jobs(_extract_in_worker, payloads, skipped, failures_path, args.workers, "extract")
     print(f"extract_frame.py: {done} videos done, {len(skipped)} skipped (already extracted), {failed} failed; "
           f"{frames} frames written to {args.frame_root}")
-    if failed:
-        print(f"extract_frame.py: the failed videos and reasons are listed in {failures_path}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def main_flow(args: argparse.Namespace) -> int:
-    """--flow: every frame folder under --frame-root -> u and v flow folders under --flow-root."""
-    frame_dirs = [Path(os.path.abspath(d)) for d in find_frame_dirs(args.frame_root)]
-    if not frame_dirs:
-        raise ExtractError(f"no frame folders found in {args.frame_root}/<Class>/<video>/: extract the frames first")
-    if args.dry_run:
-        return _dry_run(args, len(frame_dirs))
-    jobs = [FlowJob(d, tuple(args.flow_root / c / d.parent.name / d.name for c in FLOW_COMPONENTS))
-            for d in frame_dirs]
-    print(f"extract_frame.py: optical flow with {args.flow_algorithm} "
-          f"({'cv2.optflow.DualTVL1OpticalFlow' if args.flow_algorithm == 'tvl1' else 'cv2.calcOpticalFlowFarneback'})"
-          f", bound {args.flow_bound:g} px, into {args.flow_root}", flush=True)
-    args.flow_root.mkdir(parents=True, exist_ok=True)
-    keep_freed_memory_for_reuse()  # for the inline run (--workers 1); pool workers do it themselves
-    failures_path = args.flow_root / FLOW_FAILURES_FILE
-    complete = [flow_complete(job) for job in jobs]
-    payloads = [(job, args.flow_algorithm, args.flow_bound, args.quality)
-                for job, is_complete in zip(jobs, complete) if not is_complete]
-    skipped = [job.frame_dir for job, is_complete in zip(jobs, complete) if is_complete]
-    done, failed, frames = run_jobs(_flow_in_worker, payloads, skipped, failures_path, args.workers, "flow")
-    print(f"extract_frame.py: {done} videos done, {len(skipped)} skipped (flow complete), {failed} failed; "
-          f"{frames} flow frames per component written to {args.flow_root}")
     if failed:
         print(f"extract_frame.py: the failed videos and reasons are listed in {failures_path}", file=sys.stderr)
     return 1 if failed else 0
