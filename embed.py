@@ -47,11 +47,12 @@ from model.classifier import (add_backbone_args, backbone_state, checkpoint_conf
                               read_checkpoint, resolve_backbone_args)
 from retrieve import DATA_FALLBACKS, LAYERS, video_features
 from utils.atomic import write_text
-from utils.cli import run_cli
-from utils.distributed import add_distributed_args, barrier, cleanup, get_rank, get_world_size, init_distributed
+from utils.cli import launch, run_cli
+from utils.distributed import add_distributed_args, barrier, get_rank, get_world_size
 from utils.engine import autocast, check_amp, quiet_worker
 from utils.evaluation import inherit_flags
 from utils.logging import config_to_dict
+from utils.progress import progress_bar
 from utils.run_dir import check_writable
 
 FAILURES_NAME = "failures.txt"
@@ -276,14 +277,9 @@ def main(args: argparse.Namespace) -> dict | None:
     inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
     args.resize = list(args.resize)
     paths = list_videos(args.videos)
-    if args.dry_run:
-        print(json.dumps({**config_to_dict(args), "videos_found": len(paths)}, indent=2, sort_keys=True))
-        return None
-    device = init_distributed(args)
-    try:
-        return _embed(args, device, ckpt, paths, out)
-    finally:
-        cleanup()
+    return launch(args, get_args_parser(), lambda device: _embed(args, device, ckpt, paths, out),
+                  saved_in=f"the config array of {out}",
+                  dry_run_config=lambda: {**config_to_dict(args), "videos_found": len(paths)})
 
 
 def _embed(args: argparse.Namespace, device: torch.device, ckpt: dict, paths: list[str], out: Path) -> dict:
@@ -342,10 +338,7 @@ def _embed_shard(args, device, backbone, paths: list[str], partial: Path, config
                  fps=np.array(fps, np.float64), failed_paths=np.array(list(failures), dtype=str),
                  failed_reasons=np.array(list(failures.values()), dtype=str), config=np.array(json.dumps(config)))
 
-    bar = None
-    if get_rank() == 0:
-        from tqdm import tqdm
-        bar = tqdm(total=len(paths), desc="embed", dynamic_ncols=True, leave=False)
+    bar = progress_bar(len(paths), desc="embed", unit="video", leave=False) if get_rank() == 0 else None
     for batch in loader:
         ok = [i for i, error in enumerate(batch["error"]) if not error]
         for i, error in enumerate(batch["error"]):

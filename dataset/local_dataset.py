@@ -78,7 +78,7 @@ class DatasetPaths:
 
 
 def flow_command(frame_root: Path, flow_root: Path) -> str:
-    return f"python process_data/src/extract_frame.py --flow --frame-root {frame_root} --flow-root {flow_root}"
+    return f"python process_data/src/extract_flow.py --frame-root {frame_root} --flow-root {flow_root}"
 
 
 def data_root(flag: str | os.PathLike | None = None) -> Path:

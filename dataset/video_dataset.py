@@ -420,7 +420,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--flow-root", default=None,
                        help="optical flow for --modality u / v, laid out as <flow-root>/{u,v}/<Class>/<video>/"
                             "frame000001.jpg; default <data-root>/<dataset>/tvl1_flow (a CSV folder: its sibling "
-                            "tvl1_flow); written by process_data/src/extract_frame.py --flow")
+                            "tvl1_flow); written by process_data/src/extract_flow.py")
     group.add_argument("--video-root", default=None,
                        help="video files of a CSV written by process_data/src/write_csv.py --source video (rows "
                             "<Class>/<video>.mp4); default <data-root>/<dataset>/videos (a CSV folder: its sibling "

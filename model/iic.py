@@ -56,7 +56,7 @@ def add_iic_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--modality", default="res", choices=MODALITIES,
                        help="view 2: res = residual frames (x_t − x_{t−1} + 1)/2; rgb = the RGB clip again; "
                             "u / v = one optical-flow component of the same frames, read from --flow-root "
-                            "(process_data/src/extract_frame.py --flow writes it)")
+                            "(process_data/src/extract_flow.py writes it)")
     group.add_argument("--intra-neg", default="repeat", choices=INTRA_NEGATIVES,
                        help="intra-negative from the RGB clip: repeat = one random frame tiled T times; "
                             "shuffle = swap two of 4 temporal chunks (T must divide by 4); none = plain CMC")

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCED = re.compile(r"^```(?:bash|sh|shell)\n(.*?)^```", re.S | re.M)
 INDENTED = re.compile(r"^    ((?:bash|python|torchrun) .*)$", re.M)  # markdown's indented code lines
-ENTRY_SCRIPTS = ("train_ssl.py", "finetune.py", "test.py", "retrieve.py")
+ENTRY_SCRIPTS = ("train_ssl.py", "finetune.py", "test.py", "retrieve.py", "embed.py")
+CHECKPOINT_FLAGS = ("--ckpt", "--pretrain")
 SETUP = re.compile(r"^(\. |source |pip |python3? -m (venv|pip) )")
 SYNOPSIS = re.compile(r"\[|\.\.\.|[{|]")  # [--optional flags], a|b, {choices}: a usage line, not a command
 
@@ -88,9 +89,23 @@ def test_the_pages_hold_the_demo_commands():
     assert any(c.startswith("torchrun ") and "train_ssl.py --dataset demo" in c for c in commands)
 
 
+def stand_in_checkpoints(args: list[str], cwd: Path) -> list[Path]:
+    """A randomly initialised pretraining checkpoint at each --ckpt / --pretrain path that a documented command
+    reads and an earlier documented command (not run for real here) would have written."""
+    random_init = load("paper_scripts/random_init.py")
+    made = []
+    for flag, value in zip(args, args[1:]):
+        if flag in CHECKPOINT_FLAGS and value.endswith(".pth") and not (cwd / value).exists():
+            random_init.main(random_init.get_args_parser().parse_args(
+                ["--net", "r3d", "--base-width", "8", "--num-frames", "8", "--size", "32", "--resize", "36", "48",
+                 "--out", str(cwd / value)]))
+            made.append(cwd / value)
+    return made
+
+
 def test_every_documented_demo_command_runs_as_written(demo_cwd, capsys):
     modules = {}
-    ran = []
+    ran, stand_ins = [], []
     for page, command in demo_commands():
         words = shlex.split(command)
         env = {}
@@ -108,6 +123,7 @@ def test_every_documented_demo_command_runs_as_written(demo_cwd, capsys):
             i = next(i for i, word in enumerate(words) if word.endswith(".py"))
             script, args = words[i], [*words[i + 1:], "--dry-run"]
             module = modules.setdefault(script, load(script))
+            stand_ins += stand_in_checkpoints(args, demo_cwd)
             with contextlib.redirect_stdout(io.StringIO()) as printed:
                 if Path(script).name in ENTRY_SCRIPTS:
                     parse = getattr(module, "parse_args", None) or module.get_args_parser().parse_args
@@ -117,4 +133,5 @@ def test_every_documented_demo_command_runs_as_written(demo_cwd, capsys):
             json.loads(printed.getvalue())  # the resolved configuration
         ran.append(where)
     assert len(ran) >= 6, ran
-    assert not (demo_cwd / "runs").exists() and not (demo_cwd / "output").exists()  # dry runs write nothing
+    written = {p for p in (demo_cwd / "runs").rglob("*") if p.is_file()} if (demo_cwd / "runs").exists() else set()
+    assert written == set(stand_ins) and not (demo_cwd / "output").exists()  # dry runs write nothing

@@ -242,13 +242,13 @@ def test_finetune_flip_negates_u_and_mirrors(tmp_path):
 
 def test_missing_flow_gives_the_command_that_writes_it(tmp_path, demo_flow):
     args = tiny_demo_args(demo_flow, "--flow-root", str(tmp_path / "nowhere"))
-    with pytest.raises(LayoutError, match=r"(?s)nowhere/u does not exist.*extract_frame\.py --flow --frame-root"):
+    with pytest.raises(LayoutError, match=r"(?s)nowhere/u does not exist.*extract_flow\.py --frame-root"):
         vd.build_dataset(args, "test", "eval", modality="u")
     shutil.copytree(demo_flow / "tvl1_flow", tmp_path / "flow")
     shutil.rmtree(tmp_path / "flow" / "u" / "MoveLeft")
     dataset = vd.build_dataset(tiny_demo_args(demo_flow, "--flow-root", str(tmp_path / "flow")), "test", "finetune",
                                modality="u")
-    with pytest.raises(LayoutError, match=r"(?s)flow frame folder .* does not exist.*extract_frame\.py --flow"):
+    with pytest.raises(LayoutError, match=r"(?s)flow frame folder .* does not exist.*extract_flow\.py --frame-root"):
         for i in range(len(dataset)):
             dataset[i]
     with pytest.raises(ValueError, match="DualVar"):

@@ -38,11 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import cv2  # noqa: E402
 
-from dataset.layout import count_frames, frame_name  # noqa: E402
+from dataset.layout import VIDEO_EXTENSIONS, count_frames, frame_name  # noqa: E402
 from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
 from utils.progress import progress_bar  # noqa: E402
 
-VIDEO_EXTENSIONS = ("avi", "mp4", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "flv", "wmv", "3gp")
 FAILURES_FILE = "extract_failures.txt"
 TMP_SUFFIX = ".tmp-extract"
 OLD_SUFFIX = ".old-extract"  # a folder being replaced by --redo, deleted once the new one is in place
