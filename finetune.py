@@ -30,7 +30,7 @@ from utils.checkpoint import Checkpointer
 from utils.cli import run_cli
 from utils.distributed import (add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist,
                                is_main_process)
-from utils.engine import check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
+from utils.engine import select_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
 from utils.evaluation import classification_report, classify_videos, dataset_labels
 from utils.logging import RunLogger, config_to_dict
 from utils.run_dir import claim_output_dir, run_kind
@@ -133,7 +133,7 @@ def main(args: argparse.Namespace) -> dict | None:
 
 
 def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:
-    check_amp(args.amp, device)
+    args.amp = select_amp(args.amp, device)
     # Without validation the hold-out would only be wasted, so it is trained on.
     train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality)
     val_set = build_dataset(args, "val", "eval", modality=args.modality) if args.val_freq else []

@@ -33,7 +33,7 @@ from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state
                               load_backbone, read_checkpoint, residual_view, resolve_backbone_args)
 from utils.cli import run_cli
 from utils.distributed import add_distributed_args, cleanup, init_distributed, is_main_process
-from utils.engine import check_amp
+from utils.engine import AMP_CHOICES, select_amp
 from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, knn_classify,
                               linear_probe, plot_embedding, plot_retrieval_examples, recall_at_k, run_inference,
                               topk_accuracy)
@@ -71,8 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "optical-flow component (from --flow-root); default: the checkpoint's --modality if it "
                             "is one of these, else res")
     group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is 10 clips)")
-    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                       help="mixed-precision inference: bf16 (CPU or recent GPUs) or fp16 (CUDA only)")
+    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                       help="mixed-precision inference: auto = bf16 where the GPU or CPU computes it natively, fp16 "
+                            "on older GPUs, else fp32; bf16; fp16 (CUDA only); none = fp32")
     group.add_argument("--knn-k", type=int, default=20,
                        help="neighbours that vote in the kNN classification (train split votes for test videos)")
     group.add_argument("--knn-temperature", type=float, default=0.07,
@@ -149,7 +150,7 @@ def main(args: argparse.Namespace) -> dict | None:
 
 
 def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
-    check_amp(args.amp, device)
+    args.amp = select_amp(args.amp, device)
     if args.ckpt == COLOUR_STATS:
         backbone, loaded, kind = ColourStatistics(), 0, "no-learning reference"
     elif args.init_from is not None:

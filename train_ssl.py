@@ -25,7 +25,7 @@ from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
 from utils.checkpoint import Checkpointer, unwrap
 from utils.cli import run_cli
 from utils.distributed import add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist
-from utils.engine import check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
+from utils.engine import select_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
 from utils.logging import RunLogger, config_to_dict
 from utils.run_dir import claim_output_dir, run_kind
 from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace, device: torch.device) -> None:
-    check_amp(args.amp, device)
+    args.amp = select_amp(args.amp, device)
     if args.sync_bn and is_dist() and device.type != "cuda":
         raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU); "
                          "drop --sync-bn on CPU runs")

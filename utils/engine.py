@@ -28,6 +28,7 @@ from utils.logging import MetricLogger
 from utils.run_dir import close_inherited_locks
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_CHOICES = ("auto", *AMP_DTYPES)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -91,25 +92,68 @@ def quiet_worker(worker_id: int) -> None:
     close_inherited_locks()
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): only there is bf16 autocast faster
+    than fp32; elsewhere oneDNN emulates it, several times slower."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Ampere (compute capability 8) and newer, or ROCm: bf16 tensor cores. Older GPUs only emulate bf16."""
+    return bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """(the --amp mode to run, why): ``auto`` becomes bf16 on CUDA with native bfloat16 and on CPUs with
+    AVX512-BF16 or AMX, fp16 with a GradScaler on older GPUs, none (fp32) elsewhere; the others stay as given."""
+    if amp != "auto":
+        return amp, "as given"
+    if device.type == "cuda":
+        if cuda_has_native_bf16(device):
+            return "bf16", "CUDA device with native bfloat16"
+        return "fp16", "CUDA device without native bfloat16 (before Ampere): float16 with loss scaling"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16", "CPU with AVX512-BF16 or AMX"
+    return "none", f"{device.type.upper()} without native bfloat16: fp32 is faster than emulated bf16"
+
+
 def check_amp(amp: str, device: torch.device) -> None:
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"--amp {amp}: expected one of {', '.join(AMP_DTYPES)}")
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"--amp {amp}: expected one of {', '.join(AMP_CHOICES)}")
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("--amp fp16 needs a CUDA device (float16 autocast with a GradScaler); "
-                         "on the CPU use --amp bf16 or --amp none")
+                         "on the CPU use --amp auto, bf16 or none")
+    if amp == "bf16" and device.type == "cuda" and not cuda_has_native_bf16(device):
+        name = torch.cuda.get_device_name(device)
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ValueError(f"--amp bf16: {name} (compute capability {major}.{minor}) has no native bfloat16 and would "
+                         "emulate it slowly or fail; use --amp fp16 (or auto, which picks it there) or --amp none")
+
+
+def select_amp(amp: str, device: torch.device, announce: bool = True) -> str:
+    """Check ``--amp`` on ``device`` and resolve ``auto``; prints the choice when ``announce`` (rank 0)."""
+    check_amp(amp, device)
+    chosen, why = resolve_amp(amp, device)
+    check_amp(chosen, device)
+    if announce and get_rank() == 0:
+        precision = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with a GradScaler"}[chosen]
+        print(f"--amp {amp}: {precision} on {device} ({why})", flush=True)
+    return chosen
 
 
 def autocast(amp: str, device: torch.device):
-    """Autocast context for ``--amp``; a no-op for ``none``."""
-    if AMP_DTYPES[amp] is None:
+    """Autocast context for ``--amp`` (``auto`` resolved on ``device``); a no-op for ``none``."""
+    dtype = AMP_DTYPES[resolve_amp(amp, device)[0]]
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
     """A GradScaler that is active only for fp16 (a pass-through otherwise, so the loop has one path)."""
     check_amp(amp, device)
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    return torch.amp.GradScaler(device.type, enabled=resolve_amp(amp, device)[0] == "fp16")
 
 
 class SkipSampler(Sampler):

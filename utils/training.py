@@ -8,6 +8,7 @@ import random
 import numpy as np
 import torch
 
+from utils.engine import AMP_CHOICES
 from utils.run_dir import check_output_dir, run_kind
 
 
@@ -59,9 +60,11 @@ def add_training_args(parser: argparse.ArgumentParser, *, title: str, epochs: in
     group.add_argument("--lr-gamma", type=float, default=0.1, help="factor applied at each --schedule epoch")
     group.add_argument("--warmup-epochs", type=int, default=0,
                        help="linear warm-up of the learning rate over this many epochs")
-    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                       help="mixed precision: bf16 (GPUs, and CPUs with AVX512-BF16/AMX; slower than fp32 on "
-                            "other CPUs) or fp16 (CUDA only, with loss scaling); losses are computed in fp32")
+    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                       help="mixed precision: auto = bf16 on Ampere or newer GPUs and on CPUs with AVX512-BF16/AMX, "
+                            "fp16 on older GPUs, fp32 elsewhere; bf16 (slower than fp32 on CPUs without "
+                            "AVX512-BF16/AMX); fp16 (CUDA only, with loss scaling); none = fp32. Losses are "
+                            "computed in fp32")
     group.add_argument("--seed", type=int, default=0,
                        help="seeds the model, the data order and every augmentation (same seed = same run)")
     group.add_argument("--output-dir", default=output_dir,

@@ -1,0 +1,79 @@
+"""What the first CUDA run relies on, checked on the CPU: --amp auto, device selection, timeouts, resume
+agreement across ranks, the memory estimate, uint8 transport, the rank-0 retrieval, BatchNorm handling."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from utils import engine
+from utils.engine import check_amp, resolve_amp, select_amp
+
+CPU = torch.device("cpu")
+GPU = torch.device("cuda", 0)
+
+
+def fake_gpu(monkeypatch, major: int) -> None:
+    """Pretend cuda:0 is a GPU of compute capability major.0 (no CUDA call reaches the driver)."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(major=major, minor=0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (major, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"Fake GPU sm_{major}0")
+
+
+@pytest.mark.parametrize("fast_bf16, expected", [(True, "bf16"), (False, "none")])
+def test_amp_auto_on_the_cpu_follows_native_bf16(monkeypatch, fast_bf16, expected):
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert resolve_amp("auto", CPU)[0] == expected
+    assert resolve_amp("none", CPU)[0] == "none" and resolve_amp("bf16", CPU)[0] == "bf16"
+
+
+@pytest.mark.parametrize("major, expected", [(8, "bf16"), (9, "bf16"), (7, "fp16")])
+def test_amp_auto_on_cuda_picks_bf16_from_ampere_on_and_fp16_before(monkeypatch, major, expected):
+    fake_gpu(monkeypatch, major)
+    assert resolve_amp("auto", GPU)[0] == expected
+
+
+def test_amp_bf16_on_a_pre_ampere_gpu_is_refused(monkeypatch):
+    fake_gpu(monkeypatch, 7)
+    with pytest.raises(ValueError, match=r"--amp bf16: Fake GPU sm_70 \(compute capability 7.0\) has no native "
+                                         r"bfloat16.*--amp fp16"):
+        check_amp("bf16", GPU)
+    check_amp("fp16", GPU)
+    fake_gpu(monkeypatch, 8)
+    check_amp("bf16", GPU)
+
+
+def test_select_amp_prints_its_choice(monkeypatch, capsys):
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
+    assert select_amp("auto", CPU) == "none"
+    assert "--amp auto: fp32 on cpu" in capsys.readouterr().out
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
+    assert select_amp("auto", CPU) == "bf16"
+    assert "--amp auto: bf16 autocast on cpu (CPU with AVX512-BF16 or AMX)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
+        select_amp("fp16", CPU)
+
+
+def test_autocast_resolves_auto(monkeypatch):
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
+    with engine.autocast("auto", CPU):
+        assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.bfloat16
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
+    with engine.autocast("auto", CPU):
+        assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.float32
+
+
+def test_the_entry_scripts_default_to_amp_auto():
+    import importlib
+    for name in ("train_ssl", "finetune", "test", "retrieve"):
+        parser = importlib.import_module(name).get_args_parser()
+        assert parser.get_default("amp") == "auto", name
+
+
+def test_paper_launchers_pass_amp_auto(tmp_path):
+    from test_paper_scripts import printed_commands, split_entry
+    commands = printed_commands("run", "simclr_clip-sr-tc_r21d_ucf101", tmp_path, NUM_GPUS="8")
+    assert len(commands) == 6
+    for cmd in commands:
+        args = split_entry(cmd)[1]
+        assert args[args.index("--amp") + 1] == "auto", cmd
