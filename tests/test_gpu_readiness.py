@@ -1,5 +1,6 @@
 """What the first CUDA run relies on, checked on the CPU: --amp auto, device selection, timeouts, resume
 agreement across ranks, the memory estimate, uint8 transport, the rank-0 retrieval, BatchNorm handling."""
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -77,3 +78,62 @@ def test_paper_launchers_pass_amp_auto(tmp_path):
     for cmd in commands:
         args = split_entry(cmd)[1]
         assert args[args.index("--amp") + 1] == "auto", cmd
+
+
+# ---------------------------------------------------------------- device, timeout, kernels
+
+def test_a_process_that_sees_one_gpu_uses_it_whatever_its_local_rank():
+    from utils.distributed import cuda_index
+    assert [cuda_index(rank, 1) for rank in range(8)] == [0] * 8  # Slurm --gpus-per-task=1
+    assert [cuda_index(rank, 8) for rank in range(8)] == list(range(8))  # torchrun on one 8-GPU node
+    with pytest.warns(UserWarning, match="local rank 5 sees 4 GPUs: it shares GPU 1"):
+        assert cuda_index(5, 4) == 1
+
+
+def test_local_rank_reaches_the_device_through_the_modulo(monkeypatch):
+    from utils import distributed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert distributed._resolve_device("auto", 3) == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("script", ["train_ssl", "finetune", "test", "retrieve"])
+def test_dist_timeout_reaches_init_process_group(monkeypatch, script):
+    """Every entry script takes --dist-timeout (minutes) and init_distributed hands it to the process group."""
+    import datetime
+    import importlib
+
+    from utils import distributed
+    argv = {"train_ssl": [], "finetune": ["--pretrain", "none"], "test": ["--ckpt", "x.pth"],
+            "retrieve": ["--ckpt", "x.pth"]}[script]
+    args = importlib.import_module(script).get_args_parser().parse_args(
+        argv + ["--dist-timeout", "45", "--device", "cpu"])
+    assert args.dist_timeout == 45
+    for name, value in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT="1").items():
+        monkeypatch.setenv(name, value)
+    seen = {}
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    distributed.init_distributed(args)
+    assert seen["timeout"] == datetime.timedelta(minutes=45) and seen["backend"] == "gloo"
+
+
+def test_kernel_settings_fast_by_default_deterministic_on_request(monkeypatch):
+    from utils.distributed import configure_kernels
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        configure_kernels(GPU, deterministic=False)
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+        assert not torch.are_deterministic_algorithms_enabled()
+        configure_kernels(GPU, deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        configure_kernels(CPU, deterministic=False)
+        assert not torch.backends.cudnn.benchmark  # the CPU has no cuDNN to tune
+    finally:
+        configure_kernels(CPU, deterministic=False)
