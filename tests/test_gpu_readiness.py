@@ -137,3 +137,58 @@ def test_kernel_settings_fast_by_default_deterministic_on_request(monkeypatch):
         assert not torch.backends.cudnn.benchmark  # the CPU has no cuDNN to tune
     finally:
         configure_kernels(CPU, deterministic=False)
+
+
+# ---------------------------------------------------------------- resume across nodes
+
+def _tiny_checkpointer(output_dir):
+    from utils.checkpoint import Checkpointer
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return Checkpointer(output_dir, model, optimizer), model
+
+
+def _resume_worker(rank, port, out_dir):
+    """Each rank runs in its own folder out_dir/node<r> (its "own disk") with the same relative --output-dir, as two
+    nodes with local disks would; "shared" is an absolute folder both see."""
+    import torch.distributed as dist
+
+    from utils import distributed
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    os.chdir(f"{out_dir}/node{rank}")
+    distributed.init_distributed(SimpleNamespace(device="cpu", dist_backend="gloo", dist_timeout=2))
+    outcome = {}
+    for case in ("only_rank0_has_it", "only_rank1_has_it", "shared"):
+        folder = f"{out_dir}/shared" if case == "shared" else f"runs/{case}"
+        checkpointer, model = _tiny_checkpointer(folder)
+        try:
+            start = checkpointer.resume("auto")
+            weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+            gathered = [torch.empty_like(weights) for _ in range(2)]
+            dist.all_gather(gathered, weights)
+            outcome[case] = {"epoch": start.epoch, "same_weights": torch.equal(*gathered)}
+        except Exception as error:  # noqa: BLE001 - the test reads the message
+            outcome[case] = {"error": f"{type(error).__name__}: {error}"}
+    torch.save(outcome, f"{out_dir}/rank{rank}.pt")
+    distributed.cleanup()
+
+
+def test_resume_is_decided_by_rank_0_and_needs_a_shared_output_folder(tmp_path):
+    from conftest import run_gloo_processes
+    (tmp_path / "node1").mkdir()
+    for folder in ("node0/runs/only_rank0_has_it", "node1/runs/only_rank1_has_it", "shared"):
+        checkpointer, model = _tiny_checkpointer(tmp_path / folder)
+        with torch.no_grad():
+            model.weight.add_(1.0)  # trained weights, unlike a fresh start
+        checkpointer.save(3, 0, 30)
+    outcomes = run_gloo_processes(_resume_worker, tmp_path)
+    for outcome in outcomes:  # the same clear error on both ranks, not a drift then a hang
+        error = outcome["only_rank0_has_it"]["error"]
+        assert error.startswith("CheckpointError: rank 0 resumes from") and "rank 1 on" in error
+        assert "--output-dir must be a folder that every node shares" in error and "rank 0 on" not in error
+        # rank 1's stale file on its own disk is ignored: rank 0 found none, so both start afresh
+        assert outcome["only_rank1_has_it"] == {"epoch": 0, "same_weights": True}
+        assert outcome["shared"] == {"epoch": 3, "same_weights": True}

@@ -15,6 +15,7 @@ import errno
 import os
 import random
 import shutil
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,39 @@ def _state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Te
         ("missing", missing), ("unexpected", unexpected), ("other shape in the checkpoint", reshaped)) if keys)
 
 
+def agreed_resume_path(resume: str, output_dir: str | os.PathLike) -> Path | None:
+    """``resolve_resume`` as rank 0 sees it, on every rank (a collective under torchrun).
+
+    Each rank looking on its own disk would let a node without the checkpoint start at epoch 0 while the others
+    resume: the replicas drift apart and the job hangs in a later collective. So rank 0 decides, and every rank
+    must be able to read what it decided, or all stop with the same message.
+    """
+    if not is_dist():
+        return resolve_resume(resume, output_dir)
+    decision: list = [None, None]  # [path or None, error message or None]
+    if is_main_process():
+        try:
+            path = resolve_resume(resume, output_dir)
+            decision[0] = None if path is None else str(path)
+        except FileNotFoundError as error:
+            decision[1] = str(error)
+    dist.broadcast_object_list(decision, src=0)
+    if decision[1] is not None:
+        raise FileNotFoundError(decision[1])
+    if decision[0] is None:
+        return None
+    path = Path(decision[0])
+    unreadable: list = [None] * get_world_size()
+    dist.all_gather_object(unreadable, None if os.access(path, os.R_OK) and path.is_file() else socket.gethostname())
+    missing = [f"rank {rank} on {host}" for rank, host in enumerate(unreadable) if host is not None]
+    if missing:
+        raise CheckpointError(
+            f"rank 0 resumes from {path}, which {', '.join(missing)} cannot read: --output-dir must be a folder that "
+            "every node shares (a network file system), and the data must exist on every node; or pass "
+            "--resume none to start afresh")
+    return path
+
+
 @dataclass
 class ResumePoint:
     epoch: int = 0
@@ -232,8 +266,9 @@ class Checkpointer:
                                       "again (--resume auto continues from it)", e.saved) from None
 
     def resume(self, resume: str) -> ResumePoint:
-        """Restore model, optimizer, scheduler, scaler and this rank's RNG states per ``--resume``."""
-        path = resolve_resume(resume, self.output_dir)
+        """Restore model, optimizer, scheduler, scaler and this rank's RNG states per ``--resume``, from the
+        checkpoint that rank 0 picks (every rank must call it)."""
+        path = agreed_resume_path(resume, self.output_dir)
         if path is None:
             return ResumePoint()
         ckpt = load_checkpoint(path, fix="delete it, or pass --resume none to start afresh")
