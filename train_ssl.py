@@ -27,6 +27,7 @@ from utils.cli import run_cli
 from utils.distributed import add_distributed_args, cleanup, get_rank, get_world_size, init_distributed, is_dist
 from utils.engine import select_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
 from utils.logging import RunLogger, config_to_dict
+from utils.memory_estimate import check_fits, pretraining_memory
 from utils.run_dir import claim_output_dir, run_kind
 from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
                             seed_everything)
@@ -89,6 +90,7 @@ def resolved_config(args: argparse.Namespace, method: torch.nn.Module) -> dict:
         "trainable_parameters": sum(p.numel() for p in method.parameters() if p.requires_grad),
         "world_size": world_size,
         "global_batch_size": args.batch_size * world_size,
+        "memory_estimate": pretraining_memory(args, method, args.amp),
     }
     if hasattr(method, "banks"):
         # rows: one per training video, 0 under --dry-run (the dataset is not read)
@@ -128,6 +130,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     seed_everything(args.seed)
     method = build_method(args, num_videos=len(dataset)).to(device)
     config = resolved_config(args, method)
+    check_fits(config["resolved"]["memory_estimate"], device, get_world_size())
     # ... then one stream per rank for the randomness inside forward (segment permutations).
     seed_everything(args.seed + 1_000 * get_rank())
 

@@ -192,3 +192,77 @@ def test_resume_is_decided_by_rank_0_and_needs_a_shared_output_folder(tmp_path):
         # rank 1's stale file on its own disk is ignored: rank 0 found none, so both start afresh
         assert outcome["only_rank1_has_it"] == {"epoch": 0, "same_weights": True}
         assert outcome["shared"] == {"epoch": 3, "same_weights": True}
+
+
+# ---------------------------------------------------------------- memory estimate
+
+def _real_saved_bytes(net, width, frames, size):
+    """What autograd really keeps for one CPU clip (parameters excluded, storages counted once)."""
+    from model.backbones import build_backbone
+    torch.manual_seed(0)
+    backbone, _ = build_backbone(net, width)
+    parameters = {p.untyped_storage().data_ptr() for p in backbone.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        backbone(torch.randn(1, 3, frames, size, size))
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("net", ["r21d", "r3d"])
+def test_the_meta_count_of_activations_equals_a_real_forward(net):
+    from utils.memory_estimate import saved_activation_bytes
+    assert saved_activation_bytes(net, 8, 8, 32) == _real_saved_bytes(net, 8, 8, 32) > 0
+
+
+def _pretrain_args(*argv):
+    import train_ssl
+    return train_ssl.parse_args(["--base-width", "8", "--num-frames", "8", "--size", "32", "--resize", "36", "48",
+                                 *argv])
+
+
+@pytest.mark.parametrize("argv, passes", [(["--mode", "clip-sr-tc"], 4), (["--mode", "clip"], 2),
+                                          (["--mode", "clip-sr"], 4), (["--model", "moco", "--mode", "clip-sr-tc"], 3),
+                                          (["--model", "moco", "--mode", "clip"], 1), (["--model", "iic"], 2)])
+def test_the_estimate_counts_the_passes_with_gradient(argv, passes):
+    from utils.memory_estimate import clips_with_gradient
+    assert clips_with_gradient(_pretrain_args(*argv)) == passes
+
+
+def test_the_estimate_scales_with_batch_and_precision_and_is_in_the_dry_run(capsys):
+    import json
+
+    import train_ssl
+    from model import build_method
+    from utils.memory_estimate import pretraining_memory, saved_activation_bytes
+    args = _pretrain_args("--batch-size", "4")
+    method = build_method(args)
+    fp32 = pretraining_memory(args, method, "none")
+    per_clip = saved_activation_bytes("r21d", 8, 8, 32)
+    assert fp32["activations_gib"] == round(4 * 4 * per_clip / 2**30, 2)
+    args.batch_size = 8
+    assert pretraining_memory(args, method, "none")["activations_gib"] == pytest.approx(
+        2 * fp32["activations_gib"], abs=0.011)
+    assert pretraining_memory(args, method, "bf16")["activations_per_clip_gib"] == pytest.approx(
+        fp32["activations_per_clip_gib"] / 2, abs=0.001)
+    train_ssl.main(_pretrain_args("--batch-size", "4", "--amp", "none", "--dry-run"))
+    assert json.loads(capsys.readouterr().out)["resolved"]["memory_estimate"] == fp32
+
+
+def test_a_step_that_cannot_fit_the_gpu_is_refused_with_the_flags_to_use(monkeypatch):
+    from utils.memory_estimate import check_fits
+    fake_gpu(monkeypatch, 8)
+    estimate = {"peak_per_gpu_gib": 90.9, "batch_per_process": 64, "clips_with_gradient_per_video": 4,
+                "clip": "16x112x112", "amp": "none"}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=80 * 2**30))
+    with pytest.raises(ValueError, match=r"about 90.9 GiB per GPU .* more than the 80 GiB of Fake GPU sm_80: run on "
+                                         r"more GPUs \(.*NUM_GPUS=8 gives 8 per GPU\).*--batch-size to about 56"):
+        check_fits(estimate, GPU, world_size=1)
+    check_fits({**estimate, "peak_per_gpu_gib": 70.0}, GPU, world_size=1)
+    check_fits(estimate, CPU, world_size=1)
