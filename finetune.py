@@ -135,8 +135,9 @@ def main(args: argparse.Namespace) -> dict | None:
 def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:
     args.amp = select_amp(args.amp, device)
     # Without validation the hold-out would only be wasted, so it is trained on.
-    train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality)
-    val_set = build_dataset(args, "val", "eval", modality=args.modality) if args.val_freq else []
+    train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality,
+                              uint8=True)
+    val_set = build_dataset(args, "val", "eval", modality=args.modality, uint8=True) if args.val_freq else []
     for dataset in (train_set, val_set) if args.val_freq else (train_set,):
         require_labels(dataset, "finetuning")
     if train_set.num_classes < 2:
@@ -177,7 +178,8 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
               f"epoch, {get_world_size()} process(es) on {device}", flush=True)
 
     def forward(m: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        clips = prepare_input(batch["clip"].to(device, non_blocking=True), args.modality)  # (B, 3, T, H, W)
+        batch = train_set.to_device(batch, device)
+        clips = prepare_input(batch["clip"], args.modality)  # (B, 3, T, H, W)
         return classification_loss(m(clips), batch["label"].to(device, non_blocking=True))
 
     global_step, start_iter, last_val = start.global_step, start.iteration, {}

@@ -161,23 +161,23 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
         loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
         kind = backbone_state(ckpt, args.ckpt)[1]
     backbone.to(device).eval()
-    gallery_set = build_dataset(args, "trainval", "eval", modality="rgb")
-    query_set = build_dataset(args, "test", "eval", modality="rgb")
+    gallery_set = build_dataset(args, "trainval", "eval", modality="rgb", uint8=True)
+    query_set = build_dataset(args, "test", "eval", modality="rgb", uint8=True)
     for dataset in (gallery_set, query_set):
         require_labels(dataset, "retrieval")
     # a flow view 2 comes from datasets of flow clips (same rows, clip positions and crops)
     merge_flow = args.merge and args.merge_modality in FLOW_MODALITIES
-    flow_sets = [build_dataset(args, split, "eval", modality=args.merge_modality)
+    flow_sets = [build_dataset(args, split, "eval", modality=args.merge_modality, uint8=True)
                  for split in ("trainval", "test")] if merge_flow else []
     if is_main_process():
         print(f"loaded {loaded} backbone tensors from {args.ckpt or args.init_from} ({kind}); "
               f"{len(gallery_set)} gallery and {len(query_set)} query videos", flush=True)
 
-    def extract(batch: dict, merge_residual: bool) -> torch.Tensor:
-        return video_features(backbone, batch["clips"].to(device, non_blocking=True), args.layer, merge_residual)
+    def extract(dataset, batch: dict, merge_residual: bool) -> torch.Tensor:
+        return video_features(backbone, dataset.to_device(batch, device)["clips"], args.layer, merge_residual)
 
     def features(dataset, desc: str, merge_residual: bool) -> np.ndarray:
-        return run_inference(lambda batch: extract(batch, merge_residual), dataset, desc=desc,
+        return run_inference(lambda batch: extract(dataset, batch, merge_residual), dataset, desc=desc,
                              batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp)
 
     merge_residual = args.merge and args.merge_modality == "res"

@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> dict | None:
 def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     args.amp = select_amp(args.amp, device)
     model = build_classifier(args, ckpt).to(device)
-    dataset = build_dataset(args, args.test_split, "eval", modality=args.modality)
+    dataset = build_dataset(args, args.test_split, "eval", modality=args.modality, uint8=True)
     require_labels(dataset, "testing")
     num_classes = model.fc.out_features
     if dataset.num_classes != num_classes:

@@ -99,10 +99,11 @@ def resolved_config(args: argparse.Namespace, method: torch.nn.Module) -> dict:
     return config
 
 
-def ssl_forward(model: torch.nn.Module, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+def ssl_forward(model: torch.nn.Module, batch: dict, dataset, device: torch.device) -> dict[str, torch.Tensor]:
     """Call the (possibly DDP-wrapped) method on the batch entries it names; DualVar takes "clips"."""
     keys = getattr(unwrap(model), "batch_keys", ("clips",))
-    return model(*(batch[key].to(device, non_blocking=True) for key in keys))
+    batch = dataset.to_device({key: batch[key] for key in keys}, device)
+    return model(*(batch[key] for key in keys))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -125,7 +126,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
         raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU); "
                          "drop --sync-bn on CPU runs")
     # The training-set size sizes IIC's memory banks, so the dataset comes first.
-    dataset = build_dataset(args, "trainval", method_sampler(args))
+    dataset = build_dataset(args, "trainval", method_sampler(args), uint8=True)
     # Same seed on every rank for the initial weights and banks (DDP would broadcast rank 0's anyway) ...
     seed_everything(args.seed)
     method = build_method(args, num_videos=len(dataset)).to(device)
@@ -162,7 +163,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
                 loader = epoch_loader(dataset, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
                                       epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
                 stats, global_step = train_one_epoch(
-                    model, loader, optimizer, forward_fn=lambda m, b: ssl_forward(m, b, device),
+                    model, loader, optimizer, forward_fn=lambda m, b: ssl_forward(m, b, dataset, device),
                     loss_weights=unwrap(model).loss_weights, epoch=epoch, num_iters=iters, start_iter=start_iter,
                     global_step=global_step, device=device, amp=args.amp, scaler=scaler, logger=logger,
                     log_every=args.log_every, save_every_iters=args.save_every_iters, save_fn=checkpointer.save)

@@ -266,3 +266,49 @@ def test_a_step_that_cannot_fit_the_gpu_is_refused_with_the_flags_to_use(monkeyp
         check_fits(estimate, GPU, world_size=1)
     check_fits({**estimate, "peak_per_gpu_gib": 70.0}, GPU, world_size=1)
     check_fits(estimate, CPU, world_size=1)
+
+
+# ---------------------------------------------------------------- uint8 transport
+
+QUANTUM = 0.5 / 255 / min(0.229, 0.224, 0.225)  # half a byte step, through the smallest ImageNet std
+
+
+def _batch(dataset, count=3):
+    items = [dataset[i] for i in range(count)]
+    return {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in items[0]}
+
+
+@pytest.mark.parametrize("sampler, tolerance", [("dualvar", QUANTUM), ("finetune", QUANTUM), ("iic", 1e-6),
+                                                ("eval", 1e-5)])
+def test_uint8_clips_become_the_float_clips_on_the_device(tiny_demo, sampler, tolerance):
+    """Byte clips give the float clips of before: exactly (to float rounding) where no colour work is done (IIC's
+    [0, 1] crops, the centre crops of evaluation), within half a byte step after jitter and blur."""
+    from conftest import tiny_demo_args
+    from dataset.video_dataset import build_dataset
+    args = tiny_demo_args(tiny_demo)
+    split = "test" if sampler == "eval" else "trainval"
+    floats = _batch(build_dataset(args, split, sampler))
+    shipped = build_dataset(args, split, sampler, uint8=True)
+    raw = _batch(shipped)
+    key = "clip" if sampler in ("iic", "finetune") else "clips"
+    assert raw[key].dtype == torch.uint8 and raw[key].element_size() * 4 == floats[key].element_size()
+    batch = shipped.to_device(raw, CPU)
+    assert batch[key].dtype == torch.float32 and batch[key].shape == floats[key].shape
+    assert (batch[key] - floats[key]).abs().max() <= tolerance + 1e-6
+    assert torch.equal(batch["index"], floats["index"])
+
+
+@pytest.mark.parametrize("sampler, modality", [("iic", "u"), ("finetune", "u"), ("eval", "v")])
+def test_uint8_flow_clips_stay_in_zero_one(tmp_path, sampler, modality):
+    import numpy as np
+
+    from dataset import video_dataset as vd
+    from test_flow import hand_made_args, hand_made_set
+    hand_made_set(tmp_path, lambda y, x, t: 3 * x + 2 * y, lambda y, x, t: 60 + 2 * x, lambda y, x, t: 10 + 0 * x + t)
+    args = hand_made_args(tmp_path)
+    split = "test" if sampler == "eval" else "trainval"
+    floats = vd.build_dataset(args, split, sampler, modality=modality)[0]
+    shipped = vd.build_dataset(args, split, sampler, modality=modality, uint8=True)
+    batch = shipped.to_device({k: torch.as_tensor(v)[None] for k, v in shipped[0].items()}, CPU)
+    for key in set(floats) & {"clip", "clips", "flow"}:
+        np.testing.assert_allclose(batch[key][0].numpy(), floats[key].numpy(), rtol=0, atol=1e-6)

@@ -137,7 +137,9 @@ def classify_videos(model: torch.nn.Module, dataset, *, prepare: Callable[[torch
     model.eval()
 
     def scores(batch: dict) -> torch.Tensor:
-        clips = batch["clips"].to(device, non_blocking=True)  # (B, n_clips, 3, T, H, W)
+        # (B, n_clips, 3, T, H, W); a dataset that ships uint8 clips makes them float on the device
+        clips = dataset.to_device(batch, device)["clips"] if hasattr(dataset, "to_device") \
+            else batch["clips"].to(device, non_blocking=True)
         logits = model(prepare(clips.flatten(0, 1)))  # (B·n_clips, K)
         return aggregate_clips(logits.unflatten(0, clips.shape[:2]), aggregate)  # (B, K)
 
