@@ -122,7 +122,7 @@ def video_features(backbone: torch.nn.Module, clips: torch.Tensor, layer: str, m
 
 
 def main(args: argparse.Namespace) -> dict | None:
-    """Run the retrieval; returns the contents of retrieval.json (None for --dry-run)."""
+    """Run the retrieval; returns the contents of retrieval.json on rank 0 (None for --dry-run and on other ranks)."""
     for flag in ("batch_size", "num_examples"):
         if getattr(args, flag) < (1 if flag == "batch_size" else 0):
             raise ValueError(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
@@ -149,7 +149,7 @@ def main(args: argparse.Namespace) -> dict | None:
         cleanup()
 
 
-def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
+def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict | None:
     args.amp = select_amp(args.amp, device)
     if args.ckpt == COLOUR_STATS:
         backbone, loaded, kind = ColourStatistics(), 0, "no-learning reference"
@@ -178,7 +178,8 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
 
     def features(dataset, desc: str, merge_residual: bool) -> np.ndarray:
         return run_inference(lambda batch: extract(dataset, batch, merge_residual), dataset, desc=desc,
-                             batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp)
+                             batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
+                             everywhere=False)  # rank 0 only: the other ranks have nothing left to do
 
     merge_residual = args.merge and args.merge_modality == "res"
     gallery = features(gallery_set, "gallery (train)", merge_residual)  # (G, D)
@@ -186,10 +187,13 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     if merge_flow:  # the mean over clips commutes with concatenation: RGB half, then flow half
         gallery = np.concatenate([gallery, features(flow_sets[0], "gallery flow", False)], axis=1)  # (G, 2D)
         queries = np.concatenate([queries, features(flow_sets[1], "queries flow", False)], axis=1)  # (Q, 2D)
+    if not is_main_process():
+        return None
     gallery_labels, query_labels = dataset_labels(gallery_set), dataset_labels(query_set)
-    recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels, RECALL_KS)
+    recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels, RECALL_KS, device)
     num_classes = max(query_set.num_classes, int(gallery_labels.max()) + 1, int(query_labels.max()) + 1)
-    knn_scores = knn_classify(queries, gallery, gallery_labels, num_classes, args.knn_k, args.knn_temperature)
+    knn_scores = knn_classify(queries, gallery, gallery_labels, num_classes, args.knn_k, args.knn_temperature,
+                              device=device)
     probe_scores = linear_probe(gallery, gallery_labels, queries, num_classes)
     results = {**recall, "knn_top1": 100 * topk_accuracy(knn_scores, query_labels, (1,))[1],
                "linear_probe_top1": 100 * topk_accuracy(probe_scores, query_labels, (1,))[1],
@@ -198,8 +202,7 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
                "layer": args.layer, "merge": args.merge, "merge_modality": args.merge_modality if args.merge else None,
                "checkpoint": str(args.ckpt or args.init_from), "checkpoint_kind": kind,
                "loaded_tensors": loaded, "git": git_revision(), "config": config_to_dict(args)}
-    if is_main_process():
-        write_outputs(args, results, gallery_set, query_set, gallery, queries, neighbours)
+    write_outputs(args, results, gallery_set, query_set, gallery, queries, neighbours)
     return results
 
 

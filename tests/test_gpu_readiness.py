@@ -3,6 +3,7 @@ agreement across ranks, the memory estimate, uint8 transport, the rank-0 retriev
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -312,3 +313,51 @@ def test_uint8_flow_clips_stay_in_zero_one(tmp_path, sampler, modality):
     batch = shipped.to_device({k: torch.as_tensor(v)[None] for k, v in shipped[0].items()}, CPU)
     for key in set(floats) & {"clip", "clips", "flow"}:
         np.testing.assert_allclose(batch[key][0].numpy(), floats[key].numpy(), rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- retrieval on rank 0, in blocks
+
+def _neighbours_in_one_piece(queries, gallery, k):
+    """The former path: the whole similarity matrix, a stable argsort in NumPy."""
+    return np.argsort(-(queries @ gallery.T), axis=1, kind="stable")[:, :min(k, len(gallery))]
+
+
+@pytest.mark.parametrize("block_elements", [2**26, 200, 1])
+def test_blockwise_neighbours_equal_the_whole_matrix(block_elements):
+    from utils.evaluation import centre_and_normalise, nearest_neighbours
+    rng = np.random.default_rng(0)
+    gallery = centre_and_normalise(rng.standard_normal((60, 16)).astype(np.float32))
+    queries = centre_and_normalise(rng.standard_normal((23, 16)).astype(np.float32))
+    got = nearest_neighbours(queries, gallery, 50, block_elements=block_elements)
+    np.testing.assert_array_equal(got, _neighbours_in_one_piece(queries, gallery, 50))
+    # small integers: every similarity is exact in both paths, and ties abound; the lower row must come first
+    gallery, queries = (rng.integers(-2, 3, (n, 4)).astype(np.float32) for n in (60, 23))
+    got = nearest_neighbours(queries, gallery, 50, block_elements=block_elements)
+    np.testing.assert_array_equal(got, _neighbours_in_one_piece(queries, gallery, 50))
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, index):
+        return {"x": torch.full((3,), float(index)), "index": index}
+
+
+def _gather_worker(rank, port, out_dir):
+    from utils.evaluation import run_inference
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        result = run_inference(lambda batch: batch["x"] * 10, _Rows(), batch_size=2, workers=0, device=CPU,
+                               everywhere=False)
+        torch.save(None if result is None else torch.from_numpy(result), f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_retrieval_features_are_gathered_on_rank_0_only(tmp_path):
+    from conftest import run_gloo_processes
+    on_rank0, on_rank1 = run_gloo_processes(_gather_worker, tmp_path, start_method="fork")
+    assert on_rank1 is None
+    np.testing.assert_array_equal(on_rank0.numpy(), 10 * np.repeat(np.arange(5.0)[:, None], 3, axis=1))
