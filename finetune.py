@@ -34,8 +34,8 @@ from utils.engine import select_amp, epoch_loader, iterations_per_epoch, make_gr
 from utils.evaluation import classification_report, classify_videos, dataset_labels
 from utils.logging import RunLogger, config_to_dict
 from utils.run_dir import claim_output_dir, run_kind
-from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
-                            seed_everything)
+from utils.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler,
+                            check_training_args, convert_sync_bn, seed_everything)
 
 LOSS_WEIGHTS = {"loss_ce": 1.0}
 BEST_NAME = "best.pth"
@@ -68,6 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--val-freq", type=int, default=1,
                        help="validate on the hold-out every this many epochs (and after the last); 0: never, and "
                             "train on the whole train split (hold-out included)")
+    add_sync_bn_arg(group)
     group.add_argument("--eval-batch-size", type=int, default=4,
                        help="videos per validation batch (each is 10 clips)")
     add_backbone_args(parser)
@@ -154,7 +155,7 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
     classifier.to(device)
     seed_everything(args.seed + 1_000 * get_rank())  # one dropout stream per rank
 
-    model = classifier
+    model = classifier = convert_sync_bn(classifier, args.sync_bn, device)
     if is_dist():
         model = torch.nn.parallel.DistributedDataParallel(
             classifier, device_ids=[device.index] if device.type == "cuda" else None)

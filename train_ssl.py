@@ -29,8 +29,8 @@ from utils.engine import select_amp, epoch_loader, iterations_per_epoch, make_gr
 from utils.logging import RunLogger, config_to_dict
 from utils.memory_estimate import check_fits, pretraining_memory
 from utils.run_dir import claim_output_dir, run_kind
-from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
-                            seed_everything)
+from utils.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler,
+                            check_training_args, convert_sync_bn, seed_everything)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,8 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         output_dir="runs/pretrain",
         published={"epochs": "200", "batch_size": "8 × 8 GPUs", "lr": "0.003 for a global batch of 64",
                    "weight_decay": "1e-4", "schedule": "120 160"})
-    group.add_argument("--sync-bn", action="store_true",
-                       help="synchronise BatchNorm statistics across processes (CUDA only)")
+    add_sync_bn_arg(group)
     group.add_argument("--save-freq", type=int, default=10,
                        help="also keep OUTPUT_DIR/epochNNN.pth every this many epochs (NNN = 0-based epoch "
                             "just finished); 0 disables")
@@ -122,9 +121,6 @@ def main(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace, device: torch.device) -> None:
     args.amp = select_amp(args.amp, device)
-    if args.sync_bn and is_dist() and device.type != "cuda":
-        raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU); "
-                         "drop --sync-bn on CPU runs")
     # The training-set size sizes IIC's memory banks, so the dataset comes first.
     dataset = build_dataset(args, "trainval", method_sampler(args), uint8=True)
     # Same seed on every rank for the initial weights and banks (DDP would broadcast rank 0's anyway) ...
@@ -135,10 +131,8 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     # ... then one stream per rank for the randomness inside forward (segment permutations).
     seed_everything(args.seed + 1_000 * get_rank())
 
-    model = method
+    model = convert_sync_bn(method, args.sync_bn, device)
     if is_dist():
-        if args.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(unwrap(model), args)

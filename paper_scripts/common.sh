@@ -124,6 +124,10 @@ visible_gpus() {
 NUM_GPUS="${NUM_GPUS:-$(visible_gpus)}"
 [[ "$NUM_GPUS" =~ ^[0-9]+$ ]] || die "NUM_GPUS=$NUM_GPUS: give a whole number of GPUs (0 for one CPU process)"
 NUM_PROCS=$(( NUM_GPUS > 0 ? NUM_GPUS : 1 ))
+# On several GPUs a process holds only a few clips (finetuning: 16 / 8 = 2; IIC: 16 / 8 = 2, in three passes):
+# BatchNorm then needs the statistics of the global batch. DualVar's SimCLR keeps per-GPU BatchNorm as published.
+SYNC_BN_FLAGS=()
+(( NUM_GPUS > 1 )) && SYNC_BN_FLAGS=(--sync-bn)
 
 # Per-process batch size for a global batch, so that the published global batch holds on any GPU count.
 per_process_batch() {
@@ -200,10 +204,11 @@ run_mode() {
   case "$mode" in
     pretrain)
       local flags=("${PRETRAIN_FLAGS[@]}") batch="$PRETRAIN_GLOBAL_BATCH"
-      [ "$MODEL" = iic ] && flags=("${IIC_PRETRAIN_FLAGS[@]}") batch="$IIC_PRETRAIN_GLOBAL_BATCH"
+      [ "$MODEL" = iic ] && flags=("${IIC_PRETRAIN_FLAGS[@]}" "${SYNC_BN_FLAGS[@]}") batch="$IIC_PRETRAIN_GLOBAL_BATCH"
       if (( demo )); then
         flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_PRETRAIN_FLAGS[@]}") batch="$DEMO_PRETRAIN_GLOBAL_BATCH"
-        [ "$MODEL" = iic ] && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_IIC_PRETRAIN_FLAGS[@]}")
+        [ "$MODEL" = iic ] && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_IIC_PRETRAIN_FLAGS[@]}"
+                                     "${SYNC_BN_FLAGS[@]}")
       fi
       batch="$(per_process_batch "$batch")"
       run_python train_ssl.py --dataset "$PRETRAIN_DATA" --data-root "$DATA_ROOT" --model "$MODEL" \
@@ -215,7 +220,7 @@ run_mode() {
                            --stride "$(demo_finetune_stride)") batch="$DEMO_FINETUNE_GLOBAL_BATCH"
       batch="$(per_process_batch "$batch")"
       run_python finetune.py --dataset "$downstream" --data-root "$DATA_ROOT" --pretrain "$pretrained" \
-        "${finetune_flags[@]}" "${flags[@]}" --batch-size "$batch" --output-dir "$out/$mode" ;;
+        "${finetune_flags[@]}" "${flags[@]}" "${SYNC_BN_FLAGS[@]}" --batch-size "$batch" --output-dir "$out/$mode" ;;
     test|test_hmdb)
       local finetune_from="$out/finetune"
       [ "$mode" = test_hmdb ] && finetune_from="$out/finetune_hmdb"
@@ -282,7 +287,8 @@ run_miniature() {
   local batch ft_batch
   batch="$(per_process_batch "$DEMO_PRETRAIN_GLOBAL_BATCH")"
   ft_batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
-  local ft_flags=(--net r21d "${DEMO_CLIP_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --stride "$DEMO_STRIDE" --batch-size "$ft_batch")
+  local ft_flags=(--net r21d "${DEMO_CLIP_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --stride "$DEMO_STRIDE" --batch-size "$ft_batch"
+                  "${SYNC_BN_FLAGS[@]}")
 
   # No-learning reference: colour statistics (6 numbers per clip), in retrieval and in the clip contrast.
   local colour="$root/colour_stats/seed0"
@@ -308,7 +314,7 @@ run_miniature() {
         ckpt="$dir/pretrain/checkpoint.pth" pretrain="$ckpt"
         local method_flags pretrain_flags=("${DEMO_PRETRAIN_FLAGS[@]}")
         read -r -a method_flags <<<"${MINI_METHOD_FLAGS[$method]}"
-        [ "$method" = iic ] && pretrain_flags=("${DEMO_IIC_PRETRAIN_FLAGS[@]}")
+        [ "$method" = iic ] && pretrain_flags=("${DEMO_IIC_PRETRAIN_FLAGS[@]}" "${SYNC_BN_FLAGS[@]}")
         # a finished run resumes at its last epoch and stops at once
         run_python train_ssl.py "${common[@]}" "${method_flags[@]}" --net r21d "${DEMO_CLIP_FLAGS[@]}" \
           "${pretrain_flags[@]}" --batch-size "$batch" --seed "$seed" --output-dir "$dir/pretrain"

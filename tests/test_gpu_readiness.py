@@ -361,3 +361,63 @@ def test_retrieval_features_are_gathered_on_rank_0_only(tmp_path):
     on_rank0, on_rank1 = run_gloo_processes(_gather_worker, tmp_path, start_method="fork")
     assert on_rank1 is None
     np.testing.assert_array_equal(on_rank0.numpy(), 10 * np.repeat(np.arange(5.0)[:, None], 3, axis=1))
+
+
+# ---------------------------------------------------------------- BatchNorm across processes
+
+@pytest.mark.parametrize("gpus", ["1", "2", "8"])
+def test_launchers_sync_batchnorm_for_finetuning_and_iic_on_several_gpus(tmp_path, gpus):
+    from test_paper_scripts import printed_commands, split_entry
+    commands = printed_commands("run", "iic_repeat_res_r3d_ucf101", tmp_path, NUM_GPUS=gpus)
+    commands += printed_commands("run", "simclr_clip-sr-tc_r21d_ucf101", tmp_path, NUM_GPUS=gpus)
+    synced = {(split_entry(c)[0], "--model" in c and c[c.index("--model") + 1]) for c in commands if "--sync-bn" in c}
+    expected = {("finetune.py", False), ("train_ssl.py", "iic")} if gpus != "1" else set()
+    assert synced == expected
+
+
+def _tiny_moco(*argv):
+    from test_dualvar import tiny_method
+    return tiny_method("--model", "moco", "--mode", "clip-tc", "--moco-k", "8", *argv)
+
+
+def test_moco_in_one_process_shuffles_keys_across_sub_batches_with_their_own_statistics():
+    from test_dualvar import random_clips
+    method = _tiny_moco("--moco-bn-splits", "2").train()
+    clips = random_clips(method, batch=4)[:, 1]  # (4, 3, T, H, W), the key view
+    torch.manual_seed(3)
+    keys, series = method.encode_keys(clips)
+    # what it must equal: the same permutation, each half of the shuffled batch through the key encoder alone
+    torch.manual_seed(3)
+    permutation = torch.randperm(4)
+    with torch.no_grad():
+        halves = [method.key_encoder(part) for part in clips[permutation].chunk(2)]
+    inverse = torch.argsort(permutation)
+    torch.testing.assert_close(keys, torch.cat([h[0] for h in halves])[inverse])
+    torch.testing.assert_close(series, torch.cat([h[1] for h in halves])[inverse])
+    with torch.no_grad():
+        whole = method.key_encoder(clips)[0]  # the leak: statistics of the queries' own four videos
+    assert not torch.allclose(keys, whole, atol=1e-4)
+    # the queries see the same sub-batch structure (the "virtual GPUs"), in order
+    with torch.no_grad():
+        queries = method.encode_queries(clips)[0]
+        torch.testing.assert_close(queries, torch.cat([method.encoder(part)[0] for part in clips.chunk(2)]))
+    one = _tiny_moco("--moco-bn-splits", "1").train()
+    with torch.no_grad():
+        torch.testing.assert_close(one.encode_keys(clips)[0], one.key_encoder(clips)[0])
+
+
+def test_moco_sync_bn_converts_the_query_encoder_only(monkeypatch):
+    from utils import training
+    method = _tiny_moco()
+    monkeypatch.setattr(training, "is_dist", lambda: True)
+    converted = training.convert_sync_bn(method, True, GPU)
+    kinds = {name.split(".")[0]: set() for name, _ in converted.named_modules() if name}
+    for name, module in converted.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            kinds[name.split(".")[0]].add(type(module).__name__)
+    assert kinds["encoder"] == {"SyncBatchNorm"} and kinds["key_encoder"] == {"BatchNorm3d"}
+    simclr = training.convert_sync_bn(__import__("test_dualvar").tiny_method("--model", "simclr"), True, GPU)
+    assert not any(type(m) is torch.nn.BatchNorm3d for m in simclr.modules())
+    with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
+        training.convert_sync_bn(_tiny_moco(), True, CPU)
+    assert training.convert_sync_bn(method, False, GPU) is method

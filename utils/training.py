@@ -8,6 +8,7 @@ import random
 import numpy as np
 import torch
 
+from utils.distributed import is_dist
 from utils.engine import AMP_CHOICES
 from utils.run_dir import check_output_dir, run_kind
 
@@ -22,6 +23,30 @@ def lr_factor(epoch: int, args: argparse.Namespace) -> float:
     """Multi-step decay at --schedule epochs, after a linear warm-up over --warmup-epochs."""
     warmup = (epoch + 1) / args.warmup_epochs if epoch < args.warmup_epochs else 1.0
     return warmup * args.lr_gamma ** sum(epoch >= milestone for milestone in args.schedule)
+
+
+def add_sync_bn_arg(group) -> None:
+    group.add_argument("--sync-bn", action="store_true",
+                       help="BatchNorm statistics over the global batch instead of each process's share (CUDA, "
+                            "several processes); the launchers pass it on more than one GPU, where a process holds "
+                            "only a few clips")
+
+
+def convert_sync_bn(model: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
+    """``model`` with SyncBatchNorm when ``enabled`` under torchrun (call before the DDP wrap). A model that names
+    ``sync_bn_submodules`` has only those converted: MoCo's key encoder keeps per-process statistics, which its
+    batch shuffle relies on."""
+    if not enabled or not is_dist():
+        return model
+    if device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU); "
+                         "drop --sync-bn on CPU runs")
+    names = getattr(model, "sync_bn_submodules", None)
+    if names is None:
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name in names:
+        setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(getattr(model, name)))
+    return model
 
 
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
