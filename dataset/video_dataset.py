@@ -42,6 +42,7 @@ from dataset.layout import (FLOW_COMPONENTS, LayoutError, VideoRecord, count_flo
                             expected_flow_frames, flow_dir, flow_frame_name, frame_name, read_split_csv)
 from dataset.local_dataset import REGISTRY, DatasetPaths, flow_command, resolve_dataset
 from dataset.transforms import ClipTransform, ViewParams, to_float_clips
+from utils.distributed import default_workers
 from utils.malloc import keep_freed_memory_for_reuse
 
 SPLITS = ("trainval", "train", "val", "test")
@@ -380,7 +381,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--no-hflip", action="store_true",
                        help="never mirror finetuning clips: for classes that a mirror image turns into each "
                             "other (the demo's MoveLeft / MoveRight, clockwise / anticlockwise)")
-    group.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
+    group.add_argument("--workers", type=int, default=default_workers(),
+                       help="DataLoader worker processes per process; default: this node's cores per process, less "
+                            "one, at most 8")
     return parser
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from model.backbones import build_backbone
 from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_rank_loss, shuffle_segments,
                           temporal_coherent_loss)
-from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, is_dist
+from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, host_to_device, is_dist
 
 MODES = ("clip", "clip-sr", "clip-tc", "clip-sr-tc")
 
@@ -243,13 +243,13 @@ class MoCoDualVar(DualVarBase):
         if not is_dist():
             if self.bn_splits == 1:
                 return self.key_encoder(clips)
-            permutation = torch.randperm(clips.shape[0]).to(clips.device)
+            permutation = host_to_device(torch.randperm(clips.shape[0]), clips.device)
             z, series = self._in_sub_batches(self.key_encoder, clips[permutation])
             inverse = torch.argsort(permutation)
             return z[inverse], (None if series is None else series[inverse])
         batch, world_size, rank = clips.shape[0], get_world_size(), get_rank()
         all_clips = all_gather_no_grad(clips)  # (N, 3, T, H, W)
-        permutation = torch.randperm(all_clips.shape[0]).to(clips.device)
+        permutation = host_to_device(torch.randperm(all_clips.shape[0]), clips.device)
         permutation = broadcast(permutation, 0)  # every process uses rank 0's permutation
         mine = permutation.view(world_size, batch)[rank]  # (B,) rows of the global batch for this process
         z, series = self.key_encoder(all_clips[mine])
@@ -277,11 +277,13 @@ class MoCoDualVar(DualVarBase):
     def enqueue(self, keys: torch.Tensor, series_keys: torch.Tensor | None) -> None:
         """Write the global batch of keys at the pointer, overwriting the oldest ones."""
         keys = all_gather_no_grad(keys)  # (N, D)
-        ptr = int(self.queue_ptr)
-        self.clip_queue[ptr:ptr + keys.shape[0]] = keys
+        # rows ptr .. ptr + N - 1 (the queue is a multiple of N long), computed on the device: reading the
+        # pointer on the host would wait for the GPU
+        rows = self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)  # (N,)
+        self.clip_queue.index_copy_(0, rows, keys)
         if self.use_tc:
-            self.series_queue[ptr:ptr + keys.shape[0]] = all_gather_no_grad(series_keys)
-        self.queue_ptr[0] = (ptr + keys.shape[0]) % self.queue_size
+            self.series_queue.index_copy_(0, rows, all_gather_no_grad(series_keys))
+        self.queue_ptr.add_(keys.shape[0]).remainder_(self.queue_size)
 
     def check_config(self, batch_size: int, num_frames: int) -> None:
         super().check_config(batch_size, num_frames)

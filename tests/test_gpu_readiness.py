@@ -421,3 +421,78 @@ def test_moco_sync_bn_converts_the_query_encoder_only(monkeypatch):
     with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
         training.convert_sync_bn(_tiny_moco(), True, CPU)
     assert training.convert_sync_bn(method, False, GPU) is method
+
+
+# ---------------------------------------------------------------- the hot loop
+
+def test_the_training_loop_reads_the_device_once_per_iteration_after_the_backward_pass(monkeypatch):
+    """No host sync between the forward and the backward pass (the GPU would idle while the host waits); the
+    metrics cross to the host together at the logged iterations only."""
+    from test_engine import FakeDataset, FakeMethod, run_epoch
+    events = []
+    real_tolist, real_item = torch.Tensor.tolist, torch.Tensor.item
+
+    def tolist(tensor):
+        events.append(("sync", tuple(tensor.shape)))
+        return real_tolist(tensor)
+
+    def item(tensor):
+        events.append(("sync", tuple(tensor.shape)))
+        return real_item(tensor)
+
+    torch.manual_seed(0)
+    model = FakeMethod()
+    model.linear.weight.register_hook(lambda grad: events.append(("backward", None)))
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    stats, _ = run_epoch(model, FakeDataset(16), epoch=0, log_every=3)  # 8 iterations, logged at 0, 3, 6, 7
+    monkeypatch.undo()
+    per_iteration = [e for e in events if e == ("sync", (2,))]
+    assert len(per_iteration) == 8  # the verdict: finite loss, stop signal
+    order = [kind for kind, shape in events if kind == "backward" or shape == (2,)]
+    assert order == ["backward", "sync"] * 8  # each iteration's one sync comes after its backward pass
+    metric_transfers = [shape for kind, shape in events if kind == "sync" and len(shape) == 2]
+    assert metric_transfers == [(1, 4), (3, 4), (3, 4), (1, 4)]  # (iterations, loss + 3 outputs) at 0, 3, 6, 7
+    assert set(stats) >= {"loss", "loss_a", "loss_b", "acc_x", "lr", "step_time"}
+
+
+def _host_reads(monkeypatch, fn):
+    """The tensor-to-host reads (item, tolist, bool, int, unique) made while ``fn`` runs."""
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__index__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _real=real, _name=name: reads.append(_name) or _real(t, *a))
+    real_unique = torch.unique
+    monkeypatch.setattr(torch, "unique", lambda *a, **k: reads.append("unique") or real_unique(*a, **k))
+    try:
+        fn()
+    finally:
+        monkeypatch.undo()
+    return reads
+
+
+def test_moco_and_the_iic_banks_never_read_the_device_in_a_step(monkeypatch):
+    from model.iic import MemoryBanks
+    from test_dualvar import random_clips
+    moco = _tiny_moco("--mode", "clip-sr-tc").train()  # queue pointer, shuffle-BN, segment shuffle
+    clips = random_clips(moco, batch=4)
+    assert _host_reads(monkeypatch, lambda: moco(clips)) == []
+    assert moco.queue_ptr.tolist() == [4]
+    banks = MemoryBanks(("view1",), num_videos=6, dim=3, momentum=0.5)
+    index = torch.tensor([3, 0, 3])
+    features = {"view1": torch.randn(3, 3)}
+    assert _host_reads(monkeypatch, lambda: (banks.draw(index, 4), banks.update(index, features))) == []
+
+
+def test_default_workers_share_the_node_among_its_processes(monkeypatch):
+    from utils.distributed import default_workers
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == 8  # capped
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_workers() == 7  # 8 cores per GPU, one for the training process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert default_workers() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_workers() == 1  # never zero: the training process would decode itself

@@ -118,6 +118,23 @@ def init_distributed(args: argparse.Namespace) -> torch.device:
     return device
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor (random draws, index tables) on ``device`` without waiting for the work queued there: a plain
+    copy from pageable memory synchronises the host with the GPU; a non-blocking one from pinned memory does not."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def default_workers(max_workers: int = 8) -> int:
+    """DataLoader workers per process: the cores this process may use, shared with the other processes of its
+    node (torchrun's LOCAL_WORLD_SIZE; Slurm binds each task to its own cores instead), one core left for the
+    process itself, at most ``max_workers``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, min(max_workers, cores // local_processes - 1))
+
+
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()
@@ -168,7 +185,7 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return gathered
 
 
-def _collective_device() -> torch.device:
+def collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -180,10 +197,10 @@ def all_reduce_mean(x):
     if not torch.is_tensor(x):
         if not is_dist():
             return float(x)
-        return all_reduce_mean(torch.tensor(float(x), device=_collective_device())).item()
+        return all_reduce_mean(torch.tensor(float(x), device=collective_device())).item()
     if not is_dist():
         return x.detach().float().clone()
-    reduced = x.detach().to(_collective_device(), torch.float32, copy=True)
+    reduced = x.detach().to(collective_device(), torch.float32, copy=True)
     dist.all_reduce(reduced)
     reduced /= get_world_size()
     return reduced.to(x.device)
