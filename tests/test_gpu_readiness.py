@@ -461,7 +461,8 @@ def _host_reads(monkeypatch, fn):
     reads = []
     for name in ("item", "tolist", "__bool__", "__int__", "__index__"):
         real = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _real=real, _name=name: reads.append(_name) or _real(t, *a))
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda t, *a, _real=real, _name=name: reads.append(_name) or _real(t, *a))
     real_unique = torch.unique
     monkeypatch.setattr(torch, "unique", lambda *a, **k: reads.append("unique") or real_unique(*a, **k))
     try:
@@ -496,3 +497,35 @@ def test_default_workers_share_the_node_among_its_processes(monkeypatch):
     assert default_workers() == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert default_workers() == 1  # never zero: the training process would decode itself
+
+
+# ---------------------------------------------------------------- bench/gpu_smoke.sh
+
+def test_gpu_smoke_script_commands_parse(tmp_path):
+    """The smoke script cannot run here; its commands (DRY_RUN=1) must at least parse with their scripts' flags."""
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    import bench.bench_step as bench_step
+    from test_paper_scripts import load_entry, split_entry
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_smoke.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "smoke")], env={**os.environ, "DRY_RUN": "1",
+                          "NUM_GPUS": "2"}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    commands = [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+    entries = [split_entry(c) for c in commands]
+    assert [script for script, _ in entries].count("train_ssl.py") == 6  # simclr, moco, iic, whole, killed, resumed
+    for cmd, (entry, argv) in zip(commands, entries):
+        if entry in ("train_ssl.py", "finetune.py", "test.py", "retrieve.py"):
+            assert cmd[:4] == ["torchrun", "--standalone", "--nproc_per_node", "2"]
+            module = load_entry(entry)
+            args = module.parse_args(argv) if entry == "train_ssl.py" else module.get_args_parser().parse_args(argv)
+            assert args.amp == "auto"
+            assert entry != "finetune.py" or args.sync_bn
+        elif entry == "bench/bench_step.py":
+            args = bench_step.get_args_parser().parse_args(argv)
+            assert (args.device, args.base_width, args.num_frames, args.size, args.amp) == ("cuda", 64, 16, 112, "auto")
+    killed = [argv for entry, argv in entries if "--save-every-iters" in argv]
+    assert len(killed) == 2 and killed[0] == killed[1] and "--deterministic" in killed[0]

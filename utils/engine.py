@@ -271,9 +271,11 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         global_step += 1
 
         step_time = time.perf_counter() - tic
-        pending.append((it, global_step, values, {"lr": optimizer.param_groups[0]["lr"],
-                                                  "samples_per_s": global_batch / step_time,
-                                                  "data_time": data_time, "step_time": step_time}))
+        host = {"lr": optimizer.param_groups[0]["lr"], "samples_per_s": global_batch / step_time,
+                "data_time": data_time, "step_time": step_time}
+        if device.type == "cuda":  # the allocator's own count: no device sync
+            host["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        pending.append((it, global_step, values, host))
         if bar is not None:
             bar.update()
         logged = it % log_every == 0 or it == num_iters - 1
