@@ -360,11 +360,11 @@ class ClipTransform:
             if params.blur_sigma is not None:  # commutes with the pending map (affine; the weights sum to 1)
                 x = gaussian_blur(x, params.blur_sigma, self.blur_kernel, out=x)
             maps = compose(self._normalise_map, pending)
-            if self.uint8:  # 255 x in float, then rounded to the nearest byte
-                scaled = np.empty(planes.shape, np.float32)
+            if self.uint8:  # 255 x in float, then rounded to the nearest byte (values lie in [0, 255] up to float
+                scaled = np.empty(planes.shape, np.float32)  # error, so the absolute value changes nothing)
                 self._write_planes(x, maps, scaled)
-                np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled)
-                planes[...] = scaled
+                for plane, scaled_plane in zip(planes, scaled):
+                    cv2.convertScaleAbs(scaled_plane, dst=plane)
             else:
                 self._write_planes(x, maps, planes)
         if out is not None and not direct:
