@@ -12,6 +12,7 @@ from utils.engine import check_amp, resolve_amp, select_amp
 
 CPU = torch.device("cpu")
 GPU = torch.device("cuda", 0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fake_gpu(monkeypatch, major: int) -> None:
@@ -185,7 +186,7 @@ def test_resume_is_decided_by_rank_0_and_needs_a_shared_output_folder(tmp_path):
         with torch.no_grad():
             model.weight.add_(1.0)  # trained weights, unlike a fresh start
         checkpointer.save(3, 0, 30)
-    outcomes = run_gloo_processes(_resume_worker, tmp_path)
+    outcomes = run_gloo_processes(_resume_worker, tmp_path, start_method="fork")
     for outcome in outcomes:  # the same clear error on both ranks, not a drift then a hang
         error = outcome["only_rank0_has_it"]["error"]
         assert error.startswith("CheckpointError: rank 0 resumes from") and "rank 1 on" in error
