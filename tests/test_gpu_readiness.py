@@ -323,18 +323,22 @@ def _neighbours_in_one_piece(queries, gallery, k):
     return np.argsort(-(queries @ gallery.T), axis=1, kind="stable")[:, :min(k, len(gallery))]
 
 
-@pytest.mark.parametrize("block_elements", [2**26, 200, 1])
-def test_blockwise_neighbours_equal_the_whole_matrix(block_elements):
+@pytest.mark.parametrize("block_elements, gallery_elements", [(2**26, 2**28), (200, 2**28), (1, 2**28),
+                                                             (200, 16 * 17), (1, 16)])
+@pytest.mark.parametrize("k", [50, 5])
+def test_blockwise_neighbours_equal_the_whole_matrix(block_elements, gallery_elements, k):
+    """Blocks of queries, chunks of the gallery (17 rows, or k rows at least): the neighbours of the whole matrix."""
     from utils.evaluation import centre_and_normalise, nearest_neighbours
     rng = np.random.default_rng(0)
     gallery = centre_and_normalise(rng.standard_normal((60, 16)).astype(np.float32))
     queries = centre_and_normalise(rng.standard_normal((23, 16)).astype(np.float32))
-    got = nearest_neighbours(queries, gallery, 50, block_elements=block_elements)
-    np.testing.assert_array_equal(got, _neighbours_in_one_piece(queries, gallery, 50))
+    blocks = dict(block_elements=block_elements, gallery_elements=gallery_elements)
+    got = nearest_neighbours(queries, gallery, k, **blocks)
+    np.testing.assert_array_equal(got, _neighbours_in_one_piece(queries, gallery, k))
     # small integers: every similarity is exact in both paths, and ties abound; the lower row must come first
-    gallery, queries = (rng.integers(-2, 3, (n, 4)).astype(np.float32) for n in (60, 23))
-    got = nearest_neighbours(queries, gallery, 50, block_elements=block_elements)
-    np.testing.assert_array_equal(got, _neighbours_in_one_piece(queries, gallery, 50))
+    gallery, queries = (rng.integers(-2, 3, (n, 16)).astype(np.float32) for n in (60, 23))
+    got = nearest_neighbours(queries, gallery, k, **blocks)
+    np.testing.assert_array_equal(got, _neighbours_in_one_piece(queries, gallery, k))
 
 
 class _Rows(torch.utils.data.Dataset):

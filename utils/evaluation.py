@@ -236,24 +236,34 @@ def centre_and_normalise(features: np.ndarray, mean: np.ndarray | None = None) -
 
 
 def nearest_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, device: torch.device | None = None,
-                       block_elements: int = 2**26) -> np.ndarray:
+                       block_elements: int = 2**26, gallery_elements: int = 2**28) -> np.ndarray:
     """Rows of the k most cosine-similar gallery items per query (Q, min(k, G)), both sets already
     centred and normalised; ties go to the lower gallery row.
 
-    Computed on ``device`` (the GPU when there is one) in blocks of queries whose similarity rows hold about
-    ``block_elements`` numbers (256 MB in fp32), so that a Kinetics-size (Q, G) matrix is never held whole."""
+    Computed on ``device`` (the GPU when there is one) without ever holding the (Q, G) matrix or a
+    Kinetics-size gallery there: the gallery goes up in chunks of about ``gallery_elements`` numbers (1 GB in
+    fp32), each compared with blocks of queries of about ``block_elements`` similarities (256 MB), and every
+    query keeps its best k so far. A stable sort keeps equal similarities in gallery order (topk does not
+    promise it); the running best hold lower rows than the next chunk, so merging them stably keeps it too."""
     k = min(k, len(gallery))
     device = device or torch.device("cpu")
-    out = np.empty((len(queries), k), dtype=np.int64)
-    keys = torch.from_numpy(np.ascontiguousarray(gallery)).to(device)  # (G, D)
-    rows = max(1, block_elements // max(len(gallery), 1))
-    for start in range(0, len(queries), rows):
-        block = torch.from_numpy(np.ascontiguousarray(queries[start:start + rows])).to(device)  # (q, D)
-        similarity = block @ keys.T  # (q, G)
-        # a stable sort keeps equal similarities in gallery order (topk does not promise it)
-        order = torch.sort(similarity, dim=1, descending=True, stable=True).indices[:, :k]
-        out[start:start + len(block)] = order.cpu().numpy()
-    return out
+    chunk = max(k, gallery_elements // max(gallery.shape[1], 1))
+    best_values = torch.empty(len(queries), 0, device=device)
+    best_rows = torch.empty(len(queries), 0, dtype=torch.long, device=device)
+    for first in range(0, len(gallery), chunk):
+        keys = torch.from_numpy(np.ascontiguousarray(gallery[first:first + chunk])).to(device)  # (g, D)
+        rows = max(1, block_elements // len(keys))
+        merged_values, merged_rows = [], []
+        for start in range(0, len(queries), rows):
+            block = torch.from_numpy(np.ascontiguousarray(queries[start:start + rows])).to(device)  # (q, D)
+            order = torch.sort(block @ keys.T, dim=1, descending=True, stable=True)  # (q, g)
+            values = torch.cat([best_values[start:start + rows], order.values[:, :k]], dim=1)
+            candidates = torch.cat([best_rows[start:start + rows], order.indices[:, :k] + first], dim=1)
+            kept = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+            merged_values.append(values.gather(1, kept))
+            merged_rows.append(candidates.gather(1, kept))
+        best_values, best_rows = torch.cat(merged_values), torch.cat(merged_rows)
+    return best_rows.cpu().numpy()
 
 
 def recall_at_k(query_features: np.ndarray, query_labels: np.ndarray, gallery_features: np.ndarray,
