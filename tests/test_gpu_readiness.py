@@ -163,7 +163,7 @@ def _resume_worker(rank, port, out_dir):
     os.chdir(f"{out_dir}/node{rank}")
     distributed.init_distributed(SimpleNamespace(device="cpu", dist_backend="gloo", dist_timeout=2))
     outcome = {}
-    for case in ("only_rank0_has_it", "only_rank1_has_it", "shared"):
+    for case in ("only_rank0_has_it", "only_rank1_has_it", "each_has_its_own", "shared"):
         folder = f"{out_dir}/shared" if case == "shared" else f"runs/{case}"
         checkpointer, model = _tiny_checkpointer(folder)
         try:
@@ -181,11 +181,12 @@ def _resume_worker(rank, port, out_dir):
 def test_resume_is_decided_by_rank_0_and_needs_a_shared_output_folder(tmp_path):
     from conftest import run_gloo_processes
     (tmp_path / "node1").mkdir()
-    for folder in ("node0/runs/only_rank0_has_it", "node1/runs/only_rank1_has_it", "shared"):
+    for folder, epoch in (("node0/runs/only_rank0_has_it", 3), ("node1/runs/only_rank1_has_it", 3), ("shared", 3),
+                          ("node0/runs/each_has_its_own", 3), ("node1/runs/each_has_its_own", 1)):
         checkpointer, model = _tiny_checkpointer(tmp_path / folder)
         with torch.no_grad():
             model.weight.add_(1.0)  # trained weights, unlike a fresh start
-        checkpointer.save(3, 0, 30)
+        checkpointer.save(epoch, 0, 10 * epoch)
     outcomes = run_gloo_processes(_resume_worker, tmp_path, start_method="fork")
     for outcome in outcomes:  # the same clear error on both ranks, not a drift then a hang
         error = outcome["only_rank0_has_it"]["error"]
@@ -194,6 +195,9 @@ def test_resume_is_decided_by_rank_0_and_needs_a_shared_output_folder(tmp_path):
         # rank 1's stale file on its own disk is ignored: rank 0 found none, so both start afresh
         assert outcome["only_rank1_has_it"] == {"epoch": 0, "same_weights": True}
         assert outcome["shared"] == {"epoch": 3, "same_weights": True}
+        # an old checkpoint at the same path on rank 1's disk: caught by comparing what each rank read
+        error = outcome["each_has_its_own"]["error"]
+        assert error.startswith("CheckpointError: rank 0 and rank 1 (on ") and "[3, 0, 30] and [1, 0, 10]" in error
 
 
 # ---------------------------------------------------------------- memory estimate

@@ -194,6 +194,30 @@ def agreed_resume_path(resume: str, output_dir: str | os.PathLike) -> Path | Non
     return path
 
 
+def _load_on_every_rank(path: Path, fix: str) -> dict:
+    """``load_checkpoint`` on every rank (a collective under torchrun), which must all read the same position: a
+    rank whose node holds another file at that path (an old run on a local disk) stops every rank, and so does a
+    rank that cannot read it, instead of one rank failing while the others wait in the next collective."""
+    if not is_dist():
+        return load_checkpoint(path, fix=fix)
+    try:
+        ckpt, mine = load_checkpoint(path, fix=fix), None
+    except (CheckpointError, FileNotFoundError) as error:
+        ckpt, mine = None, str(error)
+    position = None if ckpt is None else [ckpt.get(key) for key in ("epoch", "iteration", "global_step")]
+    seen: list = [None] * get_world_size()
+    dist.all_gather_object(seen, (mine, position, socket.gethostname()))
+    for rank, (error, theirs, host) in enumerate(seen):
+        if error is not None:
+            raise CheckpointError(f"rank {rank} on {host}: {error}")
+        if theirs != seen[0][1]:
+            raise CheckpointError(
+                f"rank 0 and rank {rank} (on {host}) read different files at {path} (epoch, iteration, step "
+                f"{seen[0][1]} and {theirs}): --output-dir must be a folder that every node shares (a network file "
+                "system), and the data must exist on every node; or pass --resume none to start afresh")
+    return ckpt
+
+
 @dataclass
 class ResumePoint:
     epoch: int = 0
@@ -271,7 +295,7 @@ class Checkpointer:
         path = agreed_resume_path(resume, self.output_dir)
         if path is None:
             return ResumePoint()
-        ckpt = load_checkpoint(path, fix="delete it, or pass --resume none to start afresh")
+        ckpt = _load_on_every_rank(path, fix="delete it, or pass --resume none to start afresh")
         missing = [key for key in self.REQUIRED_KEYS if key not in ckpt]
         if missing:
             raise CheckpointError(f"{path} lacks {', '.join(missing)}: it is not a training checkpoint of this "
