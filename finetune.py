@@ -29,11 +29,11 @@ from utils.atomic import write_text
 from utils.checkpoint import Checkpointer
 from utils.cli import launch, run_cli
 from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist, is_main_process
-from utils.engine import check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
+from utils.engine import select_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
 from utils.evaluation import classification_report, classify_videos, dataset_labels
 from utils.logging import RunLogger, config_to_dict
-from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
-                            seed_everything)
+from utils.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler,
+                            check_training_args, convert_sync_bn, seed_everything)
 
 LOSS_WEIGHTS = {"loss_ce": 1.0}
 BEST_NAME = "best.pth"
@@ -66,6 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--val-freq", type=int, default=1,
                        help="validate on the hold-out every this many epochs (and after the last); 0: never, and "
                             "train on the whole train split (hold-out included)")
+    add_sync_bn_arg(group)
     group.add_argument("--eval-batch-size", type=int, default=4,
                        help="videos per validation batch (each is 10 clips)")
     add_backbone_args(parser)
@@ -124,10 +125,11 @@ def main(args: argparse.Namespace) -> dict | None:
 
 
 def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:
-    check_amp(args.amp, device)
+    args.amp = select_amp(args.amp, device)
     # Without validation the hold-out would only be wasted, so it is trained on.
-    train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality)
-    val_set = build_dataset(args, "val", "eval", modality=args.modality) if args.val_freq else []
+    train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality,
+                              uint8=True)
+    val_set = build_dataset(args, "val", "eval", modality=args.modality, uint8=True) if args.val_freq else []
     for dataset in (train_set, val_set) if args.val_freq else (train_set,):
         require_labels(dataset, "finetuning")
     if train_set.num_classes < 2:
@@ -144,7 +146,7 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
     classifier.to(device)
     seed_everything(args.seed + 1_000 * get_rank())  # one dropout stream per rank
 
-    model = classifier
+    model = classifier = convert_sync_bn(classifier, args.sync_bn, device)
     if is_dist():
         model = torch.nn.parallel.DistributedDataParallel(
             classifier, device_ids=[device.index] if device.type == "cuda" else None)
@@ -168,7 +170,8 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
               f"epoch, {get_world_size()} process(es) on {device}", flush=True)
 
     def forward(m: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        clips = prepare_input(batch["clip"].to(device, non_blocking=True), args.modality)  # (B, 3, T, H, W)
+        batch = train_set.to_device(batch, device)
+        clips = prepare_input(batch["clip"], args.modality)  # (B, 3, T, H, W)
         return classification_loss(m(clips), batch["label"].to(device, non_blocking=True))
 
     global_step, start_iter, last_val = start.global_step, start.iteration, {}

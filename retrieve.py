@@ -33,7 +33,7 @@ from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state
                               load_backbone, read_checkpoint, residual_view, resolve_backbone_args)
 from utils.cli import launch, run_cli
 from utils.distributed import add_distributed_args, is_main_process
-from utils.engine import check_amp
+from utils.engine import AMP_CHOICES, select_amp
 from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, knn_classify,
                               linear_probe, plot_embedding, plot_retrieval_examples, recall_at_k, run_inference,
                               topk_accuracy)
@@ -72,8 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "optical-flow component (from --flow-root); default: the checkpoint's --modality if it "
                             "is one of these, else res")
     group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is 10 clips)")
-    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                       help="mixed-precision inference: bf16 (CPU or recent GPUs) or fp16 (CUDA only)")
+    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                       help="mixed-precision inference: auto = bf16 where the GPU or CPU computes it natively, fp16 "
+                            "on older GPUs, else fp32; bf16; fp16 (CUDA only); none = fp32")
     group.add_argument("--knn-k", type=int, default=20,
                        help="neighbours that vote in the kNN classification (train split votes for test videos)")
     group.add_argument("--knn-temperature", type=float, default=0.07,
@@ -122,7 +123,7 @@ def video_features(backbone: torch.nn.Module, clips: torch.Tensor, layer: str, m
 
 
 def main(args: argparse.Namespace) -> dict | None:
-    """Run the retrieval; returns the contents of retrieval.json (None for --dry-run)."""
+    """Run the retrieval; returns the contents of retrieval.json on rank 0 (None for --dry-run and on other ranks)."""
     for flag in ("batch_size", "num_examples"):
         if getattr(args, flag) < (1 if flag == "batch_size" else 0):
             raise ValueError(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
@@ -143,8 +144,8 @@ def main(args: argparse.Namespace) -> dict | None:
                   saved_in=f"{Path(args.output_dir) / 'retrieval.json'} under \"config\"")
 
 
-def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
-    check_amp(args.amp, device)
+def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict | None:
+    args.amp = select_amp(args.amp, device)
     if args.ckpt == COLOUR_STATS:
         backbone, loaded, kind = ColourStatistics(), 0, "no-learning reference"
     elif args.init_from is not None:
@@ -155,24 +156,25 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
         loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
         kind = backbone_state(ckpt, args.ckpt)[1]
     backbone.to(device).eval()
-    gallery_set = build_dataset(args, "trainval", "eval", modality="rgb")
-    query_set = build_dataset(args, "test", "eval", modality="rgb")
+    gallery_set = build_dataset(args, "trainval", "eval", modality="rgb", uint8=True)
+    query_set = build_dataset(args, "test", "eval", modality="rgb", uint8=True)
     for dataset in (gallery_set, query_set):
         require_labels(dataset, "retrieval")
     # a flow view 2 comes from datasets of flow clips (same rows, clip positions and crops)
     merge_flow = args.merge and args.merge_modality in FLOW_MODALITIES
-    flow_sets = [build_dataset(args, split, "eval", modality=args.merge_modality)
+    flow_sets = [build_dataset(args, split, "eval", modality=args.merge_modality, uint8=True)
                  for split in ("trainval", "test")] if merge_flow else []
     if is_main_process():
         print(f"loaded {loaded} backbone tensors from {args.ckpt or args.init_from} ({kind}); "
               f"{len(gallery_set)} gallery and {len(query_set)} query videos", flush=True)
 
-    def extract(batch: dict, merge_residual: bool) -> torch.Tensor:
-        return video_features(backbone, batch["clips"].to(device, non_blocking=True), args.layer, merge_residual)
+    def extract(dataset, batch: dict, merge_residual: bool) -> torch.Tensor:
+        return video_features(backbone, dataset.to_device(batch, device)["clips"], args.layer, merge_residual)
 
     def features(dataset, desc: str, merge_residual: bool) -> np.ndarray:
-        return run_inference(lambda batch: extract(batch, merge_residual), dataset, desc=desc,
-                             batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp)
+        return run_inference(lambda batch: extract(dataset, batch, merge_residual), dataset, desc=desc,
+                             batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
+                             everywhere=False)  # rank 0 only: the other ranks have nothing left to do
 
     merge_residual = args.merge and args.merge_modality == "res"
     gallery = features(gallery_set, "gallery (train)", merge_residual)  # (G, D)
@@ -180,10 +182,13 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     if merge_flow:  # the mean over clips commutes with concatenation: RGB half, then flow half
         gallery = np.concatenate([gallery, features(flow_sets[0], "gallery flow", False)], axis=1)  # (G, 2D)
         queries = np.concatenate([queries, features(flow_sets[1], "queries flow", False)], axis=1)  # (Q, 2D)
+    if not is_main_process():
+        return None
     gallery_labels, query_labels = dataset_labels(gallery_set), dataset_labels(query_set)
-    recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels, RECALL_KS)
+    recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels, RECALL_KS, device)
     num_classes = max(query_set.num_classes, int(gallery_labels.max()) + 1, int(query_labels.max()) + 1)
-    knn_scores = knn_classify(queries, gallery, gallery_labels, num_classes, args.knn_k, args.knn_temperature)
+    knn_scores = knn_classify(queries, gallery, gallery_labels, num_classes, args.knn_k, args.knn_temperature,
+                              device=device)
     probe_scores = linear_probe(gallery, gallery_labels, queries, num_classes)
     results = {**recall, "knn_top1": 100 * topk_accuracy(knn_scores, query_labels, (1,))[1],
                "linear_probe_top1": 100 * topk_accuracy(probe_scores, query_labels, (1,))[1],
@@ -194,8 +199,7 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
                "checkpoint_config": checkpoint_config(ckpt),
                "checkpoint_kind": kind,
                "loaded_tensors": loaded, "git": git_revision(), "config": config_to_dict(args)}
-    if is_main_process():
-        write_outputs(args, results, gallery_set, query_set, gallery, queries, neighbours)
+    write_outputs(args, results, gallery_set, query_set, gallery, queries, neighbours)
     return results
 
 

@@ -27,7 +27,7 @@ from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, ch
 from utils.checkpoint import CheckpointError
 from utils.cli import launch, run_cli
 from utils.distributed import add_distributed_args, is_main_process
-from utils.engine import check_amp
+from utils.engine import AMP_CHOICES, select_amp
 from utils.evaluation import (classification_report, classify_videos, dataset_labels, inherit_flags,
                               plot_confusion_matrix, ranked_classes)
 from utils.atomic import write_text
@@ -53,8 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="network input (rgb, res, or the flow component u / v read from --flow-root); "
                             "default: the modality the checkpoint was finetuned with")
     group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is 10 clips)")
-    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                       help="mixed-precision inference: bf16 (CPU or recent GPUs) or fp16 (CUDA only)")
+    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                       help="mixed-precision inference: auto = bf16 where the GPU or CPU computes it natively, fp16 "
+                            "on older GPUs, else fp32; bf16; fp16 (CUDA only); none = fp32")
     group.add_argument("--output-dir", default="runs/test", help="test_results.json and confusion_matrix.png go here")
     group.add_argument("--dry-run", action="store_true",
                        help="print the resolved configuration as JSON and exit without reading data")
@@ -98,9 +99,9 @@ def main(args: argparse.Namespace) -> dict | None:
 
 
 def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
-    check_amp(args.amp, device)
+    args.amp = select_amp(args.amp, device)
     model = build_classifier(args, ckpt).to(device)
-    dataset = build_dataset(args, args.test_split, "eval", modality=args.modality)
+    dataset = build_dataset(args, args.test_split, "eval", modality=args.modality, uint8=True)
     require_labels(dataset, "testing")
     num_classes = model.fc.out_features
     if dataset.num_classes != num_classes:

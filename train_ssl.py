@@ -25,10 +25,11 @@ from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
 from utils.checkpoint import Checkpointer, unwrap
 from utils.cli import launch, run_cli
 from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist
-from utils.engine import check_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
+from utils.engine import select_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
 from utils.logging import RunLogger, config_to_dict
-from utils.training import (add_training_args, build_optimizer, build_scheduler, check_training_args,
-                            seed_everything)
+from utils.memory_estimate import check_fits, pretraining_memory
+from utils.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler,
+                            check_training_args, convert_sync_bn, seed_everything)
 
 
 def get_args_parser(model: str | None = None) -> argparse.ArgumentParser:
@@ -40,8 +41,7 @@ def get_args_parser(model: str | None = None) -> argparse.ArgumentParser:
         output_dir="runs/pretrain",
         published={"epochs": "200", "batch_size": "8 × 8 GPUs", "lr": "0.003 for a global batch of 64",
                    "weight_decay": "1e-4", "schedule": "120 160"})
-    group.add_argument("--sync-bn", action="store_true",
-                       help="synchronise BatchNorm statistics across processes (CUDA only)")
+    add_sync_bn_arg(group)
     group.add_argument("--save-freq", type=int, default=10,
                        help="also keep OUTPUT_DIR/epochNNN.pth every this many epochs (NNN = 0-based epoch "
                             "just finished); 0 disables")
@@ -88,6 +88,7 @@ def resolved_config(args: argparse.Namespace, method: torch.nn.Module) -> dict:
         "trainable_parameters": sum(p.numel() for p in method.parameters() if p.requires_grad),
         "world_size": world_size,
         "global_batch_size": args.batch_size * world_size,
+        "memory_estimate": pretraining_memory(args, method, args.amp),
     }
     if hasattr(method, "banks"):
         # rows: one per training video, 0 under --dry-run (the dataset is not read)
@@ -96,10 +97,11 @@ def resolved_config(args: argparse.Namespace, method: torch.nn.Module) -> dict:
     return config
 
 
-def ssl_forward(model: torch.nn.Module, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+def ssl_forward(model: torch.nn.Module, batch: dict, dataset, device: torch.device) -> dict[str, torch.Tensor]:
     """Call the (possibly DDP-wrapped) method on the batch entries it names; DualVar takes "clips"."""
     keys = getattr(unwrap(model), "batch_keys", ("clips",))
-    return model(*(batch[key].to(device, non_blocking=True) for key in keys))
+    batch = dataset.to_device({key: batch[key] for key in keys}, device)
+    return model(*(batch[key] for key in keys))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -110,26 +112,27 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace, device: torch.device) -> None:
-    check_amp(args.amp, device)
-    if args.sync_bn and is_dist() and device.type != "cuda":
-        raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU); "
-                         "drop --sync-bn on CPU runs")
+    args.amp = select_amp(args.amp, device)
     # The training-set size sizes IIC's memory banks, so the dataset comes first.
-    dataset = build_dataset(args, "trainval", method_sampler(args))
+    dataset = build_dataset(args, "trainval", method_sampler(args), uint8=True)
     # Same seed on every rank for the initial weights and banks (DDP would broadcast rank 0's anyway) ...
     seed_everything(args.seed)
     method = build_method(args, num_videos=len(dataset)).to(device)
     config = resolved_config(args, method)
     config["resolved"]["train_videos"] = len(dataset)
+    check_fits(config["resolved"]["memory_estimate"], device, get_world_size())
     # ... then one stream per rank for the randomness inside forward (segment permutations).
     seed_everything(args.seed + 1_000 * get_rank())
 
-    model = method
+    model = convert_sync_bn(method, args.sync_bn, device)
     if is_dist():
-        if args.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # No buffer broadcast before every forward (59 MB a step for IIC's banks, 17 MB for MoCo's queue): the
+        # banks and queues are updated from gathered features on every rank, so they stay identical by
+        # construction; BatchNorm's running statistics may then differ between ranks, but pretraining runs
+        # BatchNorm on batch statistics only, and the checkpoint keeps rank 0's (DDP copies rank 0's buffers once,
+        # when it wraps the model).
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     optimizer = build_optimizer(unwrap(model), args)
     scheduler = build_scheduler(optimizer, args)
     scaler = make_grad_scaler(args.amp, device)
@@ -152,7 +155,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
                 loader = epoch_loader(dataset, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
                                       epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
                 stats, global_step = train_one_epoch(
-                    model, loader, optimizer, forward_fn=lambda m, b: ssl_forward(m, b, device),
+                    model, loader, optimizer, forward_fn=lambda m, b: ssl_forward(m, b, dataset, device),
                     loss_weights=unwrap(model).loss_weights, epoch=epoch, num_iters=iters, start_iter=start_iter,
                     global_step=global_step, device=device, amp=args.amp, scaler=scaler, logger=logger,
                     log_every=args.log_every, save_every_iters=args.save_every_iters, save_fn=checkpointer.save)

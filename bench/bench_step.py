@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from model import add_method_args, build_method  # noqa: E402 (needs the repository on sys.path)
 from model.backbones import build_backbone  # noqa: E402
-from utils.engine import autocast, weighted_loss  # noqa: E402
+from utils.engine import AMP_CHOICES, autocast, select_amp, weighted_loss  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from timing import alternate, ratio, spread  # noqa: E402
@@ -52,7 +52,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="videos per step (B)")
     parser.add_argument("--num-frames", type=int, default=8, help="frames per clip (T)")
     parser.add_argument("--size", type=int, default=64, help="crop size (H = W)")
-    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast as in training")
+    parser.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                        help="autocast as in training (auto: bf16 where the device computes it natively, else fp32 "
+                             "on the CPU, fp16 on older GPUs); the report names the mode it resolved to")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=5,
@@ -128,6 +130,7 @@ def step_times(args: argparse.Namespace) -> dict[str, list[float]]:
 
 
 def main(args: argparse.Namespace) -> dict:
+    args.amp = select_amp(args.amp, torch.device(args.device), announce=False)
     if args.memory_of:
         print(json.dumps({"peak_mb": peak_memory_mb(args.memory_of, args)}))
         return {}

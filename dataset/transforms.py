@@ -6,7 +6,9 @@ clip stays temporally consistent. ``per_frame_jitter`` draws the four jitter fac
 instead (an option; off by default).
 
 Input: uint8 frames ``(T, 3, H, W)`` as decoded. Output: float32 ``(3, T, size, size)``, ImageNet
-normalised (or in [0, 1] with ``normalize=False``), written into the caller's buffer when given.
+normalised (or in [0, 1] with ``normalize=False``), written into the caller's buffer when given; with
+``uint8=True`` the [0, 1] clip as uint8 0..255 instead (a quarter of the bytes through the DataLoader's shared
+memory and the host-to-device copy), which ``to_float_clips`` turns into the float clip on the device.
 
 The pixel work runs in OpenCV on channels-last NumPy clips ``(T, S, S, 3)`` (SIMD, one call per op
 on the whole clip where frames cannot bleed into each other), for speed:
@@ -208,6 +210,26 @@ def gaussian_blur(x: np.ndarray, sigma: float, kernel_size: int, out: np.ndarray
 
 # ---------------------------------------------------------------- the clip transform
 
+_STATS: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def to_float_clips(clips: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Clips (..., 3, T, H, W) from a ``uint8=True`` transform -> float32 x / 255 in [0, 1], ImageNet normalised
+    when ``normalize``, on the clips' device (float clips are returned as they are). The statistics are kept
+    per device, so that no host-to-device copy is made per batch."""
+    if clips.dtype != torch.uint8:
+        return clips
+    x = clips.float().div_(255)
+    if not normalize:
+        return x
+    key = (x.device, x.dtype)
+    if key not in _STATS:
+        _STATS[key] = tuple(torch.tensor(v, dtype=x.dtype, device=x.device).view(3, 1, 1, 1)
+                            for v in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = _STATS[key]
+    return x.sub_(mean).div_(std)
+
+
 @dataclass
 class ViewParams:
     """Every random choice of one view; jitter factors are (n,) arrays, n = 1 or T (per frame)."""
@@ -236,6 +258,7 @@ class ClipTransform:
     per_frame_jitter: bool = False
     hflip: bool = True  # False: recipes never mirror (the flip is still drawn, so nothing else changes)
     normalize: bool = True
+    uint8: bool = False  # ship round(255 x) of the [0, 1] clip; `normalize` then applies in to_float_clips
     jitter_strength: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
@@ -253,6 +276,9 @@ class ClipTransform:
         self._normalise_map = np.zeros((1, 3, 4))  # (1, 3, 4)
         self._normalise_map[0, [0, 1, 2], [0, 1, 2]] = self._scale
         self._normalise_map[0, :, 3] = self._offset
+        if self.uint8:  # the output is 255 x: the same colour work, written as bytes
+            self._scale, self._offset = np.full(3, 255.0), np.zeros(3)
+            self._normalise_map = _scaled_identity(np.full(1, 255.0))
 
     @property
     def resize_hw(self) -> tuple[int, int]:
@@ -305,14 +331,16 @@ class ClipTransform:
 
     def __call__(self, frames: torch.Tensor, rng: np.random.Generator,
                  out: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 (T, 3, H, W) -> float32 (3, T, size, size), written into ``out`` when given."""
+        """uint8 (T, 3, H, W) -> float32 (3, T, size, size) (uint8 with ``uint8``), written into ``out`` when
+        given."""
         return self.apply(frames, self.draw(rng, frames.shape[0]), out)
 
     def apply(self, frames: torch.Tensor, params: ViewParams, out: torch.Tensor | None = None) -> torch.Tensor:
         t = frames.shape[0]
-        direct = out is not None and out.device.type == "cpu" and out.dtype == torch.float32 \
+        dtype = torch.uint8 if self.uint8 else torch.float32
+        direct = out is not None and out.device.type == "cpu" and out.dtype == dtype \
             and out.is_contiguous() and out.shape == (3, t, self.size, self.size)
-        result = out if direct else torch.empty(3, t, self.size, self.size)
+        result = out if direct else torch.empty(3, t, self.size, self.size, dtype=dtype)
         planes = result.numpy().reshape(3, t * self.size, self.size)  # (3, T * S, S), the output's memory
         # the decoder's (T, H, W, 3) memory seen through the (T, 3, H, W) tensor: a free view
         clip = self.crop(frames.permute(0, 2, 3, 1).numpy(), params.top, params.left, params.flip)
@@ -320,6 +348,9 @@ class ClipTransform:
         if not params.jitter_order and params.blur_sigma is None:  # uint8 straight to the output
             clip = np.ascontiguousarray(clip).reshape(-1, self.size, 3)  # (T * S, S, 3)
             for channel, (plane, scale, offset) in enumerate(zip(planes, self._scale, self._offset)):
+                if self.uint8:
+                    cv2.extractChannel(clip, channel, dst=plane)
+                    continue
                 uint8_plane = cv2.extractChannel(clip, channel)
                 cv2.addWeighted(uint8_plane, scale / 255, uint8_plane, 0, offset, dst=plane, dtype=cv2.CV_32F)
         else:
@@ -328,7 +359,14 @@ class ClipTransform:
             pending = self._jitter(x, params)
             if params.blur_sigma is not None:  # commutes with the pending map (affine; the weights sum to 1)
                 x = gaussian_blur(x, params.blur_sigma, self.blur_kernel, out=x)
-            self._write_planes(x, compose(self._normalise_map, pending), planes)
+            maps = compose(self._normalise_map, pending)
+            if self.uint8:  # 255 x in float, then rounded to the nearest byte (values lie in [0, 255] up to float
+                scaled = np.empty(planes.shape, np.float32)  # error, so the absolute value changes nothing)
+                self._write_planes(x, maps, scaled)
+                for plane, scaled_plane in zip(planes, scaled):
+                    cv2.convertScaleAbs(scaled_plane, dst=plane)
+            else:
+                self._write_planes(x, maps, planes)
         if out is not None and not direct:
             return out.copy_(result)
         return result

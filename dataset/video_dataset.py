@@ -52,8 +52,9 @@ from dataset.layout import (FLOW_COMPONENTS, LayoutError, VideoRecord, count_flo
                             expected_flow_frames, flow_dir, flow_frame_name, frame_name, is_video_file,
                             read_split_csv)
 from dataset.local_dataset import REGISTRY, DatasetPaths, flow_command, resolve_dataset
-from dataset.transforms import ClipTransform, ViewParams
+from dataset.transforms import ClipTransform, ViewParams, to_float_clips
 from dataset.video_reader import VideoReadError, read_video_frames
+from utils.distributed import default_workers
 from utils.malloc import keep_freed_memory_for_reuse
 
 SPLITS = ("trainval", "train", "val", "test")
@@ -231,7 +232,7 @@ class VideoFrameDataset(Dataset):
                  resize: tuple[int, int] = (128, 171), resize_quirk: bool = False,
                  per_frame_jitter: bool = False, decoder: str = DEFAULT_DECODER, modality: str = "rgb",
                  flow_root: Path | None = None, hflip: bool = True, video_root: Path | None = None,
-                 max_bad_videos: float = DEFAULT_MAX_BAD_VIDEOS):
+                 max_bad_videos: float = DEFAULT_MAX_BAD_VIDEOS, uint8: bool = False):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         if decoder not in DECODERS:
@@ -260,18 +261,29 @@ class VideoFrameDataset(Dataset):
         self.stride = stride
         self.size = size
         self.decoder = decoder
+        self.uint8 = uint8  # clips leave the workers as bytes; to_device makes them the float clips below
+        self.clip_dtype = torch.uint8 if uint8 else torch.float32
         # shared memory, so that set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
         def transform(recipe: str, normalize: bool = True) -> ClipTransform:
             return ClipTransform(recipe, size=size, resize=tuple(resize), resize_quirk=resize_quirk,
-                                 per_frame_jitter=per_frame_jitter, hflip=hflip, normalize=normalize)
+                                 per_frame_jitter=per_frame_jitter, hflip=hflip, normalize=normalize, uint8=uint8)
         self.full = transform("pretrain")
         self.crop_only = transform("crop_only")
         self.iic = transform("crop_only", normalize=False)
         self.finetune = transform("finetune")
         self.eval = transform("eval")
         self.flow_eval = transform("eval", normalize=False)
+
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        """A batch of this dataset's items on ``device`` (non-blocking from pinned memory), its uint8 clips turned
+        into the float clips described above: ImageNet-normalised RGB, [0, 1] for IIC's clips and for flow."""
+        normalized = self.sampler != "iic" and not self.flow_component
+        moved = {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+                 for key, value in batch.items()}
+        return {key: to_float_clips(value, normalized and key != "flow") if key in ("clip", "clips", "flow") else value
+                for key, value in moved.items()}
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
@@ -361,7 +373,8 @@ class VideoFrameDataset(Dataset):
             idx_a, idx_b = sampling.dualvar_clip_pair(length, rng, T, self.stride)
             frames = load(np.concatenate([idx_a, idx_b]))  # (2T, 3, H, W): A's and B's frames decoded once
             frames_a, frames_b = frames[:T], frames[T:]
-            clips = torch.empty(3 if self.sampler == "dualvar" else 2, 3, T, self.size, self.size)
+            views = 3 if self.sampler == "dualvar" else 2
+            clips = torch.empty(views, 3, T, self.size, self.size, dtype=self.clip_dtype)
             (self.crop_only if rng.random() < CROP_ONLY_P else self.full)(frames_a, rng, out=clips[0])
             self.full(frames_b, rng, out=clips[1])
             if self.sampler == "dualvar":
@@ -383,7 +396,7 @@ class VideoFrameDataset(Dataset):
         else:
             indices = sampling.eval_clip_indices(length, T, self.stride, NUM_EVAL_CLIPS)  # (10, T)
             frames = load_clip(indices.reshape(-1)).unflatten(0, indices.shape)  # (10, T, 3, H, W)
-            clips = torch.empty(NUM_EVAL_CLIPS, 3, T, self.size, self.size)
+            clips = torch.empty(NUM_EVAL_CLIPS, 3, T, self.size, self.size, dtype=self.clip_dtype)
             centre_crop = self.flow_eval if self.flow_component else self.eval
             for clip_frames, clip in zip(frames, clips):
                 centre_crop(clip_frames, rng, out=clip)
@@ -446,7 +459,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--no-hflip", action="store_true",
                        help="never mirror finetuning clips: for classes that a mirror image turns into each "
                             "other (the demo's MoveLeft / MoveRight, clockwise / anticlockwise)")
-    group.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
+    group.add_argument("--workers", type=int, default=default_workers(),
+                       help="DataLoader worker processes per process; default: this node's cores per process, less "
+                            "one, at most 8")
     return parser
 
 
@@ -461,11 +476,12 @@ def _load_split(paths: DatasetPaths, split: str, k: int, val_size: float | None)
 
 
 def build_dataset(args: argparse.Namespace, split: str, sampler: str,
-                  modality: str | None = None) -> VideoFrameDataset:
+                  modality: str | None = None, uint8: bool = False) -> VideoFrameDataset:
     """The dataset of ``args.dataset`` (see add_data_args) for ``split`` in SPLITS with ``sampler``.
 
     ``modality`` (one of MODALITIES) defaults to ``args.modality`` when the script has that flag (IIC's
-    train_ssl.py), else "rgb"; a flow modality checks the flow root before any item is read.
+    train_ssl.py), else "rgb"; a flow modality checks the flow root before any item is read. ``uint8``: clips
+    as bytes, for a DataLoader whose batches go through ``dataset.to_device``.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -484,7 +500,7 @@ def build_dataset(args: argparse.Namespace, split: str, sampler: str,
         stride=1 if sampler == "iic" else args.stride, size=args.size, resize=tuple(args.resize),
         resize_quirk=args.resize_quirk, per_frame_jitter=args.per_frame_jitter, modality=modality,
         flow_root=flow_root, hflip=not args.no_hflip, video_root=paths.video_root,
-        max_bad_videos=getattr(args, "max_bad_videos", DEFAULT_MAX_BAD_VIDEOS))
+        max_bad_videos=getattr(args, "max_bad_videos", DEFAULT_MAX_BAD_VIDEOS), uint8=uint8)
     dataset.csv_path = paths.split_csv("test" if split == "test" else "train", args.split)
     check_video_files(records, paths.video_root, dataset.csv_path)
     check_frame_counts([r for r in records if not is_video_file(r.frame_dir)], paths.frame_root, dataset.csv_path)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from model.backbones import build_backbone
 from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_rank_loss, shuffle_segments,
                           temporal_coherent_loss)
-from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, is_dist
+from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, host_to_device, is_dist
 
 MODES = ("clip", "clip-sr", "clip-tc", "clip-sr-tc")
 
@@ -60,6 +60,10 @@ def add_dualvar_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--moco-k", type=int, default=16384,
                        help="MoCo queue length; must be a multiple of the global batch (batch size × processes)")
     group.add_argument("--moco-m", type=float, default=0.999, help="MoCo key-encoder momentum")
+    group.add_argument("--moco-bn-splits", type=int, default=2,
+                       help="in a single process, MoCo's BatchNorm sees the batch in this many sub-batches, the keys "
+                            "shuffled across them (the one-GPU shuffle-BN of the MoCo paper); 1: no shuffle, the key "
+                            "encoder's statistics then come from the queries' own videos")
 
 
 def mlp(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -196,14 +200,20 @@ class MoCoDualVar(DualVarBase):
     (K, n, d) share one pointer; all three are buffers, so they live in the state_dict.
     """
 
+    # --sync-bn converts the query encoder only: synchronised key statistics would undo the shuffle
+    sync_bn_submodules = ("encoder",)
+
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
         if args.moco_k < 1:
             raise ValueError(f"--moco-k must be positive, got {args.moco_k}")
         if not 0.0 <= args.moco_m <= 1.0:
             raise ValueError(f"--moco-m must lie in [0, 1], got {args.moco_m}")
+        if args.moco_bn_splits < 1:
+            raise ValueError(f"--moco-bn-splits must be at least 1, got {args.moco_bn_splits}")
         self.queue_size = args.moco_k
         self.momentum = args.moco_m
+        self.bn_splits = args.moco_bn_splits
         self.key_encoder = copy.deepcopy(self.encoder)
         for parameter in self.key_encoder.parameters():
             parameter.requires_grad_(False)
@@ -226,13 +236,20 @@ class MoCoDualVar(DualVarBase):
         """Key embeddings of clips (B, 3, T, H, W), with the batch shuffled across processes for BatchNorm.
 
         Without the shuffle each process's BN statistics would come from the same videos as its
-        queries, which leaks the positive pair through the batch statistics (MoCo's shuffle-BN).
+        queries, which leaks the positive pair through the batch statistics (MoCo's shuffle-BN). In one
+        process the batch is shuffled and split into ``bn_splits`` sub-batches instead, as the queries are
+        (``encode_queries``), so that a key's statistics come from other videos than its query's.
         """
         if not is_dist():
-            return self.key_encoder(clips)
+            if self.bn_splits == 1:
+                return self.key_encoder(clips)
+            permutation = host_to_device(torch.randperm(clips.shape[0]), clips.device)
+            z, series = self._in_sub_batches(self.key_encoder, clips[permutation])
+            inverse = torch.argsort(permutation)
+            return z[inverse], (None if series is None else series[inverse])
         batch, world_size, rank = clips.shape[0], get_world_size(), get_rank()
         all_clips = all_gather_no_grad(clips)  # (N, 3, T, H, W)
-        permutation = torch.randperm(all_clips.shape[0]).to(clips.device)
+        permutation = host_to_device(torch.randperm(all_clips.shape[0]), clips.device)
         permutation = broadcast(permutation, 0)  # every process uses rank 0's permutation
         mine = permutation.view(world_size, batch)[rank]  # (B,) rows of the global batch for this process
         z, series = self.key_encoder(all_clips[mine])
@@ -242,15 +259,31 @@ class MoCoDualVar(DualVarBase):
             series = all_gather_no_grad(series)[inverse]
         return z, series
 
+    def _in_sub_batches(self, encoder: nn.Module, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``encoder`` over ``bn_splits`` consecutive sub-batches of clips (B, 3, T, H, W), each with its own
+        BatchNorm statistics, concatenated back in order."""
+        parts = [encoder(part) for part in clips.tensor_split(min(self.bn_splits, clips.shape[0]))]
+        z = torch.cat([part[0] for part in parts])
+        series = None if parts[0][1] is None else torch.cat([part[1] for part in parts])
+        return z, series
+
+    def encode_queries(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Query embeddings; in one process in ``bn_splits`` sub-batches, the virtual GPUs of ``encode_keys``."""
+        if is_dist() or self.bn_splits == 1:
+            return self.encoder(clips)
+        return self._in_sub_batches(self.encoder, clips)
+
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, series_keys: torch.Tensor | None) -> None:
         """Write the global batch of keys at the pointer, overwriting the oldest ones."""
         keys = all_gather_no_grad(keys)  # (N, D)
-        ptr = int(self.queue_ptr)
-        self.clip_queue[ptr:ptr + keys.shape[0]] = keys
+        # rows ptr .. ptr + N - 1 (the queue is a multiple of N long), computed on the device: reading the
+        # pointer on the host would wait for the GPU
+        rows = self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)  # (N,)
+        self.clip_queue.index_copy_(0, rows, keys)
         if self.use_tc:
-            self.series_queue[ptr:ptr + keys.shape[0]] = all_gather_no_grad(series_keys)
-        self.queue_ptr[0] = (ptr + keys.shape[0]) % self.queue_size
+            self.series_queue.index_copy_(0, rows, all_gather_no_grad(series_keys))
+        self.queue_ptr.add_(keys.shape[0]).remainder_(self.queue_size)
 
     def check_config(self, batch_size: int, num_frames: int) -> None:
         super().check_config(batch_size, num_frames)
@@ -267,7 +300,7 @@ class MoCoDualVar(DualVarBase):
         self.check_input(clips)
         batch = clips.shape[0]
         self.check_queue(batch)
-        z_q, series_q = self.encoder(clips[:, 0])  # (B, D), (B, n, d)
+        z_q, series_q = self.encode_queries(clips[:, 0])  # (B, D), (B, n, d)
         self.momentum_update()
         z_k, series_k = self.encode_keys(clips[:, 1])
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.backbones import build_backbone
-from utils.distributed import all_gather_no_grad
+from utils.distributed import all_gather_no_grad, host_to_device
 
 MODALITIES = ("res", "rgb", "u", "v")
 FLOW_MODALITIES = ("u", "v")
@@ -71,12 +71,18 @@ def add_iic_args(parser: argparse.ArgumentParser) -> None:
                        help="L2-normalise the pooled features before the logits (published: off)")
 
 
-def normalize_imagenet(clip: torch.Tensor) -> torch.Tensor:
-    """[0, 1] clips (B, 3, T, H, W) -> ImageNet-normalised, the input of every RGB view."""
-    shape = (3, 1, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=clip.dtype, device=clip.device).view(shape)
-    std = torch.tensor(IMAGENET_STD, dtype=clip.dtype, device=clip.device).view(shape)
-    return (clip - mean) / std
+def imagenet_statistics() -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std (3, 1, 1, 1), to broadcast over clips (B, 3, T, H, W)."""
+    return torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+
+
+def normalize_imagenet(clip: torch.Tensor, mean: torch.Tensor | None = None,
+                       std: torch.Tensor | None = None) -> torch.Tensor:
+    """[0, 1] clips (B, 3, T, H, W) -> ImageNet-normalised, the input of every RGB view. Pass ``mean`` and
+    ``std`` already on the clips' device (IIC's buffers) to avoid a host-to-device copy per call."""
+    if mean is None or std is None:
+        mean, std = (value.to(clip.device) for value in imagenet_statistics())
+    return (clip - mean.to(clip.dtype)) / std.to(clip.dtype)
 
 
 def residual_frames(clip: torch.Tensor, wrap: bool = True) -> torch.Tensor:
@@ -96,7 +102,7 @@ def residual_frames(clip: torch.Tensor, wrap: bool = True) -> torch.Tensor:
 def repeat_negative(clip: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One random frame of each clip (B, 3, T, H, W) tiled T times -> same shape."""
     batch, _, frames = clip.shape[:3]
-    picked = torch.randint(frames, (batch,), generator=generator).to(clip.device)  # (B,)
+    picked = host_to_device(torch.randint(frames, (batch,), generator=generator), clip.device)  # (B,)
     rows = torch.arange(batch, device=clip.device)
     return clip[rows, :, picked].unsqueeze(2).expand_as(clip).contiguous()
 
@@ -114,7 +120,7 @@ def shuffle_negative(clip: torch.Tensor, generator: torch.Generator | None = Non
     rows = torch.arange(batch)
     order[rows, first], order[rows, second] = second, first
     chunk = frames // SHUFFLE_CHUNKS
-    frame_order = (order.unsqueeze(2) * chunk + torch.arange(chunk)).flatten(1).to(clip.device)  # (B, T)
+    frame_order = host_to_device((order.unsqueeze(2) * chunk + torch.arange(chunk)).flatten(1), clip.device)  # (B, T)
     index = frame_order.view(batch, 1, frames, 1, 1).expand_as(clip)
     return torch.gather(clip, 2, index)
 
@@ -136,7 +142,7 @@ class MemoryBanks(nn.Module):
 
     def draw(self, index: torch.Tensor, k: int) -> torch.Tensor:
         """(B,) own video indices -> (B, K+1) bank rows: column 0 itself, then K uniform draws."""
-        drawn = torch.randint(self.num_videos, (index.shape[0], k + 1)).to(index.device)
+        drawn = host_to_device(torch.randint(self.num_videos, (index.shape[0], k + 1)), index.device)
         drawn[:, 0] = index
         return drawn
 
@@ -145,17 +151,19 @@ class MemoryBanks(nn.Module):
         """Move the rows of the global batch towards their features; every process gets the same result.
 
         index (B,) and features {bank name: (B, dim)} of this process; a video present twice in the
-        global batch keeps its last occurrence, so the result does not depend on scatter order.
+        global batch keeps its last occurrence, so the result does not depend on scatter order. Every position
+        writes the row of its video's last occurrence, so repeated indices write equal rows; no ``unique``,
+        whose data-dependent size would make the host wait for the GPU.
         """
         index = all_gather_no_grad(index)  # (N,)
-        unique, inverse = torch.unique(index, return_inverse=True)
         positions = torch.arange(index.shape[0], device=index.device)
-        last = torch.zeros_like(unique).scatter_reduce_(0, inverse, positions, reduce="amax")  # (U,)
+        same_video = index[:, None] == index[None, :]  # (N, N)
+        last = torch.where(same_video, positions[None, :], -1).amax(dim=1)  # (N,) last position of each video
         for name, feature in features.items():
             bank = self.bank(name)
-            gathered = all_gather_no_grad(feature.float())[last]  # (U, dim)
-            rows = bank[unique] * self.momentum + gathered * (1 - self.momentum)
-            bank.index_copy_(0, unique, F.normalize(rows, dim=1))
+            gathered = all_gather_no_grad(feature.float())[last]  # (N, dim)
+            rows = bank[index] * self.momentum + gathered * (1 - self.momentum)
+            bank.index_copy_(0, index, F.normalize(rows, dim=1))
 
 
 class IICEncoder(nn.Module):
@@ -191,6 +199,9 @@ class IIC(nn.Module):
         self.temperature = args.bank_t
         self.l2norm = args.iic_l2norm
         self.encoder = IICEncoder(args.net, args.base_width)
+        mean, std = imagenet_statistics()  # constants on the model's device, not in the state_dict
+        self.register_buffer("imagenet_mean", mean, persistent=False)
+        self.register_buffer("imagenet_std", std, persistent=False)
         names = ("view1", "view2") + (("intra_neg",) if self.intra_neg != "none" else ())
         # Without a dataset size (e.g. --dry-run) the banks are empty and forward refuses to run.
         self.banks = MemoryBanks(names, num_videos or 0, self.encoder.out_channels, args.bank_momentum)
@@ -205,11 +216,11 @@ class IIC(nn.Module):
             return flow
         if self.modality == "res":
             return residual_frames(clip, self.residual_wrap)
-        return normalize_imagenet(clip)
+        return normalize_imagenet(clip, self.imagenet_mean, self.imagenet_std)
 
     def intra_negative(self, clip: torch.Tensor) -> torch.Tensor:
         make = repeat_negative if self.intra_neg == "repeat" else shuffle_negative
-        return normalize_imagenet(make(clip))
+        return normalize_imagenet(make(clip), self.imagenet_mean, self.imagenet_std)
 
     def embed(self, clips: torch.Tensor) -> torch.Tensor:
         features = self.encoder(clips)  # (B, C)
@@ -224,7 +235,7 @@ class IIC(nn.Module):
     def check_config(self, batch_size: int, num_frames: int) -> None:
         """Refuse, from the flags alone, what the first forward would (for --dry-run and before a run writes):
         the views are made from a one-pixel clip of the configured length."""
-        clip = torch.zeros(1, 3, num_frames, 1, 1)
+        clip = torch.zeros(1, 3, num_frames, 1, 1, device=self.imagenet_mean.device)  # meta under --dry-run
         if self.modality not in FLOW_MODALITIES:
             self.view2(clip, None)
         if self.intra_neg != "none":
@@ -241,14 +252,18 @@ class IIC(nn.Module):
             got = "none" if flow is None else tuple(flow.shape)
             raise ValueError(f"--modality {self.modality} takes the flow clips (B, 3, T, H, W) of the 'iic' sampler "
                              f"built with that modality, shaped like the RGB clips {tuple(clip.shape)}; got {got}")
-        if index.min() < 0 or index.max() >= self.banks.num_videos:
-            raise ValueError(f"video index {int(index.max())} outside the memory banks of "
-                             f"{self.banks.num_videos} rows: the banks were built for another training set")
+        message = (f"a video index lies outside the memory banks of {self.banks.num_videos} rows: the banks were "
+                   "built for another training set")
+        inside = (index.min() >= 0) & (index.max() < self.banks.num_videos)
+        if index.device.type != "cpu":  # checked on the device: a host check would wait for the GPU
+            torch._assert_async(inside, message)
+        elif not inside:
+            raise ValueError(message)
 
     def forward(self, clip: torch.Tensor, index: torch.Tensor,
                 flow: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         self.check_input(clip, index, flow)
-        f1 = self.embed(normalize_imagenet(clip))  # (B, C)
+        f1 = self.embed(normalize_imagenet(clip, self.imagenet_mean, self.imagenet_std))  # (B, C)
         f2 = self.embed(self.view2(clip, flow))  # (B, C)
         features = {"view1": f1.detach(), "view2": f2.detach()}
         if self.intra_neg != "none":

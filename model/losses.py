@@ -15,7 +15,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from utils.distributed import all_gather_with_grad, get_rank, get_world_size
+from utils.distributed import all_gather_with_grad, get_rank, get_world_size, host_to_device
 
 
 def _in_fp32(loss_fn):
@@ -179,7 +179,7 @@ def shuffle_segments(clips: torch.Tensor, n_series: int, generator: torch.Genera
                          f"choose a frame count divisible by n_series")
     if derangement and n_series == 1:
         raise ValueError("a derangement of n_series=1 segment does not exist: use n_series >= 2 or no derangement")
-    permutations = _draw_permutations(batch, n_series, generator, derangement).to(clips.device)
+    permutations = host_to_device(_draw_permutations(batch, n_series, generator, derangement), clips.device)
     segments = clips.reshape(batch, channels, n_series, frames // n_series, height, width)
     index = permutations.view(batch, 1, n_series, 1, 1, 1).expand_as(segments)
     shuffled = segments.gather(2, index)  # (B, C, n, T/n, H, W): slot j <- segment σ(j)

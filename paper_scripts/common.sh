@@ -55,12 +55,12 @@ declare -A EXPERIMENTS=(
 
 # Published pretraining recipe: global batch 64 (8 GPUs x 8), 16x112² clips, temporal stride 4.
 PRETRAIN_FLAGS=(--epochs 200 --schedule 120 160 --lr 0.003 --weight-decay 1e-4 --optimizer sgd --momentum 0.9
-                --num-frames 16 --stride 4 --size 112 --save-freq 10)
+                --num-frames 16 --stride 4 --size 112 --save-freq 10 --amp auto)
 PRETRAIN_GLOBAL_BATCH=64
 # Downstream runs start from the checkpoint after epoch 190 (0-based 189), which --save-freq 10 keeps.
 DOWNSTREAM_CHECKPOINT=epoch189.pth
 # Published finetuning recipe (global batch 16, ds 2); the schedule depends on the pretraining data.
-FINETUNE_FLAGS=(--lr 0.05 --weight-decay 1e-3 --optimizer sgd --num-frames 16 --stride 2 --size 112)
+FINETUNE_FLAGS=(--lr 0.05 --weight-decay 1e-3 --optimizer sgd --num-frames 16 --stride 2 --size 112 --amp auto)
 FINETUNE_GLOBAL_BATCH=16
 FINETUNE_SCHEDULE_UCF101=(--epochs 100 --schedule 30 60 80)
 FINETUNE_SCHEDULE_K400=(--epochs 150 --schedule 50 100)
@@ -68,9 +68,12 @@ FINETUNE_SCHEDULE_K400=(--epochs 150 --schedule 50 100)
 # finetune on view 2's input (raw residual, or the flow component) and retrieve with max-pooled conv5
 # features of RGB and view 2 merged, clips at stride 1. u/v rows need the flow frames first (README).
 IIC_PRETRAIN_FLAGS=(--epochs 240 --schedule 45 90 125 160 --lr-gamma 0.2 --lr 0.01 --weight-decay 1e-4
-                    --optimizer sgd --momentum 0.9 --num-frames 16 --size 112 --save-freq 10)
+                    --optimizer sgd --momentum 0.9 --num-frames 16 --size 112 --save-freq 10 --amp auto)
 IIC_PRETRAIN_GLOBAL_BATCH=16
 IIC_RETRIEVAL_FLAGS=(--layer conv5 --merge --stride 1)
+# --amp auto: bf16 on Ampere and newer GPUs (and CPUs with AVX512-BF16/AMX), fp16 with loss scaling on older GPUs,
+# fp32 elsewhere; the script prints its choice at start.
+EVAL_FLAGS=(--amp auto)
 
 # The demo and the miniature (README "The miniature"): R(2+1)D-10 at base width 8 on 8x32² clips, so that a
 # comparison of methods over seeds fits in an hour on a 2-core CPU. Fixed before any result was seen, and the
@@ -82,7 +85,8 @@ IIC_RETRIEVAL_FLAGS=(--layer conv5 --merge --stride 1)
 # MoveRight) with the 10-clip test.
 DEMO_CLIP_FLAGS=(--base-width 8 --num-frames 8 --size 32 --resize 32 42)
 DEMO_STRIDE=4  # pretraining (but IIC's consecutive frames), finetuning and evaluation
-DEMO_RUNTIME_FLAGS=(--amp none --workers 2)  # bf16 autocast is slower on CPUs without AVX512-BF16
+# The demo's figures were measured in fp32; --amp none keeps them comparable on machines where auto picks bf16.
+DEMO_RUNTIME_FLAGS=(--amp none --workers 2)
 DEMO_PRETRAIN_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride "$DEMO_STRIDE"
                      --save-freq 0 --log-every 20)
 DEMO_IIC_PRETRAIN_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --iic-l2norm
@@ -120,6 +124,10 @@ visible_gpus() {
 NUM_GPUS="${NUM_GPUS:-$(visible_gpus)}"
 [[ "$NUM_GPUS" =~ ^[0-9]+$ ]] || die "NUM_GPUS=$NUM_GPUS: give a whole number of GPUs (0 for one CPU process)"
 NUM_PROCS=$(( NUM_GPUS > 0 ? NUM_GPUS : 1 ))
+# On several GPUs a process holds only a few clips (finetuning: 16 / 8 = 2; IIC: 16 / 8 = 2, in three passes):
+# BatchNorm then needs the statistics of the global batch. DualVar's SimCLR keeps per-GPU BatchNorm as published.
+SYNC_BN_FLAGS=()
+(( NUM_GPUS > 1 )) && SYNC_BN_FLAGS=(--sync-bn)
 
 # Per-process batch size for a global batch, so that the published global batch holds on any GPU count.
 per_process_batch() {
@@ -175,7 +183,7 @@ demo_finetune_stride() {
 run_mode() {
   local mode="$1" exp="$2" out="$OUTPUT_ROOT/$2"
   read_experiment "$exp"
-  local demo=0 downstream=ucf101 eval_flags=()
+  local demo=0 downstream=ucf101 eval_flags=("${EVAL_FLAGS[@]}")
   [ "$PRETRAIN_DATA" = demo ] && { demo=1; downstream=demo; eval_flags=("${DEMO_RUNTIME_FLAGS[@]}"); }
   case "$mode" in
     finetune_hmdb|test_hmdb)
@@ -196,10 +204,11 @@ run_mode() {
   case "$mode" in
     pretrain)
       local flags=("${PRETRAIN_FLAGS[@]}") batch="$PRETRAIN_GLOBAL_BATCH"
-      [ "$MODEL" = iic ] && flags=("${IIC_PRETRAIN_FLAGS[@]}") batch="$IIC_PRETRAIN_GLOBAL_BATCH"
+      [ "$MODEL" = iic ] && flags=("${IIC_PRETRAIN_FLAGS[@]}" "${SYNC_BN_FLAGS[@]}") batch="$IIC_PRETRAIN_GLOBAL_BATCH"
       if (( demo )); then
         flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_PRETRAIN_FLAGS[@]}") batch="$DEMO_PRETRAIN_GLOBAL_BATCH"
-        [ "$MODEL" = iic ] && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_IIC_PRETRAIN_FLAGS[@]}")
+        [ "$MODEL" = iic ] && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_IIC_PRETRAIN_FLAGS[@]}"
+                                     "${SYNC_BN_FLAGS[@]}")
       fi
       batch="$(per_process_batch "$batch")"
       run_python train_ssl.py --dataset "$PRETRAIN_DATA" --data-root "$DATA_ROOT" --model "$MODEL" \
@@ -211,7 +220,7 @@ run_mode() {
                            --stride "$(demo_finetune_stride)") batch="$DEMO_FINETUNE_GLOBAL_BATCH"
       batch="$(per_process_batch "$batch")"
       run_python finetune.py --dataset "$downstream" --data-root "$DATA_ROOT" --pretrain "$pretrained" \
-        "${finetune_flags[@]}" "${flags[@]}" --batch-size "$batch" --output-dir "$out/$mode" ;;
+        "${finetune_flags[@]}" "${flags[@]}" "${SYNC_BN_FLAGS[@]}" --batch-size "$batch" --output-dir "$out/$mode" ;;
     test|test_hmdb)
       local finetune_from="$out/finetune"
       [ "$mode" = test_hmdb ] && finetune_from="$out/finetune_hmdb"
@@ -278,7 +287,8 @@ run_miniature() {
   local batch ft_batch
   batch="$(per_process_batch "$DEMO_PRETRAIN_GLOBAL_BATCH")"
   ft_batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
-  local ft_flags=(--net r21d "${DEMO_CLIP_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --stride "$DEMO_STRIDE" --batch-size "$ft_batch")
+  local ft_flags=(--net r21d "${DEMO_CLIP_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --stride "$DEMO_STRIDE" --batch-size "$ft_batch"
+                  "${SYNC_BN_FLAGS[@]}")
 
   # No-learning reference: colour statistics (6 numbers per clip), in retrieval and in the clip contrast.
   local colour="$root/colour_stats/seed0"
@@ -304,7 +314,7 @@ run_miniature() {
         ckpt="$dir/pretrain/checkpoint.pth" pretrain="$ckpt"
         local method_flags pretrain_flags=("${DEMO_PRETRAIN_FLAGS[@]}")
         read -r -a method_flags <<<"${MINI_METHOD_FLAGS[$method]}"
-        [ "$method" = iic ] && pretrain_flags=("${DEMO_IIC_PRETRAIN_FLAGS[@]}")
+        [ "$method" = iic ] && pretrain_flags=("${DEMO_IIC_PRETRAIN_FLAGS[@]}" "${SYNC_BN_FLAGS[@]}")
         # a finished run resumes at its last epoch and stops at once
         run_python train_ssl.py "${common[@]}" "${method_flags[@]}" --net r21d "${DEMO_CLIP_FLAGS[@]}" \
           "${pretrain_flags[@]}" --batch-size "$batch" --seed "$seed" --output-dir "$dir/pretrain"

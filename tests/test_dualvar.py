@@ -146,7 +146,8 @@ def test_moco_key_encoder_follows_momentum_not_the_optimizer():
 
 
 def test_moco_queue_holds_the_latest_keys():
-    method = tiny_method("--model", "moco", "--mode", "clip-tc", "--moco-k", "8")
+    # one BatchNorm batch, so that the keys can be recomputed below (the sub-batch shuffle is tested elsewhere)
+    method = tiny_method("--model", "moco", "--mode", "clip-tc", "--moco-k", "8", "--moco-bn-splits", "1")
     state = method.state_dict()
     assert state["clip_queue"].shape == (8, 128) and state["series_queue"].shape == (8, 2, 64)
     assert state["queue_ptr"].tolist() == [0]

@@ -15,6 +15,7 @@ import errno
 import os
 import random
 import shutil
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,63 @@ def _state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Te
         ("missing", missing), ("unexpected", unexpected), ("other shape in the checkpoint", reshaped)) if keys)
 
 
+def agreed_resume_path(resume: str, output_dir: str | os.PathLike) -> Path | None:
+    """``resolve_resume`` as rank 0 sees it, on every rank (a collective under torchrun).
+
+    Each rank looking on its own disk would let a node without the checkpoint start at epoch 0 while the others
+    resume: the replicas drift apart and the job hangs in a later collective. So rank 0 decides, and every rank
+    must be able to read what it decided, or all stop with the same message.
+    """
+    if not is_dist():
+        return resolve_resume(resume, output_dir)
+    decision: list = [None, None]  # [path or None, error message or None]
+    if is_main_process():
+        try:
+            path = resolve_resume(resume, output_dir)
+            decision[0] = None if path is None else str(path)
+        except FileNotFoundError as error:
+            decision[1] = str(error)
+    dist.broadcast_object_list(decision, src=0)
+    if decision[1] is not None:
+        raise FileNotFoundError(decision[1])
+    if decision[0] is None:
+        return None
+    path = Path(decision[0])
+    unreadable: list = [None] * get_world_size()
+    dist.all_gather_object(unreadable, None if os.access(path, os.R_OK) and path.is_file() else socket.gethostname())
+    missing = [f"rank {rank} on {host}" for rank, host in enumerate(unreadable) if host is not None]
+    if missing:
+        raise CheckpointError(
+            f"rank 0 resumes from {path}, which {', '.join(missing)} cannot read: --output-dir must be a folder that "
+            "every node shares (a network file system), and the data must exist on every node; or pass "
+            "--resume none to start afresh")
+    return path
+
+
+def _load_on_every_rank(path: Path, fix: str) -> dict:
+    """``load_checkpoint`` on every rank (a collective under torchrun), which must all read the same position: a
+    rank whose node holds another file at that path (an old run on a local disk) stops every rank, and so does a
+    rank that cannot read it, instead of one rank failing while the others wait in the next collective."""
+    if not is_dist():
+        return load_checkpoint(path, fix=fix)
+    try:
+        ckpt, mine = load_checkpoint(path, fix=fix), None
+    except (CheckpointError, FileNotFoundError) as error:
+        ckpt, mine = None, str(error)
+    position = None if ckpt is None else [ckpt.get(key) for key in ("epoch", "iteration", "global_step")]
+    seen: list = [None] * get_world_size()
+    dist.all_gather_object(seen, (mine, position, socket.gethostname()))
+    for rank, (error, theirs, host) in enumerate(seen):
+        if error is not None:
+            raise CheckpointError(f"rank {rank} on {host}: {error}")
+        if theirs != seen[0][1]:
+            raise CheckpointError(
+                f"rank 0 and rank {rank} (on {host}) read different files at {path} (epoch, iteration, step "
+                f"{seen[0][1]} and {theirs}): --output-dir must be a folder that every node shares (a network file "
+                "system), and the data must exist on every node; or pass --resume none to start afresh")
+    return ckpt
+
+
 @dataclass
 class ResumePoint:
     epoch: int = 0
@@ -232,11 +290,12 @@ class Checkpointer:
                                       "again (--resume auto continues from it)", e.saved) from None
 
     def resume(self, resume: str) -> ResumePoint:
-        """Restore model, optimizer, scheduler, scaler and this rank's RNG states per ``--resume``."""
-        path = resolve_resume(resume, self.output_dir)
+        """Restore model, optimizer, scheduler, scaler and this rank's RNG states per ``--resume``, from the
+        checkpoint that rank 0 picks (every rank must call it)."""
+        path = agreed_resume_path(resume, self.output_dir)
         if path is None:
             return ResumePoint()
-        ckpt = load_checkpoint(path, fix="delete it, or pass --resume none to start afresh")
+        ckpt = _load_on_every_rank(path, fix="delete it, or pass --resume none to start afresh")
         missing = [key for key in self.REQUIRED_KEYS if key not in ckpt]
         if missing:
             raise CheckpointError(f"{path} lacks {', '.join(missing)}: it is not a training checkpoint of this "

@@ -7,24 +7,35 @@ All processes must call the collectives in the same order with tensors of the sa
 loaders therefore drop the last incomplete batch).
 """
 import argparse
+import datetime
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
-from torch.distributed.constants import default_pg_timeout
 
 
 def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("device and distributed")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                       help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu")
+                       help="auto: cuda:(LOCAL_RANK mod visible GPUs) when CUDA is available, else cpu")
     group.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
                        help="GPU index on this node; set by legacy launchers, torchrun sets LOCAL_RANK instead "
                             "(leave unset)")
     group.add_argument("--dist-backend", default="auto", choices=["auto", "gloo", "nccl"],
                        help="process-group backend under torchrun; auto: nccl on CUDA, gloo on CPU")
+    group.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_MIN, metavar="MINUTES",
+                       help="how long a collective may wait for the slowest process before the job fails (nccl's "
+                            "own default, 10 minutes, is shorter than an uneven evaluation pass on a large data set)")
+    group.add_argument("--deterministic", action="store_true",
+                       help="deterministic kernels (cuDNN deterministic, no autotuning, no TF32, "
+                            "torch.use_deterministic_algorithms with warnings for ops that have none): slower, "
+                            "and needed for a bit-exact resume on GPUs")
     return parser
+
+
+DEFAULT_TIMEOUT_MIN = 60.0
 
 
 def _launched_by_torchrun() -> bool:
@@ -39,19 +50,42 @@ def _resolve_device(requested: str, local_rank: int) -> torch.device:
     if not torch.cuda.is_available():
         raise RuntimeError("--device cuda was given but no CUDA device is visible; "
                            "use --device cpu (or auto) or check CUDA_VISIBLE_DEVICES")
-    if local_rank >= torch.cuda.device_count():
-        raise RuntimeError(f"local rank {local_rank} needs GPU {local_rank}, but only "
-                           f"{torch.cuda.device_count()} are visible; start at most that many processes per node "
-                           f"(torchrun --nproc-per-node)")
-    return torch.device("cuda", local_rank)
+    return torch.device("cuda", cuda_index(local_rank, torch.cuda.device_count()))
+
+
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The GPU of a process: its local rank modulo the GPUs it sees, so that a scheduler that gives each process
+    only its own GPU (Slurm --gpus-per-task=1: every process sees one device, cuda:0) works like torchrun."""
+    if visible > 1 and local_rank >= visible:
+        warnings.warn(f"local rank {local_rank} sees {visible} GPUs: it shares GPU {local_rank % visible} with "
+                      "another process; start at most one process per visible GPU (torchrun --nproc-per-node)")
+    return local_rank % visible
+
+
+def configure_kernels(device: torch.device, deterministic: bool) -> None:
+    """Kernel choices for speed, or for reproducibility with ``deterministic``.
+
+    Fast (default): cuDNN autotunes its convolution algorithms (the clip shapes are fixed, so the search is paid
+    once) and float32 convolutions and matmuls use TF32 on Ampere and newer. Deterministic: neither, cuDNN's
+    deterministic algorithms, and torch's deterministic implementations (a warning names any op that has
+    none). CUBLAS_WORKSPACE_CONFIG must be set before cuBLAS starts, hence here, before any CUDA work.
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    precision = "ieee" if deterministic else "tf32"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
 
 
 def init_distributed(args: argparse.Namespace) -> torch.device:
     """Join the torchrun process group (env:// rendezvous) if launched by torchrun; return the device.
 
     Reads RANK, WORLD_SIZE and LOCAL_RANK from the environment (a `--local-rank` flag is used when
-    LOCAL_RANK is absent). `args.device` picks the device (auto: cuda:LOCAL_RANK if CUDA is available,
-    else cpu) and `args.dist_backend` the backend (auto: nccl on CUDA, gloo on CPU). Without torchrun's
+    LOCAL_RANK is absent). `args.device` picks the device (auto: cuda:(LOCAL_RANK mod visible GPUs) if CUDA is
+    available, else cpu) and `args.dist_backend` the backend (auto: nccl on CUDA, gloo on CPU). Without torchrun's
     environment nothing is initialised and the run is single-process.
     """
     requested = getattr(args, "device", "auto")
@@ -61,6 +95,7 @@ def init_distributed(args: argparse.Namespace) -> torch.device:
     flag_local_rank = getattr(args, "local_rank", None)
     local_rank = int(env_local_rank) if env_local_rank is not None else (flag_local_rank or 0)
     device = _resolve_device(requested, local_rank)
+    configure_kernels(device, getattr(args, "deterministic", False))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not _launched_by_torchrun() or is_dist():
@@ -75,17 +110,21 @@ def init_distributed(args: argparse.Namespace) -> torch.device:
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
         raise RuntimeError("--dist-backend nccl needs CUDA devices; use --dist-backend gloo (or auto) on CPU")
+    timeout_min = getattr(args, "dist_timeout", DEFAULT_TIMEOUT_MIN)
+    if timeout_min <= 0:
+        raise ValueError(f"--dist-timeout must be a positive number of minutes, got {timeout_min}")
+    timeout = datetime.timedelta(minutes=timeout_min)
     device_id = device if device.type == "cuda" else None
-    store = restart_scoped_store()
+    store = restart_scoped_store(timeout)
     if store is None:
-        dist.init_process_group(backend=backend, init_method="env://", device_id=device_id)
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout, device_id=device_id)
     else:
         dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
-                                world_size=int(os.environ["WORLD_SIZE"]), device_id=device_id)
+                                world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout, device_id=device_id)
     return device
 
 
-def restart_scoped_store() -> dist.Store | None:
+def restart_scoped_store(timeout: datetime.timedelta) -> dist.Store | None:
     """Under torchrun's shared rendezvous store, a client of it whose keys belong to this restart alone; else None.
 
     torchrun (2.x) serves the workers' store from its agent and keeps it across ``--max-restarts`` restarts, and the
@@ -96,8 +135,25 @@ def restart_scoped_store() -> dist.Store | None:
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
     client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                           int(os.environ["WORLD_SIZE"]), is_master=False, timeout=default_pg_timeout)
+                           int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
     return dist.PrefixStore(f"restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor (random draws, index tables) on ``device`` without waiting for the work queued there: a plain
+    copy from pageable memory synchronises the host with the GPU; a non-blocking one from pinned memory does not."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def default_workers(max_workers: int = 8) -> int:
+    """DataLoader workers per process: the cores this process may use, shared with the other processes of its
+    node (torchrun's LOCAL_WORLD_SIZE; Slurm binds each task to its own cores instead), one core left for the
+    process itself, at most ``max_workers``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, min(max_workers, cores // local_processes - 1))
 
 
 def cleanup() -> None:
@@ -150,7 +206,7 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return gathered
 
 
-def _collective_device() -> torch.device:
+def collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -162,10 +218,10 @@ def all_reduce_mean(x):
     if not torch.is_tensor(x):
         if not is_dist():
             return float(x)
-        return all_reduce_mean(torch.tensor(float(x), device=_collective_device())).item()
+        return all_reduce_mean(torch.tensor(float(x), device=collective_device())).item()
     if not is_dist():
         return x.detach().float().clone()
-    reduced = x.detach().to(_collective_device(), torch.float32, copy=True)
+    reduced = x.detach().to(collective_device(), torch.float32, copy=True)
     dist.all_reduce(reduced)
     reduced /= get_world_size()
     return reduced.to(x.device)

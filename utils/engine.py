@@ -20,14 +20,16 @@ import time
 from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from utils import preemption
-from utils.distributed import all_reduce_mean, get_rank, get_world_size, is_dist
+from utils.distributed import all_reduce_mean, collective_device, get_rank, get_world_size, is_dist
 from utils.logging import MetricLogger
 from utils.run_dir import close_inherited_locks
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_CHOICES = ("auto", *AMP_DTYPES)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -91,25 +93,68 @@ def quiet_worker(worker_id: int) -> None:
     close_inherited_locks()
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): only there is bf16 autocast faster
+    than fp32; elsewhere oneDNN emulates it, several times slower."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Ampere (compute capability 8) and newer, or ROCm: bf16 tensor cores. Older GPUs only emulate bf16."""
+    return bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """(the --amp mode to run, why): ``auto`` becomes bf16 on CUDA with native bfloat16 and on CPUs with
+    AVX512-BF16 or AMX, fp16 with a GradScaler on older GPUs, none (fp32) elsewhere; the others stay as given."""
+    if amp != "auto":
+        return amp, "as given"
+    if device.type == "cuda":
+        if cuda_has_native_bf16(device):
+            return "bf16", "CUDA device with native bfloat16"
+        return "fp16", "CUDA device without native bfloat16 (before Ampere): float16 with loss scaling"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16", "CPU with AVX512-BF16 or AMX"
+    return "none", f"{device.type.upper()} without native bfloat16: fp32 is faster than emulated bf16"
+
+
 def check_amp(amp: str, device: torch.device) -> None:
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"--amp {amp}: expected one of {', '.join(AMP_DTYPES)}")
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"--amp {amp}: expected one of {', '.join(AMP_CHOICES)}")
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("--amp fp16 needs a CUDA device (float16 autocast with a GradScaler); "
-                         "on the CPU use --amp bf16 or --amp none")
+                         "on the CPU use --amp auto, bf16 or none")
+    if amp == "bf16" and device.type == "cuda" and not cuda_has_native_bf16(device):
+        name = torch.cuda.get_device_name(device)
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ValueError(f"--amp bf16: {name} (compute capability {major}.{minor}) has no native bfloat16 and would "
+                         "emulate it slowly or fail; use --amp fp16 (or auto, which picks it there) or --amp none")
+
+
+def select_amp(amp: str, device: torch.device, announce: bool = True) -> str:
+    """Check ``--amp`` on ``device`` and resolve ``auto``; prints the choice when ``announce`` (rank 0)."""
+    check_amp(amp, device)
+    chosen, why = resolve_amp(amp, device)
+    check_amp(chosen, device)
+    if announce and get_rank() == 0:
+        precision = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with a GradScaler"}[chosen]
+        print(f"--amp {amp}: {precision} on {device} ({why})", flush=True)
+    return chosen
 
 
 def autocast(amp: str, device: torch.device):
-    """Autocast context for ``--amp``; a no-op for ``none``."""
-    if AMP_DTYPES[amp] is None:
+    """Autocast context for ``--amp`` (``auto`` resolved on ``device``); a no-op for ``none``."""
+    dtype = AMP_DTYPES[resolve_amp(amp, device)[0]]
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
     """A GradScaler that is active only for fp16 (a pass-through otherwise, so the loop has one path)."""
     check_amp(amp, device)
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    return torch.amp.GradScaler(device.type, enabled=resolve_amp(amp, device)[0] == "fp16")
 
 
 class SkipSampler(Sampler):
@@ -190,6 +235,22 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     meters = MetricLogger()
     global_batch = loader.batch_size * get_world_size()
     bar = logger.progress(num_iters, start_iter, f"epoch {epoch}") if logger is not None else None
+    # The metrics of the iterations since the last log stay on the device and cross to the host together, at
+    # the next logged iteration: one transfer per --log-every iterations instead of one per iteration.
+    pending: list[tuple[int, int, torch.Tensor, dict[str, float]]] = []
+    names: list[str] = []
+
+    def flush(log_last: bool) -> None:
+        rows = torch.stack([values for _, _, values, _ in pending]).tolist()
+        for (it_done, step, _, host), row in zip(pending, rows):
+            values = {**dict(zip(names, row)), **host}
+            meters.update(values)
+            if log_last and it_done == pending[-1][0] and logger is not None:
+                logger.log("iter", step, values, epoch=epoch, iteration=it_done)
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {values['loss']:.4f}", refresh=False)
+        pending.clear()
+
     tic = time.perf_counter()
     for it, batch in enumerate(loader, start=start_iter):
         if it >= num_iters:
@@ -198,27 +259,28 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         with autocast(amp, device):
             out = forward_fn(model, batch)
         loss = weighted_loss(out, loss_weights)
-
         names = ["loss", *out]
         values = torch.stack([loss.detach().float()] + [v.detach().float().reshape(()) for v in out.values()])
-        values = dict(zip(names, values.tolist()))  # one host sync per iteration
-        stop = _stop_if_not_finite(values, out, epoch, it, global_step)
+        verdict = _Verdict(loss, _stop_signal)  # started now, read after the backward pass
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        stop = verdict.settle(values, names, epoch, it, global_step)  # the one host sync of an iteration
         scaler.step(optimizer)
         scaler.update()
         global_step += 1
 
         step_time = time.perf_counter() - tic
-        values.update(lr=optimizer.param_groups[0]["lr"], samples_per_s=global_batch / step_time,
-                      data_time=data_time, step_time=step_time)
-        meters.update(values)
+        host = {"lr": optimizer.param_groups[0]["lr"], "samples_per_s": global_batch / step_time,
+                "data_time": data_time, "step_time": step_time}
+        if device.type == "cuda":  # the allocator's own count: no device sync
+            host["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        pending.append((it, global_step, values, host))
         if bar is not None:
-            bar.set_postfix_str(f"loss {values['loss']:.4f}", refresh=False)
             bar.update()
-        if logger is not None and (it % log_every == 0 or it == num_iters - 1):
-            logger.log("iter", global_step, values, epoch=epoch, iteration=it)
+        logged = it % log_every == 0 or it == num_iters - 1
+        if logged or stop is not None:
+            flush(log_last=logged)
         if stop is not None:
             _save_and_stop(stop, save_fn, epoch, it + 1, global_step)
         if save_fn is not None and save_every_iters and (it + 1) % save_every_iters == 0 and it + 1 < num_iters:
@@ -228,6 +290,8 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                 save_fn(epoch, it + 1, global_step)
             raise preemption.Preempted(f"stopped on request after iteration {it} of epoch {epoch}")
         tic = time.perf_counter()
+    if pending:
+        flush(log_last=False)
     if bar is not None:
         bar.close()
     return meters.global_averages(), global_step
@@ -239,18 +303,35 @@ def _save_and_stop(signum: int, save_fn, epoch: int, iterations_done: int, globa
     raise TrainingInterrupted(signum, f"at epoch {epoch}, iteration {iterations_done}", saved=save_fn is not None)
 
 
-def _stop_if_not_finite(values: dict[str, float], out: dict, epoch: int, it: int, global_step: int) -> int | None:
-    """Raise NonFiniteLossError if the loss is not finite on some rank; else return the stop signal that some
-    rank received (None if none). One collective for both, as every rank must stop together, or the
-    others hang in the next collective."""
-    finite, stop = math.isfinite(values["loss"]), _stop_signal
-    if is_dist():
-        finite_mean, stop_mean = all_reduce_mean(torch.tensor([float(finite), float(stop or 0)])).tolist()
-        finite, stop = finite_mean == 1.0, ((stop or int(signal.SIGTERM)) if stop_mean > 0 else None)
-    if not finite:
-        terms = ", ".join(f"{k}={values[k]:.6g}" for k in ["loss", *out] if k == "loss" or k.startswith("loss_"))
+class _Verdict:
+    """Whether this iteration's loss is finite on every rank, and which stop signal some rank received.
+
+    Started right after the forward pass, without waiting: under torchrun its all-reduce runs while the
+    backward pass is computed. ``settle`` waits for it after the backward pass, before the update, and raises
+    NonFiniteLossError there (nothing is updated); every rank decides alike, as every rank must stop together,
+    or the others hang in the next collective. Its ``tolist`` is the one host sync per iteration.
+    """
+
+    def __init__(self, loss: torch.Tensor, stop: int | None):
+        self.stop = stop
+        # torch.full runs on the device: no host-to-device copy, which would wait for the queued work
+        self.flags = torch.stack([torch.isfinite(loss.detach()).float(),
+                                  torch.full((), float(stop or 0), device=loss.device)])
+        self.work = None
+        if is_dist():
+            self.flags = self.flags.to(collective_device())
+            self.work = dist.all_reduce(self.flags, async_op=True)  # sums over ranks
+
+    def settle(self, values: torch.Tensor, names: list[str], epoch: int, it: int, global_step: int) -> int | None:
+        if self.work is not None:
+            self.work.wait()
+        finite_count, stop_sum = self.flags.tolist()
+        stop = (self.stop or int(signal.SIGTERM)) if stop_sum > 0 else None
+        if finite_count == get_world_size():
+            return stop
+        mine = dict(zip(names, values.tolist()))
+        terms = ", ".join(f"{k}={mine[k]:.6g}" for k in names if k == "loss" or k.startswith("loss_"))
         raise NonFiniteLossError(
             f"non-finite loss at epoch {epoch}, iteration {it} (global step {global_step}) on rank "
             f"{get_rank()}: {terms}. Nothing was updated in this iteration and the last checkpoint is "
             "kept; lower --lr, or try --amp none, then resume with --resume auto")
-    return stop

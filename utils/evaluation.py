@@ -75,12 +75,22 @@ def gather_rows(indices: np.ndarray, values: np.ndarray, num_items: int) -> np.n
     return assemble(parts, num_items)
 
 
+def gather_rows_to_main(indices: np.ndarray, values: np.ndarray, num_items: int) -> np.ndarray | None:
+    """``gather_rows`` whose result only rank 0 receives (None elsewhere): for features too large to hold
+    once per process (Kinetics-400's conv5 features are tens of GB)."""
+    if not is_dist():
+        return assemble([(indices, values)], num_items)
+    parts = [None] * get_world_size() if is_main_process() else None
+    dist.gather_object((indices, values), parts, dst=0)
+    return assemble(parts, num_items) if is_main_process() else None
+
+
 @torch.no_grad()
 def run_inference(fn: Callable[[dict], torch.Tensor], dataset, *, batch_size: int, workers: int,
                   device: torch.device, amp: str = "none", desc: str = "eval",
-                  timings: dict | None = None) -> np.ndarray:
+                  timings: dict | None = None, everywhere: bool = True) -> np.ndarray | None:
     """``fn(batch) -> (B, D)`` over every item of ``dataset``; returns ``(len(dataset), D)`` float32 in
-    dataset order on every process.
+    dataset order on every process (on rank 0 only, None elsewhere, when not ``everywhere``).
 
     Each process writes its shard into one preallocated array (no Python lists of tensors). With
     ``timings`` the seconds spent inside ``fn`` are added under "model" and the whole pass under "total".
@@ -118,7 +128,8 @@ def run_inference(fn: Callable[[dict], torch.Tensor], dataset, *, batch_size: in
         values = np.empty((0, _feature_dim_from_peers(None)), dtype=np.float32)
     elif is_dist():
         _feature_dim_from_peers(values.shape[1])
-    return gather_rows(indices[:filled], values[:filled], len(dataset))
+    gather = gather_rows if everywhere else gather_rows_to_main
+    return gather(indices[:filled], values[:filled], len(dataset))
 
 
 def _feature_dim_from_peers(dim: int | None) -> int:
@@ -137,7 +148,9 @@ def classify_videos(model: torch.nn.Module, dataset, *, prepare: Callable[[torch
     model.eval()
 
     def scores(batch: dict) -> torch.Tensor:
-        clips = batch["clips"].to(device, non_blocking=True)  # (B, n_clips, 3, T, H, W)
+        # (B, n_clips, 3, T, H, W); a dataset that ships uint8 clips makes them float on the device
+        clips = dataset.to_device(batch, device)["clips"] if hasattr(dataset, "to_device") \
+            else batch["clips"].to(device, non_blocking=True)
         logits = model(prepare(clips.flatten(0, 1)))  # (B·n_clips, K)
         return aggregate_clips(logits.unflatten(0, clips.shape[:2]), aggregate)  # (B, K)
 
@@ -222,19 +235,40 @@ def centre_and_normalise(features: np.ndarray, mean: np.ndarray | None = None) -
     return centred / np.maximum(norms, 1e-12)
 
 
-def nearest_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+def nearest_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, device: torch.device | None = None,
+                       block_elements: int = 2**26, gallery_elements: int = 2**28) -> np.ndarray:
     """Rows of the k most cosine-similar gallery items per query (Q, min(k, G)), both sets already
-    centred and normalised; ties go to the lower gallery row."""
+    centred and normalised; ties go to the lower gallery row.
+
+    Computed on ``device`` (the GPU when there is one) without ever holding the (Q, G) matrix or a
+    Kinetics-size gallery there: the gallery goes up in chunks of about ``gallery_elements`` numbers (1 GB in
+    fp32), each compared with blocks of queries of about ``block_elements`` similarities (256 MB), and every
+    query keeps its best k so far. A stable sort keeps equal similarities in gallery order (topk does not
+    promise it); the running best hold lower rows than the next chunk, so merging them stably keeps it too."""
     k = min(k, len(gallery))
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        similarity = queries[start:start + chunk] @ gallery.T  # (q, G)
-        out[start:start + chunk] = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-    return out
+    device = device or torch.device("cpu")
+    chunk = max(k, gallery_elements // max(gallery.shape[1], 1))
+    best_values = torch.empty(len(queries), 0, device=device)
+    best_rows = torch.empty(len(queries), 0, dtype=torch.long, device=device)
+    for first in range(0, len(gallery), chunk):
+        keys = torch.from_numpy(np.ascontiguousarray(gallery[first:first + chunk])).to(device)  # (g, D)
+        rows = max(1, block_elements // len(keys))
+        merged_values, merged_rows = [], []
+        for start in range(0, len(queries), rows):
+            block = torch.from_numpy(np.ascontiguousarray(queries[start:start + rows])).to(device)  # (q, D)
+            order = torch.sort(block @ keys.T, dim=1, descending=True, stable=True)  # (q, g)
+            values = torch.cat([best_values[start:start + rows], order.values[:, :k]], dim=1)
+            candidates = torch.cat([best_rows[start:start + rows], order.indices[:, :k] + first], dim=1)
+            kept = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+            merged_values.append(values.gather(1, kept))
+            merged_rows.append(candidates.gather(1, kept))
+        best_values, best_rows = torch.cat(merged_values), torch.cat(merged_rows)
+    return best_rows.cpu().numpy()
 
 
 def recall_at_k(query_features: np.ndarray, query_labels: np.ndarray, gallery_features: np.ndarray,
-                gallery_labels: np.ndarray, ks=RECALL_KS) -> tuple[dict[str, float], np.ndarray]:
+                gallery_labels: np.ndarray, ks=RECALL_KS,
+                device: torch.device | None = None) -> tuple[dict[str, float], np.ndarray]:
     """R@k in percent: a query is a hit when any of its k nearest gallery videos shares its class
     (k larger than the gallery uses the whole gallery). Each set is centred on its own mean and
     L2-normalised; similarity is the cosine. Also returns the neighbour rows (Q, min(max k, G))."""
@@ -242,13 +276,14 @@ def recall_at_k(query_features: np.ndarray, query_labels: np.ndarray, gallery_fe
         raise ValueError(f"retrieval needs queries and a gallery, got {len(query_features)} queries and "
                          f"{len(gallery_features)} gallery videos")
     neighbours = nearest_neighbours(centre_and_normalise(query_features), centre_and_normalise(gallery_features),
-                                    max(ks))
+                                    max(ks), device)
     hits = gallery_labels[neighbours] == query_labels[:, None]  # (Q, k)
     return {f"R@{k}": 100 * float(hits[:, :k].any(axis=1).mean()) for k in ks}, neighbours
 
 
 def knn_classify(query_features: np.ndarray, gallery_features: np.ndarray, gallery_labels: np.ndarray,
-                 num_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:
+                 num_classes: int, k: int = 20, temperature: float = 0.07,
+                 device: torch.device | None = None) -> np.ndarray:
     """Weighted k-nearest-neighbour class scores (Q, num_classes) of frozen features (METHOD.md §7).
 
     Both sets are centred on the gallery's mean (no statistics of the queries are used) and
@@ -258,7 +293,7 @@ def knn_classify(query_features: np.ndarray, gallery_features: np.ndarray, galle
         raise ValueError(f"kNN needs k >= 1 and a positive temperature, got k={k}, temperature={temperature}")
     mean = gallery_features.mean(axis=0, keepdims=True)
     queries, gallery = centre_and_normalise(query_features, mean), centre_and_normalise(gallery_features, mean)
-    neighbours = nearest_neighbours(queries, gallery, k)  # (Q, k)
+    neighbours = nearest_neighbours(queries, gallery, k, device)  # (Q, k)
     # the neighbours' similarities only: the (Q, G) matrix is never held whole
     similarity = np.einsum("qd,qkd->qk", queries, gallery[neighbours])  # (Q, k)
     weights = np.exp((similarity - 1.0) / temperature)  # shifted by the largest possible cosine: no overflow

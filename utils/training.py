@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from utils.distributed import is_dist
+from utils.engine import AMP_CHOICES
 from utils.run_dir import check_output_dir, run_kind
 
 
@@ -21,6 +23,30 @@ def lr_factor(epoch: int, args: argparse.Namespace) -> float:
     """Multi-step decay at --schedule epochs, after a linear warm-up over --warmup-epochs."""
     warmup = (epoch + 1) / args.warmup_epochs if epoch < args.warmup_epochs else 1.0
     return warmup * args.lr_gamma ** sum(epoch >= milestone for milestone in args.schedule)
+
+
+def add_sync_bn_arg(group) -> None:
+    group.add_argument("--sync-bn", action="store_true",
+                       help="BatchNorm statistics over the global batch instead of each process's share (CUDA, "
+                            "several processes); the launchers pass it on more than one GPU, where a process holds "
+                            "only a few clips")
+
+
+def convert_sync_bn(model: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
+    """``model`` with SyncBatchNorm when ``enabled`` under torchrun (call before the DDP wrap). A model that names
+    ``sync_bn_submodules`` has only those converted: MoCo's key encoder keeps per-process statistics, which its
+    batch shuffle relies on."""
+    if not enabled or not is_dist():
+        return model
+    if device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU); "
+                         "drop --sync-bn on CPU runs")
+    names = getattr(model, "sync_bn_submodules", None)
+    if names is None:
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name in names:
+        setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(getattr(model, name)))
+    return model
 
 
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -59,9 +85,11 @@ def add_training_args(parser: argparse.ArgumentParser, *, title: str, epochs: in
     group.add_argument("--lr-gamma", type=float, default=0.1, help="factor applied at each --schedule epoch")
     group.add_argument("--warmup-epochs", type=int, default=0,
                        help="linear warm-up of the learning rate over this many epochs")
-    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                       help="mixed precision: bf16 (GPUs, and CPUs with AVX512-BF16/AMX; slower than fp32 on "
-                            "other CPUs) or fp16 (CUDA only, with loss scaling); losses are computed in fp32")
+    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                       help="mixed precision: auto = bf16 on Ampere or newer GPUs and on CPUs with AVX512-BF16/AMX, "
+                            "fp16 on older GPUs, fp32 elsewhere; bf16 (slower than fp32 on CPUs without "
+                            "AVX512-BF16/AMX); fp16 (CUDA only, with loss scaling); none = fp32. Losses are "
+                            "computed in fp32")
     group.add_argument("--seed", type=int, default=0,
                        help="seeds the model, the data order and every augmentation (same seed = same run)")
     group.add_argument("--output-dir", default=output_dir,

@@ -1,0 +1,94 @@
+"""Peak GPU memory of a pretraining step, estimated from the clip shape, the batch and the backbone passes.
+
+The activations that autograd keeps for backward are counted exactly by running one clip through the backbone
+on the meta device (no memory, no compute) with a saved-tensor hook; a step keeps them for every clip that
+gets gradients. Weights, gradients and optimizer state come on top. Not counted: cuDNN workspaces, the
+transient memory of the no-gradient passes (MoCo's keys, IIC's intra-negative), the heads and the losses, and
+the allocator's fragmentation, together typically 10-30 % more, hence the margin below.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from model.backbones import build_backbone
+
+GIB = 2**30
+MARGIN = 1.25  # for what the estimate leaves out (see the module docstring)
+HALF_PRECISION = ("bf16", "fp16")
+
+
+def saved_activation_bytes(net: str, base_width: int, num_frames: int, size: int) -> int:
+    """Bytes autograd saves for backward in one training-mode forward of one (3, T, size, size) fp32 clip,
+    parameters excluded, each storage counted once."""
+    with torch.device("meta"):
+        backbone, _ = build_backbone(net, base_width)
+        clip = torch.empty(1, 3, num_frames, size, size)
+    parameters = {p.untyped_storage()._cdata for p in backbone.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in parameters:
+            saved[storage._cdata] = storage.nbytes()
+        return tensor
+
+    backbone.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        backbone(clip)
+    return sum(saved.values())
+
+
+def clips_with_gradient(args: argparse.Namespace) -> int:
+    """Backbone passes per video that keep activations for backward (METHOD.md §5-6)."""
+    if args.model == "iic":
+        return 2  # view 1 and view 2; the intra-negative runs without gradient
+    with_sr = "sr" in args.mode.split("-")
+    if args.model == "moco":
+        return 1 + 2 * with_sr  # the query (A), and A' with its shuffled copy; keys (B) run without gradient
+    return (3 if with_sr else 2) + with_sr  # A, B (and A'), then the shuffled A'
+
+
+def pretraining_memory(args: argparse.Namespace, method: torch.nn.Module, amp: str = "none") -> dict:
+    """The estimate for one process of train_ssl.py, in GiB. ``amp`` as resolved (none / bf16 / fp16), or auto,
+    counted as 16 bits since auto is bf16 or fp16 on every GPU."""
+    per_clip = saved_activation_bytes(args.net, args.base_width, args.num_frames, args.size)
+    if amp in (*HALF_PRECISION, "auto"):
+        per_clip //= 2  # autocast saves the convolutions' inputs in 16 bits
+    passes = clips_with_gradient(args)
+    activations = per_clip * passes * args.batch_size
+    trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in method.parameters() if not p.requires_grad)
+    buffers = sum(b.numel() * b.element_size() for b in method.buffers())
+    state = 3 * 4 * trainable + 4 * frozen + buffers  # weights, gradients, SGD momentum / AdamW's first moment
+    if args.optimizer == "adamw":
+        state += 4 * trainable  # AdamW's second moment
+    return {
+        "clip": f"{args.num_frames}x{args.size}x{args.size}", "amp": amp, "batch_per_process": args.batch_size,
+        "clips_with_gradient_per_video": passes,
+        "activations_per_clip_gib": round(per_clip / GIB, 3),
+        "activations_gib": round(activations / GIB, 2),
+        "weights_gradients_optimizer_gib": round(state / GIB, 2),
+        "peak_per_gpu_gib": round(MARGIN * (activations + state) / GIB, 1),
+        "note": f"activations counted exactly, plus {round(100 * (MARGIN - 1))} % for workspaces and fragmentation",
+    }
+
+
+def check_fits(estimate: dict, device: torch.device, world_size: int) -> None:
+    """Refuse a CUDA run whose estimated peak exceeds the GPU's memory, naming the flags that make it fit."""
+    if device.type != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory / GIB
+    need = estimate["peak_per_gpu_gib"]
+    if need <= total:
+        return
+    batch = estimate["batch_per_process"]
+    fits = max(1, int(batch * total / need))
+    raise ValueError(
+        f"a step needs about {need} GiB per GPU ({batch} videos x {estimate['clips_with_gradient_per_video']} clips "
+        f"of {estimate['clip']}, --amp {estimate['amp']}; see --dry-run), more than the {total:.0f} GiB of "
+        f"{torch.cuda.get_device_name(device)}: run on more GPUs (the launchers keep the global batch: NUM_GPUS=8 "
+        f"gives {batch * world_size // 8 or 1} per GPU), use --amp auto on a GPU with bf16, or lower --batch-size to "
+        f"about {fits} (a smaller contrastive batch: fewer negatives, not the published recipe)")
