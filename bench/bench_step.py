@@ -57,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "on the CPU, fp16 on older GPUs); the report names the mode it resolved to")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=5,
+    parser.add_argument("--repeats", type=int, default=30,
                         help="timed loops, each one step of every kind; medians of times and per-loop ratios")
     parser.add_argument("--memory-of", choices=MEASUREMENTS, help=argparse.SUPPRESS)  # internal: one memory probe
     return parser
