@@ -261,11 +261,11 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         loss = weighted_loss(out, loss_weights)
         names = ["loss", *out]
         values = torch.stack([loss.detach().float()] + [v.detach().float().reshape(()) for v in out.values()])
-        verdict = _Verdict(loss, _stop_signal)  # started now, read after the backward pass
+        verdict = _Verdict(loss, _stop_signal, preemption.requested())  # started now, read after the backward pass
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        stop = verdict.settle(values, names, epoch, it, global_step)  # the one host sync of an iteration
+        stop, preempted = verdict.settle(values, names, epoch, it, global_step)  # the one host sync of an iteration
         scaler.step(optimizer)
         scaler.update()
         global_step += 1
@@ -285,7 +285,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             _save_and_stop(stop, save_fn, epoch, it + 1, global_step)
         if save_fn is not None and save_every_iters and (it + 1) % save_every_iters == 0 and it + 1 < num_iters:
             save_fn(epoch, it + 1, global_step)
-        if it + 1 < num_iters and preemption.stop_requested():  # the last one is followed by the epoch-end save
+        if it + 1 < num_iters and preempted:  # the last one is followed by the epoch-end save
             if save_fn is not None:
                 save_fn(epoch, it + 1, global_step)
             raise preemption.Preempted(f"stopped on request after iteration {it} of epoch {epoch}")
@@ -304,7 +304,8 @@ def _save_and_stop(signum: int, save_fn, epoch: int, iterations_done: int, globa
 
 
 class _Verdict:
-    """Whether this iteration's loss is finite on every rank, and which stop signal some rank received.
+    """Whether this iteration's loss is finite on every rank, which stop signal some rank received, and whether
+    some rank was asked to stop by a scheduler (``utils.preemption``).
 
     Started right after the forward pass, without waiting: under torchrun its all-reduce runs while the
     backward pass is computed. ``settle`` waits for it after the backward pass, before the update, and raises
@@ -312,23 +313,26 @@ class _Verdict:
     or the others hang in the next collective. Its ``tolist`` is the one host sync per iteration.
     """
 
-    def __init__(self, loss: torch.Tensor, stop: int | None):
+    def __init__(self, loss: torch.Tensor, stop: int | None, preempt: bool = False):
         self.stop = stop
         # torch.full runs on the device: no host-to-device copy, which would wait for the queued work
         self.flags = torch.stack([torch.isfinite(loss.detach()).float(),
-                                  torch.full((), float(stop or 0), device=loss.device)])
+                                  torch.full((), float(stop or 0), device=loss.device),
+                                  torch.full((), float(preempt), device=loss.device)])
         self.work = None
         if is_dist():
             self.flags = self.flags.to(collective_device())
             self.work = dist.all_reduce(self.flags, async_op=True)  # sums over ranks
 
-    def settle(self, values: torch.Tensor, names: list[str], epoch: int, it: int, global_step: int) -> int | None:
+    def settle(self, values: torch.Tensor, names: list[str], epoch: int, it: int,
+               global_step: int) -> tuple[int | None, bool]:
+        """(the stop signal or None, whether a scheduler asked to stop), the same on every rank."""
         if self.work is not None:
             self.work.wait()
-        finite_count, stop_sum = self.flags.tolist()
+        finite_count, stop_sum, preempt_count = self.flags.tolist()
         stop = (self.stop or int(signal.SIGTERM)) if stop_sum > 0 else None
         if finite_count == get_world_size():
-            return stop
+            return stop, preempt_count > 0
         mine = dict(zip(names, values.tolist()))
         terms = ", ".join(f"{k}={mine[k]:.6g}" for k in names if k == "loss" or k.startswith("loss_"))
         raise NonFiniteLossError(

@@ -1,9 +1,9 @@
 """Stop training at the next iteration boundary when a scheduler asks (time limit or preemption).
 
-`paper_scripts/submit.py` calls `request_stop` from its signal handler. `train_one_epoch` then asks
-`stop_requested()` after every iteration; every rank answers the same (the flag is all-reduced), so
-all processes save the same checkpoint and raise `Preempted` together. Nothing is checked, and no
-collective is added, until `enable()` has been called: plain runs are unaffected.
+`paper_scripts/submit.py` calls `request_stop` from its signal handler. `train_one_epoch` reads this
+process's `requested()` at every iteration and all-reduces it in the collective it runs anyway (the finite-loss
+and stop-signal check), so every rank answers the same, saves the same checkpoint and raises `Preempted`
+together. Until `enable()` has been called nothing is ever requested: plain runs are unaffected.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ def request_stop(*_signal_args) -> None:
     """Signal-handler-safe: only sets a flag that the training loop reads."""
     global _requested
     _requested = True
+
+
+def requested() -> bool:
+    """Whether this process was asked to stop (no collective)."""
+    return _enabled and _requested
 
 
 def stop_requested() -> bool:
