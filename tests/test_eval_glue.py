@@ -6,7 +6,6 @@ retrieval features are recomputed by hand (mean over clips, IIC's conv5 max-pool
 half of --merge); finetuning is run and every video it reads is logged.
 """
 
-import argparse
 import json
 from pathlib import Path
 

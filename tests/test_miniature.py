@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from model import add_method_args, build_method
 from paper_scripts import collect_results

@@ -4,7 +4,6 @@ weights of an uninterrupted run."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
