@@ -59,6 +59,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=30,
                         help="timed loops, each one step of every kind; medians of times and per-loop ratios")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time the DualVar step with the network and its input in channels-last 3D memory "
+                             "(torch.channels_last_3d), in the same loop: 'channels_last_speedup' is the median of "
+                             "the per-loop ratios contiguous / channels-last (adopt it only where it is > 1)")
     parser.add_argument("--memory-of", choices=MEASUREMENTS, help=argparse.SUPPRESS)  # internal: one memory probe
     return parser
 
@@ -67,8 +71,9 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def build_step(name: str, args: argparse.Namespace):
-    """A closure running one training step of kind ``name`` (see the module docstring)."""
+def build_step(name: str, args: argparse.Namespace, channels_last: bool = False):
+    """A closure running one training step of kind ``name`` (see the module docstring), with the weights and the
+    clips in channels-last 3D memory when ``channels_last``."""
     device = torch.device(args.device)
     batch, clip_shape = args.batch_size, (3, args.num_frames, args.size, args.size)
     if name == "backbone":
@@ -94,6 +99,10 @@ def build_step(name: str, args: argparse.Namespace):
         model = build_method(parser.parse_args(["--model", "simclr", "--mode", mode, "--net", args.net,
                                                 "--base-width", str(args.base_width)])).to(device)
         clips = torch.randn(batch, model.num_views, *clip_shape, device=device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+            # (B, V, 3, T, H, W) with channels innermost, so that each view's (B, 3, T, H, W) is channels-last 3D
+            clips = clips.permute(0, 1, 3, 4, 5, 2).contiguous().permute(0, 1, 5, 2, 3, 4)
 
         def loss_fn():
             return weighted_loss(model(clips), model.loss_weights)
@@ -109,6 +118,7 @@ def build_step(name: str, args: argparse.Namespace):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+    step.model = model
     return step
 
 
@@ -125,6 +135,8 @@ def peak_memory_mb(name: str, args: argparse.Namespace) -> float:
 def step_times(args: argparse.Namespace) -> dict[str, list[float]]:
     """Seconds of each timed step of each kind, the kinds taking turns in one loop."""
     steps = {name: build_step(name, args) for name in MEASUREMENTS}
+    if args.channels_last:
+        steps["dualvar_channels_last"] = build_step("dualvar", args, channels_last=True)
     sync = torch.cuda.synchronize if args.device == "cuda" else None
     return alternate(steps, repeats=args.repeats, warmup=args.warmup, sync=sync)
 
@@ -152,6 +164,10 @@ def main(args: argparse.Namespace) -> dict:
         **{f"{key}_spread": spread(times[name]) for key, name in STEP_KEYS.items()},
         "overhead": overhead["median"], "overhead_spread": overhead,
         "dualvar_over_simclr": over_simclr["median"], "dualvar_over_simclr_spread": over_simclr,
+        **({"channels_last_speedup": ratio(times, "dualvar", "dualvar_channels_last")["median"],
+            "channels_last_speedup_spread": ratio(times, "dualvar", "dualvar_channels_last"),
+            "dualvar_channels_last_step_s": spread(times["dualvar_channels_last"])["median"]}
+           if args.channels_last else {}),
         "dualvar_peak_mb": round(peaks["dualvar"], 1),
         "backbone_only_peak_mb": round(peaks["backbone"], 1),
         "simclr_peak_mb": round(peaks["simclr"], 1),
