@@ -305,6 +305,17 @@ class VideoFrameDataset(Dataset):
             return read_video_frames(record.path(self.video_root), indices, expected_frames=record.num_frames)
         return read_frames(record.path(self.frame_root), indices, self.decoder, expected_frames=record.num_frames)
 
+    def resized_frames(self, frames: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
+        """uint8 ``(N, 3, *resize_hw)`` from the frames ``(N, 3, H, W)`` at ``indices``: each distinct frame resized
+        once (A, B and A' share frames), so that the views crop views of the result (channels-last memory)."""
+        unique, first, inverse = np.unique(indices, return_index=True, return_inverse=True)
+        if len(unique) == len(indices):
+            return self.full.resize_frames(frames)
+
+        def gather(x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:  # whole (H, W, 3) frames, memcpy-fast
+            return torch.from_numpy(x.permute(0, 2, 3, 1).numpy()[rows]).permute(0, 3, 1, 2)
+        return gather(self.full.resize_frames(gather(frames, first)), inverse.reshape(-1))
+
     def flow_frames(self, record: VideoRecord, rgb_indices: np.ndarray) -> torch.Tensor:
         """uint8 ``(N, 3, H, W)`` flow frames of this dataset's component at RGB frame ``rgb_indices``."""
         hint = (f"re-run {flow_command(self.frame_root, self.flow_root)} (it redoes incomplete videos), "
@@ -371,7 +382,8 @@ class VideoFrameDataset(Dataset):
         T = self.num_frames
         if self.sampler in ("dualvar", "two_view"):
             idx_a, idx_b = sampling.dualvar_clip_pair(length, rng, T, self.stride)
-            frames = load(np.concatenate([idx_a, idx_b]))  # (2T, 3, H, W): A's and B's frames decoded once
+            indices = np.concatenate([idx_a, idx_b])
+            frames = self.resized_frames(load(indices), indices)  # (2T, 3, h, w): A's and B's frames decoded once
             frames_a, frames_b = frames[:T], frames[T:]
             views = 3 if self.sampler == "dualvar" else 2
             clips = torch.empty(views, 3, T, self.size, self.size, dtype=self.clip_dtype)
