@@ -305,16 +305,14 @@ class VideoFrameDataset(Dataset):
             return read_video_frames(record.path(self.video_root), indices, expected_frames=record.num_frames)
         return read_frames(record.path(self.frame_root), indices, self.decoder, expected_frames=record.num_frames)
 
-    def resized_frames(self, frames: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
-        """uint8 ``(N, 3, *resize_hw)`` from the frames ``(N, 3, H, W)`` at ``indices``: each distinct frame resized
-        once (A, B and A' share frames), so that the views crop views of the result (channels-last memory)."""
-        unique, first, inverse = np.unique(indices, return_index=True, return_inverse=True)
-        if len(unique) == len(indices):
-            return self.full.resize_frames(frames)
-
-        def gather(x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:  # whole (H, W, 3) frames, memcpy-fast
-            return torch.from_numpy(x.permute(0, 2, 3, 1).numpy()[rows]).permute(0, 3, 1, 2)
-        return gather(self.full.resize_frames(gather(frames, first)), inverse.reshape(-1))
+    def resized_frames(self, load: Callable[[np.ndarray], torch.Tensor], indices: np.ndarray) -> torch.Tensor:
+        """uint8 ``(len(indices), 3, *resize_hw)``, channels-last memory: each distinct frame of ``indices`` decoded
+        and resized once (A, B and A' share frames, and a clip clamped at a video's end repeats frames), so that
+        the views crop views of the result."""
+        unique, inverse = np.unique(indices, return_inverse=True)
+        resized = self.full.resize_frames(load(unique))  # (U, 3, h, w)
+        # the repeats and the order, by whole (h, w, 3) frames: one memcpy-fast copy
+        return torch.from_numpy(resized.permute(0, 2, 3, 1).numpy()[inverse.reshape(-1)]).permute(0, 3, 1, 2)
 
     def flow_frames(self, record: VideoRecord, rgb_indices: np.ndarray) -> torch.Tensor:
         """uint8 ``(N, 3, H, W)`` flow frames of this dataset's component at RGB frame ``rgb_indices``."""
@@ -383,7 +381,7 @@ class VideoFrameDataset(Dataset):
         if self.sampler in ("dualvar", "two_view"):
             idx_a, idx_b = sampling.dualvar_clip_pair(length, rng, T, self.stride)
             indices = np.concatenate([idx_a, idx_b])
-            frames = self.resized_frames(load(indices), indices)  # (2T, 3, h, w): A's and B's frames decoded once
+            frames = self.resized_frames(load, indices)  # (2T, 3, h, w): A's and B's frames decoded once
             frames_a, frames_b = frames[:T], frames[T:]
             views = 3 if self.sampler == "dualvar" else 2
             clips = torch.empty(views, 3, T, self.size, self.size, dtype=self.clip_dtype)

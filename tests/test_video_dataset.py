@@ -105,24 +105,23 @@ def test_items_are_a_pure_function_of_seed_epoch_index(data):
     assert not torch.equal(first, vd.build_dataset(make_args(data / "csv", seed=4), "test", "dualvar")[0]["clips"])
 
 
-def test_each_distinct_frame_is_resized_once_and_views_share_them(data, monkeypatch):
+def test_each_distinct_frame_is_decoded_and_resized_once_and_views_share_them(data, monkeypatch):
     ds = vd.VideoFrameDataset([VideoRecord("MoveLeft/v_MoveLeft_g01_c01", NUM_FRAMES, 0)], data / "frames",
                               "dualvar", num_frames=4, size=16, resize=(20, 26))
-    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 40, 52, 3), np.uint8)).permute(0, 3, 1, 2)
-    indices = np.array([7, 3, 9, 3, 7, 1, 5, 0])  # frames 3 and 7 in both clips (and out of order)
-    rows = {7: 0, 3: 1, 9: 2, 1: 3, 5: 4, 0: 0}
-    stacked = frames[[rows[int(i)] for i in indices]]
-    resized_rows = []
+    noise = np.random.default_rng(0).integers(0, 256, (10, 40, 52, 3), np.uint8)
+    frames = torch.from_numpy(noise).permute(0, 3, 1, 2)  # frame i of a video, as decoded
+
+    loaded, resized_rows = [], []
     resize = ClipTransform.resize_frames
     monkeypatch.setattr(ClipTransform, "resize_frames", lambda self, x: resized_rows.append(len(x)) or resize(self, x))
-    resized = ds.resized_frames(stacked, indices)
-    assert resized_rows == [len(np.unique(indices))]
-    reference = resize(ds.full, stacked)  # every row resized on its own
-    assert torch.equal(resized, reference)
+    indices = np.array([7, 3, 9, 3, 7, 1, 5, 0])  # frames 3 and 7 in both clips, out of order
+    resized = ds.resized_frames(lambda i: loaded.append(i) or frames[i], indices)
+    assert [list(i) for i in loaded] == [[0, 1, 3, 5, 7, 9]] and resized_rows == [6]
+    assert torch.equal(resized, resize(ds.full, frames[indices]))  # as if every row were resized on its own
     assert resized.permute(0, 2, 3, 1).is_contiguous()
-    # a view of the shared resized frames is the view the transform makes from the frames as decoded
+    # a view cropped from the shared resized frames is the view the transform makes from the decoded frames
     params = ds.full.draw(np.random.default_rng(1), 4)
-    assert torch.equal(ds.full.apply(resized[:4], params), ds.full.apply(stacked[:4], params))
+    assert torch.equal(ds.full.apply(resized[:4], params), ds.full.apply(frames[indices[:4]], params))
 
 
 def test_workers_get_distinct_streams_and_match_single_process(data):
