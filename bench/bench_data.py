@@ -1,17 +1,21 @@
 """Data-pipeline throughput of the DualVar pretraining sample; prints one JSON line.
 
 The sample: 3 views (A, B, A'), 16 frames at stride 4, full augmentation, 112x112, one process,
-no DataLoader workers. Three figures on the same frames and the same sampled indices:
-- ``samples_per_s``: VideoFrameDataset(..., "dualvar")[i];
+no DataLoader workers, uint8 clips as the training scripts' DataLoader workers ship them (``--float``: the float32
+normalised clips instead). Three figures on the same frames and the same sampled indices:
+- ``samples_per_s``: VideoFrameDataset(..., "dualvar", uint8=True)[i];
 - ``decode_only_samples_per_s``: only reading and decoding the distinct frames of A and B with the
   fastest available decoder, the physical limit of the pipeline;
 - ``pil_samples_per_s``: a straightforward per-frame PIL pipeline (PIL open, PIL resize and crop,
   per-frame jitter and blur, to tensor, normalise; A's images reused for A').
-Targets: samples_per_s >= 0.5 x decode-only and >= 5 x PIL. The machine may be shared: run it a few
-times (or pinned with ``taskset -c N``) and read the spread.
+Targets: samples_per_s >= 0.5 x decode-only and >= 5 x PIL. The variants are timed in turns (sample,
+decode-only per decoder, PIL, sample, ...; ``--rounds`` rounds of ``--per-round`` samples each, bench/timing.py)
+and each figure is the median over rounds with its spread, in samples per CPU-second of this process ("per
+core"; the wall-clock figures are in the JSON too); the ratio to decode-only is the median of the per-round
+ratios, so that a shared machine's load changes hit both sides alike.
 
-Frames come from the demo generator (make_demo_data.py + extract_frame.py, run here unless
-``--frames-dir`` points at existing frame folders).
+Frames: JPEG frame folders (quality 90, as extract_frame.py) of K400-like content made here at ``--frame-size``
+(default 240x320, i.e. 320x240), unless ``--frames-dir`` points at existing frame folders.
 
 ``--video`` measures the video source instead (issue 13 §2), on K400-like clips made here: 10 s at 30 fps,
 H.264 with the encoder's default keyframe interval, textured content panning under moving shapes, at short
@@ -21,9 +25,7 @@ side 150 and 256 (``--video-sizes``). For each size the same sample is timed fro
   frames, no reference B-frames);
 - ``video_intra``: copies with every frame a keyframe (``reencode_videos.py --keyint 1``, about 6x the size);
 - ``frames``: the same content extracted to JPEG frame folders at native size;
-and ``<source>_decode_only``: only reading the union of A's and B's frames. The variants are timed in turns
-(A, B, C, ..., A, B, C, ...; ``--rounds`` rounds of ``--per-round`` samples each), so that a shared machine's
-load changes hit every variant alike; each figure is the median over rounds, with the min and max. One
+and ``<source>_decode_only``: only reading the union of A's and B's frames, timed in turns as above. One
 process, one thread: the figures are per core.
 """
 
@@ -31,13 +33,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import warnings
+import itertools
 import json
-import subprocess
+import os
 import sys
 import tempfile
 import time
+import warnings
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -47,22 +50,14 @@ import torchvision.transforms.functional as TVF
 from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dataset import sampling  # noqa: E402
 from dataset import video_dataset as vd  # noqa: E402
 from dataset.layout import VideoRecord, count_frames, frame_name  # noqa: E402
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from timing import alternate_clocks, ratio, spread  # noqa: E402
 
 CLIP_LEN, STRIDE, SIZE, RESIZE = 16, 4, 112, (128, 171)
-
-
-def make_demo_frames(work: Path, videos_per_class: int) -> Path:
-    scripts = Path(__file__).resolve().parents[1] / "process_data" / "src"
-    subprocess.run([sys.executable, str(scripts / "make_demo_data.py"), "--out", str(work),
-                    "--videos-per-class", str(videos_per_class)], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, str(scripts / "extract_frame.py"), "--video-root", str(work / "videos"),
-                    "--frame-root", str(work / "frames")], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    return work / "frames"
 
 
 def scan_records(frame_root: Path) -> list[VideoRecord]:
@@ -78,16 +73,6 @@ def sample_indices(record: VideoRecord, epoch: int, index: int, seed: int) -> tu
     """The same A and B indices VideoFrameDataset draws for this item."""
     rng = np.random.default_rng([seed, epoch, index])
     return sampling.dualvar_clip_pair(record.num_frames, rng, CLIP_LEN, STRIDE)
-
-
-def timed(run_one, items) -> float:
-    """Samples per second of ``run_one`` over ``items`` after a short warm-up."""
-    for item in items[:3]:
-        run_one(*item)
-    start = time.perf_counter()
-    for item in items:
-        run_one(*item)
-    return len(items) / (time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- the PIL reference pipeline
@@ -126,24 +111,23 @@ def pil_sample(frame_root: Path, record: VideoRecord, idx_a: np.ndarray, idx_b: 
 
 # ---------------------------------------------------------------- the video source (--video)
 
-def alternate_timings(variants: dict, rounds: int, per_round: int) -> dict[str, dict]:
-    """Samples per second of each ``variants[name](k)`` (k = sample number), timed in turns: each round runs
-    ``per_round`` samples of every variant, one variant after another. Per variant, the median, min and max
-    over rounds of samples per CPU-second of this process ("per_core": what one busy core does, which the other
-    jobs of a shared machine disturb far less than the wall clock) and of samples per wall-clock second."""
-    rates: dict[str, dict[str, list[float]]] = {name: {"per_core": [], "wall": []} for name in variants}
-    for name, run_one in variants.items():  # warm-up: imports, first opens, allocator
-        run_one(0)
-    for r in range(rounds):
-        for name, run_one in variants.items():
-            cpu, wall = time.process_time(), time.perf_counter()
-            for k in range(r * per_round, (r + 1) * per_round):
-                run_one(k)
-            rates[name]["per_core"].append(per_round / (time.process_time() - cpu))
-            rates[name]["wall"].append(per_round / (time.perf_counter() - wall))
-    return {name: {clock: {"median": round(float(np.median(v)), 2), "min": round(min(v), 2),
-                           "max": round(max(v), 2)} for clock, v in by_clock.items()}
-            for name, by_clock in rates.items()}
+CLOCKS = {"per_core": time.process_time, "wall": time.perf_counter}
+
+
+def alternate_rates(variants: dict, rounds: int, per_round: dict[str, int] | int) -> tuple[dict, dict]:
+    """Time ``variants[name](k)`` (k = the sample number) in turns: each round runs ``per_round`` samples of every
+    variant, one variant after another (bench/timing.alternate_clocks, one warm-up round). Returns (the seconds per
+    round by clock and variant, the samples per second of each variant: median, min, max, IQR over rounds per
+    clock: "per_core" is samples per CPU-second of this process, what one busy core does, which the other jobs of
+    a shared machine disturb far less than the wall clock)."""
+    def rounds_of(name, run_one):
+        count, numbers = per_round if isinstance(per_round, int) else per_round[name], itertools.count()
+        return lambda: [run_one(next(numbers)) for _ in range(count)]
+    times = alternate_clocks({name: rounds_of(name, run) for name, run in variants.items()}, CLOCKS,
+                             repeats=rounds, warmup=1)
+    rates = {name: {clock: spread([(per_round if isinstance(per_round, int) else per_round[name]) / t
+                                   for t in times[clock][name]], 2) for clock in CLOCKS} for name in variants}
+    return times, rates
 
 
 def k400_like_frames(count: int, height: int, width: int, seed: int) -> np.ndarray:
@@ -217,17 +201,87 @@ def bench_video(args) -> dict:
                     return dataset.frames(record, np.concatenate([idx_a, idx_b]))
                 variants[source] = sample
                 variants[f"{source}_decode_only"] = decode_only
-            results[str(short_side)] = alternate_timings(variants, args.rounds, args.per_round)
+            results[str(short_side)] = alternate_rates(variants, args.rounds, args.per_round)[1]
     return results
+
+
+def make_frame_folders(root: Path, videos: int, frames: int, height: int, width: int) -> Path:
+    """``videos`` folders of ``frames`` K400-like JPEG frames (quality 90, as extract_frame.py) under root/Class."""
+    for v in range(videos):
+        folder = root / "Class" / f"clip{v}"
+        folder.mkdir(parents=True)
+        for i, frame in enumerate(k400_like_frames(frames, height, width, seed=v)):
+            cv2.imwrite(str(folder / frame_name(i)), frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return root
+
+
+def bench_frames(args, frame_root: Path) -> dict:
+    records = scan_records(frame_root)
+    dataset = vd.VideoFrameDataset(records, frame_root, "dualvar", seed=args.seed, num_frames=CLIP_LEN,
+                                   stride=STRIDE, size=SIZE, resize=RESIZE, uint8=not args.float)
+
+    def key(k):  # sample k of the run: (epoch, index) walks through the videos, epoch after epoch
+        return k // len(records), k % len(records)
+
+    def sample(k):
+        epoch, index = key(k)
+        dataset.set_epoch(epoch)
+        return dataset[index]
+
+    def decode_only(k, decoder):
+        epoch, index = key(k)
+        idx_a, idx_b = sample_indices(records[index], epoch, index, args.seed)
+        return vd.read_frames(records[index].path(frame_root), np.concatenate([idx_a, idx_b]), decoder)
+
+    def pil_run(k):
+        epoch, index = key(k)
+        return pil_sample(frame_root, records[index], *sample_indices(records[index], epoch, index, args.seed),
+                          seed=index)
+
+    variants = {"sample": sample}
+    for decoder in vd.DECODERS:
+        try:
+            decode_only(0, decoder)
+        except ImportError:
+            continue
+        variants[f"decode_only_{decoder}"] = partial(decode_only, decoder=decoder)
+    per_round = {name: args.per_round for name in variants}
+    if args.pil_per_round:
+        variants["pil"], per_round["pil"] = pil_run, args.pil_per_round
+    times, rates = alternate_rates(variants, args.rounds, per_round)
+    decoders = [name for name in rates if name.startswith("decode_only_")]
+    fastest = max(decoders, key=lambda name: rates[name]["per_core"]["median"])
+
+    def per_sample_ratio(numerator: str, denominator: str) -> dict:
+        """Median and spread over rounds of rate(numerator) / rate(denominator), on the per-core clock."""
+        seconds = {name: [t / per_round[name] for t in times["per_core"][name]] for name in (numerator, denominator)}
+        return ratio(seconds, denominator, numerator)
+
+    frame_hw = tuple(vd.read_frames(records[0].path(frame_root), np.zeros(1, np.int64)).shape[-2:])
+    result = {
+        "frame_hw": list(frame_hw), "videos": len(records), "clips": "uint8" if not args.float else "float32",
+        "samples_per_s": rates["sample"]["per_core"],
+        "decode_only_samples_per_s": rates[fastest]["per_core"], "decode_only_decoder": fastest[12:],
+        "ratio_to_decode_only": per_sample_ratio("sample", fastest),
+        "decode_only_samples_per_s_by_decoder": {name[12:]: rates[name]["per_core"]["median"] for name in decoders},
+        "wall_samples_per_s": {name: rates[name]["wall"] for name in rates}}
+    if "pil" in rates:
+        result["pil_samples_per_s"] = rates["pil"]["per_core"]
+        result["speedup_over_pil"] = per_sample_ratio("sample", "pil")
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames-dir", type=Path, default=None,
-                        help="existing frame root (<Class>/<video>/image_*.jpg); default: generate demo frames")
-    parser.add_argument("--videos-per-class", type=int, default=4, help="demo videos per class to generate")
-    parser.add_argument("--samples", type=int, default=150, help="samples timed per pipeline")
-    parser.add_argument("--pil-samples", type=int, default=30, help="samples timed for the slow PIL pipeline")
+                        help="existing frame root (<Class>/<video>/image_*.jpg); default: make K400-like frames")
+    parser.add_argument("--frame-size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"),
+                        help="size of the frames made here (default 240 320)")
+    parser.add_argument("--frame-videos", type=int, default=4, help="frame folders made here (300 frames each)")
+    parser.add_argument("--float", action="store_true",
+                        help="time float32 normalised clips instead of the uint8 clips the training scripts ship")
+    parser.add_argument("--pil-per-round", type=int, default=1,
+                        help="samples per round of the slow PIL pipeline (0: skip it)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1 = what each DataLoader worker gets; OpenCV always uses 1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -235,61 +289,30 @@ def main() -> None:
                         help="measure the video source (as written, re-encoded) against frame folders instead")
     parser.add_argument("--video-sizes", type=int, nargs="+", default=[150, 256], help="--video: short sides")
     parser.add_argument("--videos", type=int, default=3, help="--video: clips made per size")
-    parser.add_argument("--rounds", type=int, default=5, help="--video: rounds of alternating timings")
-    parser.add_argument("--per-round", type=int, default=4, help="--video: samples per variant and round")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of alternating timings (default 10; --video: 5)")
+    parser.add_argument("--per-round", type=int, default=None,
+                        help="samples per variant and round (default 8; --video: 4)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
     if args.video:
+        args.rounds, args.per_round = args.rounds or 5, args.per_round or 4
         print(json.dumps({"bench": "data_dualvar_sample_video_source", "views": 3, "clip_len": CLIP_LEN,
                           "stride": STRIDE, "size": SIZE, "resize": list(RESIZE), "clip": "300 frames at 30 fps",
                           "videos_per_size": args.videos, "torch_threads": args.threads,
                           "cv2_threads": cv2.getNumThreads(), "rounds": args.rounds, "per_round": args.per_round,
                           "samples_per_s_by_short_side": bench_video(args)}))
         return
-
+    args.rounds, args.per_round = args.rounds or 10, args.per_round or 8
     with tempfile.TemporaryDirectory() as tmp:
-        frame_root = args.frames_dir or make_demo_frames(Path(tmp) / "demo", args.videos_per_class)
-        records = scan_records(frame_root)
-        dataset = vd.VideoFrameDataset(records, frame_root, "dualvar", seed=args.seed, num_frames=CLIP_LEN,
-                                       stride=STRIDE, size=SIZE, resize=RESIZE)
-        # item k of the run: (epoch, index) walks through the videos, epoch after epoch
-        keys = [(k // len(records), k % len(records)) for k in range(args.samples)]
-
-        def dataset_sample(epoch, index):
-            dataset.set_epoch(epoch)
-            return dataset[index]
-        samples_per_s = timed(dataset_sample, keys)
-
-        decode_rates = {}
-        for decoder in vd.DECODERS:
-            def decode_sample(epoch, index, decoder=decoder):
-                record = records[index]
-                idx_a, idx_b = sample_indices(record, epoch, index, args.seed)
-                return vd.read_frames(record.path(frame_root), np.concatenate([idx_a, idx_b]), decoder)
-            try:
-                decode_rates[decoder] = timed(decode_sample, keys)
-            except ImportError:
-                continue
-        fastest = max(decode_rates, key=decode_rates.get)
-
-        def pil_run(epoch, index):
-            record = records[index]
-            return pil_sample(frame_root, record, *sample_indices(record, epoch, index, args.seed), seed=index)
-        pil_samples_per_s = timed(pil_run, keys[:args.pil_samples])
-        frame_hw = tuple(vd.read_frames(records[0].path(frame_root), np.zeros(1, np.int64)).shape[-2:])
-
-    print(json.dumps({
-        "bench": "data_dualvar_sample", "views": 3, "clip_len": CLIP_LEN, "stride": STRIDE, "size": SIZE,
-        "frame_hw": list(frame_hw), "videos": len(records), "torch_threads": args.threads,
-        "cv2_threads": cv2.getNumThreads(),
-        "decoder": vd.DEFAULT_DECODER, "samples_per_s": round(samples_per_s, 2),
-        "decode_only_samples_per_s": round(decode_rates[fastest], 2), "decode_only_decoder": fastest,
-        "ratio_to_decode_only": round(samples_per_s / decode_rates[fastest], 3),
-        "pil_samples_per_s": round(pil_samples_per_s, 2),
-        "speedup_over_pil": round(samples_per_s / pil_samples_per_s, 2),
-        "decode_only_samples_per_s_by_decoder": {k: round(v, 2) for k, v in decode_rates.items()},
-    }))
+        frame_root = args.frames_dir or make_frame_folders(Path(tmp) / "frames", args.frame_videos, 300,
+                                                           *args.frame_size)
+        result = bench_frames(args, frame_root)
+    print(json.dumps({"bench": "data_dualvar_sample", "views": 3, "clip_len": CLIP_LEN, "stride": STRIDE,
+                      "size": SIZE, "resize": list(RESIZE), "torch_threads": args.threads,
+                      "cv2_threads": cv2.getNumThreads(), "decoder": vd.DEFAULT_DECODER, "rounds": args.rounds,
+                      "per_round": args.per_round, **result}))
 
 
 if __name__ == "__main__":

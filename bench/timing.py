@@ -24,21 +24,31 @@ def alternate(variants: dict[str, Callable[[], object]], *, repeats: int, warmup
               sync: Callable[[], None] | None = None) -> dict[str, list[float]]:
     """Seconds of each call of each variant: ``warmup`` untimed loops, then ``repeats`` loops that call every
     variant once in turn. ``sync`` (e.g. torch.cuda.synchronize) runs before and after each timed call."""
+    return alternate_clocks(variants, {"wall": time.perf_counter}, repeats=repeats, warmup=warmup, sync=sync)["wall"]
+
+
+def alternate_clocks(variants: dict[str, Callable[[], object]], clocks: dict[str, Callable[[], float]], *,
+                     repeats: int, warmup: int = 1,
+                     sync: Callable[[], None] | None = None) -> dict[str, dict[str, list[float]]]:
+    """``alternate`` read on several clocks at once: ``{clock name: {variant: seconds per call}}``. E.g.
+    ``time.process_time`` beside ``time.perf_counter``: the CPU time of this process moves far less with
+    other jobs' load on a shared machine than the wall clock does."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     for _ in range(warmup):
         for run in variants.values():
             run()
-    times = {name: [] for name in variants}
+    times = {clock: {name: [] for name in variants} for clock in clocks}
     for _ in range(repeats):
         for name, run in variants.items():
             if sync is not None:
                 sync()
-            tic = time.perf_counter()
+            tics = [clock() for clock in clocks.values()]
             run()
             if sync is not None:
                 sync()
-            times[name].append(time.perf_counter() - tic)
+            for (clock_name, clock), tic in zip(clocks.items(), tics):
+                times[clock_name][name].append(clock() - tic)
     return times
 
 

@@ -305,6 +305,15 @@ class VideoFrameDataset(Dataset):
             return read_video_frames(record.path(self.video_root), indices, expected_frames=record.num_frames)
         return read_frames(record.path(self.frame_root), indices, self.decoder, expected_frames=record.num_frames)
 
+    def resized_frames(self, load: Callable[[np.ndarray], torch.Tensor], indices: np.ndarray) -> torch.Tensor:
+        """uint8 ``(len(indices), 3, *resize_hw)``, channels-last memory: each distinct frame of ``indices`` decoded
+        and resized once (A, B and A' share frames, and a clip clamped at a video's end repeats frames), so that
+        the views crop views of the result."""
+        unique, inverse = np.unique(indices, return_inverse=True)
+        resized = self.full.resize_frames(load(unique))  # (U, 3, h, w)
+        # the repeats and the order, by whole (h, w, 3) frames: one memcpy-fast copy
+        return torch.from_numpy(resized.permute(0, 2, 3, 1).numpy()[inverse.reshape(-1)]).permute(0, 3, 1, 2)
+
     def flow_frames(self, record: VideoRecord, rgb_indices: np.ndarray) -> torch.Tensor:
         """uint8 ``(N, 3, H, W)`` flow frames of this dataset's component at RGB frame ``rgb_indices``."""
         hint = (f"re-run {flow_command(self.frame_root, self.flow_root)} (it redoes incomplete videos), "
@@ -371,7 +380,8 @@ class VideoFrameDataset(Dataset):
         T = self.num_frames
         if self.sampler in ("dualvar", "two_view"):
             idx_a, idx_b = sampling.dualvar_clip_pair(length, rng, T, self.stride)
-            frames = load(np.concatenate([idx_a, idx_b]))  # (2T, 3, H, W): A's and B's frames decoded once
+            indices = np.concatenate([idx_a, idx_b])
+            frames = self.resized_frames(load, indices)  # (2T, 3, h, w): A's and B's frames decoded once
             frames_a, frames_b = frames[:T], frames[T:]
             views = 3 if self.sampler == "dualvar" else 2
             clips = torch.empty(views, 3, T, self.size, self.size, dtype=self.clip_dtype)

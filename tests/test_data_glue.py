@@ -121,9 +121,9 @@ def test_each_view_is_its_frames_through_its_own_draw(video_set, monkeypatch):
 def view_frequencies(dataset, monkeypatch, items: int):
     """Per view, the fraction of items whose draw took the crop-only recipe, jitter, blur; the real draws,
     with decoding and pixel work skipped (they cannot change which parameters are drawn)."""
-    blank = torch.zeros(2 * T, 3, *HW, dtype=torch.uint8)
-    read = []
-    monkeypatch.setattr(vd, "read_frames", lambda folder, indices, *a, **k: read.append(indices) or blank)
+    blank = torch.zeros(2 * T, 3, *dataset.full.resize_hw, dtype=torch.uint8)  # no resize work either
+    monkeypatch.setattr(vd, "read_frames", lambda folder, indices, *a, **k: blank[:len(indices)])
+    pairs = record_calls(monkeypatch, sampling, "dualvar_clip_pair")
     monkeypatch.setattr(ClipTransform, "apply", lambda self, frames, params, out=None: out)
     draws = record_draws(monkeypatch)
     names = ("A", "B", "A'")
@@ -135,7 +135,7 @@ def view_frequencies(dataset, monkeypatch, items: int):
     for i, (recipe, params) in enumerate(draws):
         counts[names[i % len(names)]] += (recipe == "crop_only", bool(params.jitter_order),
                                           params.blur_sigma is not None)
-    return {name: c / items for name, c in counts.items()}, read
+    return {name: c / items for name, c in counts.items()}, [np.concatenate(pair) for pair in pairs]
 
 
 def test_crop_only_jitter_and_blur_frequencies_per_view(video_set, monkeypatch):

@@ -48,3 +48,18 @@ def test_sync_brackets_every_timed_call():
     events = []
     timing.alternate({"A": lambda: events.append("A")}, repeats=2, warmup=0, sync=lambda: events.append("sync"))
     assert events == ["sync", "A", "sync"] * 2
+
+
+def test_alternate_clocks_reads_every_clock_around_each_call():
+    machine, cpu = DriftingMachine(), {"now": 0.0}
+    work = {"A": machine.work("A", 2.0), "B": machine.work("B", 1.0)}
+
+    def run(name):  # this process's CPU time moves by the cost alone, whatever the machine's load
+        def call():
+            cpu["now"] += {"A": 2.0, "B": 1.0}[name]
+            work[name]()
+        return call
+    times = timing.alternate_clocks({name: run(name) for name in work},
+                                    {"wall": machine.perf_counter, "cpu": lambda: cpu["now"]}, repeats=3, warmup=1)
+    assert times["wall"] == {"A": [4.0, 8.0, 16.0], "B": [2.0, 4.0, 8.0]}
+    assert times["cpu"] == {"A": [2.0, 2.0, 2.0], "B": [1.0, 1.0, 1.0]}

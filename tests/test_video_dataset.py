@@ -105,6 +105,25 @@ def test_items_are_a_pure_function_of_seed_epoch_index(data):
     assert not torch.equal(first, vd.build_dataset(make_args(data / "csv", seed=4), "test", "dualvar")[0]["clips"])
 
 
+def test_each_distinct_frame_is_decoded_and_resized_once_and_views_share_them(data, monkeypatch):
+    ds = vd.VideoFrameDataset([VideoRecord("MoveLeft/v_MoveLeft_g01_c01", NUM_FRAMES, 0)], data / "frames",
+                              "dualvar", num_frames=4, size=16, resize=(20, 26))
+    noise = np.random.default_rng(0).integers(0, 256, (10, 40, 52, 3), np.uint8)
+    frames = torch.from_numpy(noise).permute(0, 3, 1, 2)  # frame i of a video, as decoded
+
+    loaded, resized_rows = [], []
+    resize = ClipTransform.resize_frames
+    monkeypatch.setattr(ClipTransform, "resize_frames", lambda self, x: resized_rows.append(len(x)) or resize(self, x))
+    indices = np.array([7, 3, 9, 3, 7, 1, 5, 0])  # frames 3 and 7 in both clips, out of order
+    resized = ds.resized_frames(lambda i: loaded.append(i) or frames[i], indices)
+    assert [list(i) for i in loaded] == [[0, 1, 3, 5, 7, 9]] and resized_rows == [6]
+    assert torch.equal(resized, resize(ds.full, frames[indices]))  # as if every row were resized on its own
+    assert resized.permute(0, 2, 3, 1).is_contiguous()
+    # a view cropped from the shared resized frames is the view the transform makes from the decoded frames
+    params = ds.full.draw(np.random.default_rng(1), 4)
+    assert torch.equal(ds.full.apply(resized[:4], params), ds.full.apply(frames[indices[:4]], params))
+
+
 def test_workers_get_distinct_streams_and_match_single_process(data):
     same_video = VideoRecord("MoveLeft/v_MoveLeft_g01_c01", NUM_FRAMES, 0)
     ds = vd.VideoFrameDataset([same_video] * 4, data / "frames", "dualvar", seed=5, num_frames=4,
