@@ -456,9 +456,9 @@ def test_the_training_loop_reads_the_device_once_per_iteration_after_the_backwar
     monkeypatch.setattr(torch.Tensor, "item", item)
     stats, _ = run_epoch(model, FakeDataset(16), epoch=0, log_every=3)  # 8 iterations, logged at 0, 3, 6, 7
     monkeypatch.undo()
-    per_iteration = [e for e in events if e == ("sync", (2,))]
-    assert len(per_iteration) == 8  # the verdict: finite loss, stop signal
-    order = [kind for kind, shape in events if kind == "backward" or shape == (2,)]
+    per_iteration = [e for e in events if e == ("sync", (3,))]
+    assert len(per_iteration) == 8  # the verdict: finite loss, stop signal, a scheduler's stop request
+    order = [kind for kind, shape in events if kind == "backward" or shape == (3,)]
     assert order == ["backward", "sync"] * 8  # each iteration's one sync comes after its backward pass
     metric_transfers = [shape for kind, shape in events if kind == "sync" and len(shape) == 2]
     assert metric_transfers == [(1, 4), (3, 4), (3, 4), (1, 4)]  # (iterations, loss + 3 outputs) at 0, 3, 6, 7
