@@ -100,3 +100,14 @@ def test_seed_summary_carries_one_card_and_names_settings_that_vary_between_seed
     table = collect_results.seeds_table(summary)
     assert "**Varies between seeds**: pretraining epochs." in table
     assert "- **same**: ucf101 split 1; pretrained simclr clip-sr-tc r21d" in table and "seeds 0, 1, 2" in table
+
+
+def test_card_of_a_classifier_finetuned_from_a_foreign_release_names_the_release(tmp_path):
+    write_published_recipe_run(tmp_path)
+    finetune_config = json.loads((tmp_path / "finetune" / "config.json").read_text())
+    finetune_config["config"].update(pretrain=None, init_from="/releases/iic_r3d.pth")
+    finetune_config["config"]["resolved"]["pretrain_kind"] = "VCOP-family checkpoint"
+    write_json(tmp_path / "finetune" / "config.json", finetune_config)
+    card = build_card(tmp_path / "test" / "test_results.json")
+    assert card["pretraining"] is None and card["pretrained_from"] == "/releases/iic_r3d.pth"
+    assert "weights from /releases/iic_r3d.pth (VCOP-family checkpoint)" in summary_line(card)

@@ -115,8 +115,8 @@ def build_card(results_path: str | Path) -> dict:
         raise ValueError(f"{results_path}: cannot read it as a JSON object; re-run the step that writes it")
     config = results.get("config") or {}
     retrieval = results_path.name == "retrieval.json"
-    card: dict = {"result": results_path.name, "checkpoint": results.get("checkpoint"), "pretraining": None,
-                  "finetuning": None}
+    card: dict = {"result": results_path.name, "checkpoint": results.get("checkpoint"), "pretrained_from": None,
+                  "pretraining": None, "finetuning": None}
 
     if retrieval:
         card["metrics"] = {k: results.get(k) for k in ("R@1", "R@5", "R@10", "R@20", "R@50", "knn_top1",
@@ -129,7 +129,7 @@ def build_card(results_path: str | Path) -> dict:
         evaluated = {"train_listed": _listed_videos(config, "train"), "train_used": results.get("num_gallery"),
                      "test_listed": _listed_videos(config, "test"), "test_used": results.get("num_queries")}
         pretrain_ckpt, pretrain_epoch = results.get("checkpoint"), results.get("checkpoint_epoch")
-        card["source"] = results.get("checkpoint_kind")
+        card["source"], card["pretrained_from"] = results.get("checkpoint_kind"), results.get("checkpoint")
     else:
         card["metrics"] = {k: results.get(k) for k in ("top1", "top5", "mean_class_accuracy") if k in results}
         card["evaluation"] = {
@@ -146,6 +146,7 @@ def build_card(results_path: str | Path) -> dict:
             pretrain_ckpt = ft_config.get("pretrain") if ft_config.get("pretrain") not in (None, "none") else None
             pretrain_epoch = (ft_config.get("resolved") or {}).get("pretrain_epoch")
             card["source"] = (ft_config.get("resolved") or {}).get("pretrain_kind")
+            card["pretrained_from"] = ft_config.get("init_from") or pretrain_ckpt
     pretrain = _run_config(pretrain_ckpt, results.get("checkpoint_config") if retrieval else None)
     if pretrain is not None:
         card["pretraining"] = _pretraining(*pretrain, pretrain_epoch)
@@ -225,7 +226,7 @@ def summary_line(card: dict) -> str:
 
 def _unrecorded_source(card: dict) -> str:
     """Where the weights came from when no pretraining configuration describes them."""
-    source, checkpoint = card.get("source"), card.get("checkpoint")
+    source, checkpoint = card.get("source"), card.get("pretrained_from")
     if source in (None, "none") and card.get("finetuning"):
         return "no pretraining (random initialisation)"
     if source == "no-learning reference":
