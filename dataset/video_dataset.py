@@ -54,6 +54,7 @@ from dataset.layout import (FLOW_COMPONENTS, LayoutError, VideoRecord, count_flo
 from dataset.local_dataset import REGISTRY, DatasetPaths, flow_command, resolve_dataset
 from dataset.transforms import ClipTransform, ViewParams, to_float_clips
 from dataset.video_reader import VideoReadError, read_video_frames
+from utils.atomic import write_text
 from utils.distributed import default_workers
 from utils.malloc import keep_freed_memory_for_reuse
 
@@ -564,10 +565,7 @@ def check_frame_counts(records: list[VideoRecord], frame_root: Path, csv_path: P
             wrong.append((folder, cached[1], record.num_frames))
     if changed:
         try:  # a cache is an optimisation: a read-only home only costs the listing next time
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f".{cache_path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, cache_path)
+            write_text(cache_path, json.dumps(cache))
         except OSError:
             pass
     if wrong:

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from dataset.layout import (FLOW_COMPONENTS, FLOW_FOLDER, count_flow_frames, count_frames,  # noqa: E402
                             expected_flow_frames, flow_frame_name, frame_name)
 from extract_frame import (OLD_SUFFIX, TMP_SUFFIX, ExtractError, Result, _class_entries, _dry_run,  # noqa: E402
-                           run_jobs)
+                           check_job_args, run_jobs)
 from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
 
 FLOW_FAILURES_FILE = "flow_failures.txt"
@@ -77,10 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if not 1 <= args.quality <= 100:
-        raise ExtractError(f"--quality must be in 1..100, got {args.quality}")
-    if args.workers < 1:
-        raise ExtractError(f"--workers must be >= 1, got {args.workers}")
+    check_job_args(args)
     if not args.frame_root.is_dir():
         raise ExtractError(f"--frame-root {args.frame_root} is not a folder: optical flow needs the extracted RGB "
                            "frames (run process_data/src/extract_frame.py first)")

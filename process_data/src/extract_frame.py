@@ -99,11 +99,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_job_args(args: argparse.Namespace) -> None:
+    """The flags that frame and flow extraction share."""
     if not 1 <= args.quality <= 100:
         raise ExtractError(f"--quality must be in 1..100, got {args.quality}")
     if args.workers < 1:
         raise ExtractError(f"--workers must be >= 1, got {args.workers}")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    check_job_args(args)
     if args.size is not None and args.short_side is not None:
         raise ExtractError("give either --short-side or --size H W, not both")
     if args.size is None and args.short_side is None:

@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dataset.layout import (VideoRecord, count_frames, is_video_file, write_class_index,  # noqa: E402
                             write_split_csv)
 from dataset.video_reader import VideoInfo, VideoReadError, probe  # noqa: E402
+from utils.atomic import write_text  # noqa: E402
 
 REPORT_NAMES = 20  # names printed per problem kind; the rest are counted
 PROBE_REPORT = "video_frames.tsv"
@@ -404,10 +405,7 @@ def _stamp(path: Path) -> list[int]:
 
 def _save_cache(path: Path, cache: dict) -> None:
     try:  # a cache is an optimisation: a read-only home only costs the probing next time
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, path)
+        write_text(path, json.dumps(cache))
     except OSError:
         pass
 
