@@ -49,7 +49,7 @@ from retrieve import DATA_FALLBACKS, LAYERS, video_features
 from utils.atomic import write_text
 from utils.cli import launch, run_cli
 from utils.distributed import add_distributed_args, barrier, get_rank, get_world_size
-from utils.engine import AMP_CHOICES, autocast, quiet_worker, select_amp
+from utils.engine import add_inference_amp_arg, autocast, quiet_worker, select_amp
 from utils.evaluation import inherit_flags
 from utils.logging import config_to_dict
 from utils.progress import progress_bar
@@ -86,9 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "(0: none)")
     group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is --clips clips)")
     group.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (video decoders)")
-    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                       help="mixed-precision inference: auto = bf16 where the GPU or CPU computes it natively, fp16 "
-                            "on older GPUs, else fp32; bf16; fp16 (CUDA only); none = fp32")
+    add_inference_amp_arg(group)
     group.add_argument("--save-every", type=int, default=256,
                        help="videos between the partial saves that a rerun resumes from")
     group.add_argument("--num-frames", type=int, default=None,

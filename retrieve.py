@@ -33,7 +33,7 @@ from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state
                               load_backbone, read_checkpoint, residual_view, resolve_backbone_args)
 from utils.cli import launch, run_cli
 from utils.distributed import add_distributed_args, is_main_process
-from utils.engine import AMP_CHOICES, select_amp
+from utils.engine import add_inference_amp_arg, select_amp
 from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, knn_classify,
                               linear_probe, plot_embedding, plot_retrieval_examples, recall_at_k, run_inference,
                               topk_accuracy)
@@ -72,9 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "optical-flow component (from --flow-root); default: the checkpoint's --modality if it "
                             "is one of these, else res")
     group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is 10 clips)")
-    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                       help="mixed-precision inference: auto = bf16 where the GPU or CPU computes it natively, fp16 "
-                            "on older GPUs, else fp32; bf16; fp16 (CUDA only); none = fp32")
+    add_inference_amp_arg(group)
     group.add_argument("--knn-k", type=int, default=20,
                        help="neighbours that vote in the kNN classification (train split votes for test videos)")
     group.add_argument("--knn-temperature", type=float, default=0.07,

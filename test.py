@@ -27,7 +27,7 @@ from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, ch
 from utils.checkpoint import CheckpointError
 from utils.cli import launch, run_cli
 from utils.distributed import add_distributed_args, is_main_process
-from utils.engine import AMP_CHOICES, select_amp
+from utils.engine import add_inference_amp_arg, select_amp
 from utils.evaluation import (classification_report, classify_videos, dataset_labels, inherit_flags,
                               plot_confusion_matrix, ranked_classes)
 from utils.atomic import write_text
@@ -53,9 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="network input (rgb, res, or the flow component u / v read from --flow-root); "
                             "default: the modality the checkpoint was finetuned with")
     group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is 10 clips)")
-    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                       help="mixed-precision inference: auto = bf16 where the GPU or CPU computes it natively, fp16 "
-                            "on older GPUs, else fp32; bf16; fp16 (CUDA only); none = fp32")
+    add_inference_amp_arg(group)
     group.add_argument("--output-dir", default="runs/test", help="test_results.json and confusion_matrix.png go here")
     group.add_argument("--dry-run", action="store_true",
                        help="print the resolved configuration as JSON and exit without reading data")

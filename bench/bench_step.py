@@ -156,6 +156,7 @@ def main(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     times = step_times(args)
     overhead, over_simclr = ratio(times, "dualvar", "backbone"), ratio(times, "dualvar", "simclr")
+    channels_last = ratio(times, "dualvar", "dualvar_channels_last") if args.channels_last else None
     report = {
         "device": args.device, "net": args.net, "base_width": args.base_width, "batch_size": args.batch_size,
         "clip": f"{args.num_frames}x{args.size}x{args.size}", "amp": args.amp, "threads": torch.get_num_threads(),
@@ -164,8 +165,7 @@ def main(args: argparse.Namespace) -> dict:
         **{f"{key}_spread": spread(times[name]) for key, name in STEP_KEYS.items()},
         "overhead": overhead["median"], "overhead_spread": overhead,
         "dualvar_over_simclr": over_simclr["median"], "dualvar_over_simclr_spread": over_simclr,
-        **({"channels_last_speedup": ratio(times, "dualvar", "dualvar_channels_last")["median"],
-            "channels_last_speedup_spread": ratio(times, "dualvar", "dualvar_channels_last"),
+        **({"channels_last_speedup": channels_last["median"], "channels_last_speedup_spread": channels_last,
             "dualvar_channels_last_step_s": spread(times["dualvar_channels_last"])["median"]}
            if args.channels_last else {}),
         "dualvar_peak_mb": round(peaks["dualvar"], 1),

@@ -302,9 +302,10 @@ class VideoFrameDataset(Dataset):
 
     def frames(self, record: VideoRecord, indices: np.ndarray) -> torch.Tensor:
         """uint8 RGB ``(len(indices), 3, H, W)`` frames ``indices`` of a record, from its video or frame folder."""
+        path = self.video_path(record)
         if is_video_file(record.frame_dir):
-            return read_video_frames(record.path(self.video_root), indices, expected_frames=record.num_frames)
-        return read_frames(record.path(self.frame_root), indices, self.decoder, expected_frames=record.num_frames)
+            return read_video_frames(path, indices, expected_frames=record.num_frames)
+        return read_frames(path, indices, self.decoder, expected_frames=record.num_frames)
 
     def resized_frames(self, load: Callable[[np.ndarray], torch.Tensor], indices: np.ndarray) -> torch.Tensor:
         """uint8 ``(len(indices), 3, *resize_hw)``, channels-last memory: each distinct frame of ``indices`` decoded

@@ -93,6 +93,13 @@ def quiet_worker(worker_id: int) -> None:
     close_inherited_locks()
 
 
+def add_inference_amp_arg(group) -> None:
+    """The --amp flag of the scripts that only run inference (test, retrieve, embed)."""
+    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                       help="mixed-precision inference: auto = bf16 where the GPU or CPU computes it natively, fp16 "
+                            "on older GPUs, else fp32; bf16; fp16 (CUDA only); none = fp32")
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): only there is bf16 autocast faster
     than fp32; elsewhere oneDNN emulates it, several times slower."""
