@@ -22,11 +22,11 @@ declared count, as in WebM, or a truncated file) every frame is decoded and coun
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from dataset.layout import LayoutError
@@ -35,6 +35,9 @@ from dataset.layout import LayoutError
 # and starts without it (about 3 s per process)
 if TYPE_CHECKING:
     import torch
+
+
+_conversion = threading.local()  # to_rgb's swscale context, one per thread
 
 
 class VideoReadError(LayoutError):
@@ -246,13 +249,17 @@ def _seek(container, stream, table: FrameTable, key: int, target: int, keyframes
     raise VideoReadError(f"video {path}: cannot seek back to frame {target + 1}")
 
 
-def to_rgb(frame) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a decoded frame. The usual 4:2:0 planes are converted by OpenCV, ten times
-    faster than PyAV's own conversion (swscale) at these sizes and within 3 levels of it (BT.601, as swscale
-    assumes for untagged video); other pixel formats go through swscale."""
-    if frame.format.name in ("yuv420p", "yuvj420p") and frame.width % 2 == 0 and frame.height % 2 == 0:
-        return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)  # (3H/2, W) planes -> (H, W, 3)
-    return frame.to_ndarray(format="rgb24")
+def to_rgb(frame, format: str = "rgb24") -> np.ndarray:
+    """(H, W, 3) uint8 of a decoded frame in ``format`` (rgb24, or bgr24 for OpenCV), converted by swscale,
+    which reads full-range (JPEG, as in Motion-JPEG AVI) and limited-range YUV each by its own scale.
+
+    One conversion context per thread is kept between frames, with one swscale thread: PyAV's
+    ``frame.to_ndarray(format=...)`` builds a context and starts swscale's thread pool for every frame,
+    6 to 27 times slower on small frames (docs/video_source.md)."""
+    reformatter = getattr(_conversion, "reformatter", None)
+    if reformatter is None:
+        reformatter = _conversion.reformatter = _av().video.reformatter.VideoReformatter()
+    return reformatter.reformat(frame, format=format, threads=1).to_ndarray()
 
 
 def _chain(first, rest):

