@@ -1,14 +1,17 @@
 """Is retrieval feature extraction data-bound? Prints one JSON line.
 
 Two passes over the same videos (10 clips each, 16 frames at stride 4, centre 112 crops), one process:
-- ``extraction_s``: retrieve.py's path end to end — DataLoader with --workers decoding and cropping
-  while the backbone runs (utils.evaluation.run_inference);
-- ``inference_s``: the backbone alone on the same clips, decoded beforehand and held in memory.
+- ``extraction_s``: retrieve.py's path end to end — DataLoader with --workers decoding and cropping into
+  uint8 clips, which ``dataset.to_device`` normalises, while the backbone runs (utils.evaluation.run_inference);
+- ``inference_s``: the backbone alone on the same clips, decoded and normalised beforehand and held in memory.
 ``ratio``: the median over --repeats loops, each one inference pass then one extraction pass
 (bench/timing.alternate), of extraction / inference within the loop, so that load from other processes
 on a shared machine hits both alike; ``ratio_spread`` gives its min, max and interquartile range. Target
 <= 1.2 on the CPU with the demo data. ``data_only_s`` is the time to produce every item in the main
 process, without the model.
+
+By default the model gets the cores the workers leave (``--threads``): with more threads than cores, how the
+scheduler shares them moves from run to run and the ratio with it.
 
 Frames come from the demo generator (make_demo_data.py + extract_frame.py + write_csv.py, run here
 unless ``--data`` points at a folder holding ``frames/`` and ``csv/``).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -57,25 +61,34 @@ def main() -> None:
     parser.add_argument("--base-width", type=int, default=32,
                         help="backbone width (64 = the published network; smaller makes the test harder)")
     parser.add_argument("--batch-size", type=int, default=2, help="videos per batch (each is 10 clips)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the end-to-end pass")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of the end-to-end pass")
     parser.add_argument("--repeats", type=int, default=3,
                         help="loops of one pass of each kind; the ratio is the median of the per-loop ratios")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed loops first (first-touch memory, caches)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of the model (default 0: the cores left by --workers, at least 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(args.threads or max(1, cores - args.workers))
 
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or make_demo(Path(tmp), videos_per_class=max(3, args.num_videos // 10 + 3))
         records = read_split_csv(data / "csv" / "train_split01.csv")[:args.num_videos]
-        dataset = VideoFrameDataset(records, data / "frames", "eval", stride=4)
+        dataset = VideoFrameDataset(records, data / "frames", "eval", stride=4, uint8=True)
         device = torch.device(args.device)
         torch.manual_seed(0)
         backbone = build_backbone(args.net, args.base_width)[0].to(device).eval()
 
-        def extract(batch):
-            return video_features(backbone, batch["clips"].to(device), "pool", merge=False)
+        def features(clips):
+            return video_features(backbone, clips, "pool", merge=False)
 
-        batches = [torch.stack([dataset[i]["clips"] for i in range(s, min(s + args.batch_size, len(dataset)))])
-                   for s in range(0, len(dataset), args.batch_size)]  # (B, 10, 3, T, H, W) each, in memory
+        def extract(batch):
+            return features(dataset.to_device(batch, device)["clips"])
+
+        batches = [dataset.to_device({"clips": torch.stack([dataset[i]["clips"] for i in range(
+                   s, min(s + args.batch_size, len(dataset)))])}, device)["clips"]
+                   for s in range(0, len(dataset), args.batch_size)]  # (B, 10, 3, T, H, W) float each, in memory
         tic = time.perf_counter()
         for i in range(len(dataset)):
             dataset[i]
@@ -84,16 +97,16 @@ def main() -> None:
         @torch.no_grad()
         def inference_pass() -> None:
             for clips in batches:
-                extract({"clips": clips})
+                features(clips)
 
         def extraction_pass() -> None:
             run_inference(extract, dataset, batch_size=args.batch_size, workers=args.workers, device=device,
                           desc="extraction")
 
         with torch.no_grad():
-            extract({"clips": batches[0]})  # warm-up: first-call kernel selection
+            features(batches[0])  # warm-up: first-call kernel selection
         times = alternate({"inference": inference_pass, "extraction": extraction_pass}, repeats=args.repeats,
-                          warmup=0, sync=torch.cuda.synchronize if device.type == "cuda" else None)
+                          warmup=args.warmup, sync=torch.cuda.synchronize if device.type == "cuda" else None)
         extraction_over_inference = ratio(times, "extraction", "inference")
     print(json.dumps({
         "videos": len(dataset), "clips": 10 * len(dataset), "net": args.net, "base_width": args.base_width,
