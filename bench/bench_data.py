@@ -120,13 +120,15 @@ def alternate_rates(variants: dict, rounds: int, per_round: dict[str, int] | int
     round by clock and variant, the samples per second of each variant: median, min, max, IQR over rounds per
     clock: "per_core" is samples per CPU-second of this process, what one busy core does, which the other jobs of
     a shared machine disturb far less than the wall clock)."""
+    counts = dict.fromkeys(variants, per_round) if isinstance(per_round, int) else per_round
+
     def rounds_of(name, run_one):
-        count, numbers = per_round if isinstance(per_round, int) else per_round[name], itertools.count()
-        return lambda: [run_one(next(numbers)) for _ in range(count)]
+        numbers = itertools.count()
+        return lambda: [run_one(next(numbers)) for _ in range(counts[name])]
     times = alternate_clocks({name: rounds_of(name, run) for name, run in variants.items()}, CLOCKS,
                              repeats=rounds, warmup=1)
-    rates = {name: {clock: spread([(per_round if isinstance(per_round, int) else per_round[name]) / t
-                                   for t in times[clock][name]], 2) for clock in CLOCKS} for name in variants}
+    rates = {name: {clock: spread([counts[name] / t for t in times[clock][name]], 2) for clock in CLOCKS}
+             for name in variants}
     return times, rates
 
 

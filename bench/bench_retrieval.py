@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from dataset.video_dataset import VideoFrameDataset  # noqa: E402
 from dataset.layout import read_split_csv  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
 from retrieve import video_features  # noqa: E402
+from utils.distributed import usable_cores  # noqa: E402
 from utils.evaluation import run_inference  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,8 +69,7 @@ def main() -> None:
                         help="torch threads of the model (default 0: the cores left by --workers, at least 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(args.threads or max(1, cores - args.workers))
+    torch.set_num_threads(args.threads or max(1, usable_cores() - args.workers))
 
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or make_demo(Path(tmp), videos_per_class=max(3, args.num_videos // 10 + 3))

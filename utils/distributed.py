@@ -147,11 +147,16 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which Slurm and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers(max_workers: int = 8) -> int:
     """DataLoader workers per process: the cores this process may use, shared with the other processes of its
     node (torchrun's LOCAL_WORLD_SIZE; Slurm binds each task to its own cores instead), one core left for the
     process itself, at most ``max_workers``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     return max(1, min(max_workers, cores // local_processes - 1))
 
