@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dataset import sampling
+from dataset.clip_input import CLIP_INPUTS, frames_to_decode, to_network_input
 from dataset.layout import VIDEO_EXTENSIONS, is_video_file
 from dataset.transforms import ClipTransform
 from dataset.video_reader import VideoReadError, probe, read_video_frames
@@ -59,7 +60,7 @@ FAILURES_NAME = "failures.txt"
 NEIGHBOURS_NAME = "neighbours.csv"
 # what must match between a run and the --out it resumes: features of other settings would not compare
 CONFIG_KEYS = ("ckpt", "init_from", "net", "base_width", "layer", "clips", "num_frames", "stride", "size", "resize",
-               "resize_quirk")
+               "resize_quirk", "clip_input")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -97,6 +98,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--resize", type=int, nargs=2, default=None, metavar=("H", "W"),
                        help=f"frames are resized to H x W before the centre crop; default: the checkpoint's, else "
                             f"{DATA_FALLBACKS['resize']}")
+    group.add_argument("--clip-input", default=None, choices=CLIP_INPUTS,
+                       help="rgb = the frames; diff = differences of consecutive sampled frames "
+                            "(dataset/clip_input.py); default: the checkpoint's, else rgb")
     group.add_argument("--resize-quirk", action="store_true",
                        help="resize to W x H instead, as the authors' code did (take it when the checkpoint did)")
     group.add_argument("--dry-run", action="store_true",
@@ -131,9 +135,11 @@ class VideoClips(Dataset):
     with its ``num_frames`` and ``fps``; a video that cannot be read gives zero clips and its ``error``."""
 
     def __init__(self, paths: list[str], clips: int, num_frames: int, stride: int, size: int,
-                 resize: tuple[int, int], resize_quirk: bool = False):
+                 resize: tuple[int, int], resize_quirk: bool = False, clip_input: str = "rgb"):
         self.paths = paths
-        self.clips, self.num_frames, self.stride, self.size = clips, num_frames, stride, size
+        self.clips, self.stride, self.size = clips, stride, size
+        # the frames decoded per clip: one more than the network's T for differences (to_network_input)
+        self.num_frames = frames_to_decode(num_frames, clip_input)
         self.transform = ClipTransform("eval", size=size, resize=tuple(resize), resize_quirk=resize_quirk)
 
     def __len__(self) -> int:
@@ -325,7 +331,8 @@ def _embed(args: argparse.Namespace, device: torch.device, ckpt: dict, paths: li
 def _embed_shard(args, device, backbone, paths: list[str], partial: Path, config: dict) -> tuple[int, dict]:
     """Embed ``paths``, saving what this process has to ``partial`` every --save-every videos and at the end;
     returns (videos embedded, {path: reason} of those that failed)."""
-    dataset = VideoClips(paths, args.clips, args.num_frames, args.stride, args.size, args.resize, args.resize_quirk)
+    dataset = VideoClips(paths, args.clips, args.num_frames, args.stride, args.size, args.resize, args.resize_quirk,
+                         args.clip_input)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, worker_init_fn=quiet_worker,
                         pin_memory=device.type == "cuda")
     features, rows, num_frames, fps, failures = [], [], [], [], {}
@@ -344,7 +351,7 @@ def _embed_shard(args, device, backbone, paths: list[str], partial: Path, config
             if error:
                 failures[paths[int(batch["index"][i])]] = error
         if ok:
-            clips = batch["clips"][ok].to(device, non_blocking=True)
+            clips = to_network_input(batch["clips"][ok].to(device, non_blocking=True), args.clip_input)
             with autocast(args.amp, device):
                 out = video_features(backbone, clips, args.layer, merge=False)  # (B, D)
             features.append(out.float().cpu().numpy())

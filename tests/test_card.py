@@ -111,3 +111,25 @@ def test_card_of_a_classifier_finetuned_from_a_foreign_release_names_the_release
     card = build_card(tmp_path / "test" / "test_results.json")
     assert card["pretraining"] is None and card["pretrained_from"] == "/releases/iic_r3d.pth"
     assert "weights from /releases/iic_r3d.pth (VCOP-family checkpoint)" in summary_line(card)
+
+
+def test_card_states_a_budget_in_steps_and_a_frame_difference_input(tmp_path):
+    write_published_recipe_run(tmp_path, retrieval=True)
+    for stage in ("pretrain", "finetune"):
+        path = tmp_path / stage / "config.json"
+        data = json.loads(path.read_text())
+        data["config"].update(clip_input="diff")
+        data["config"]["resolved"].update(epochs=17, steps=1072)  # --steps 1072: 17 epochs, the last cut short
+        write_json(path, data)
+    for name in ("test/test_results.json", "test_retrieval/retrieval.json"):
+        results = json.loads((tmp_path / name).read_text())
+        results["config"]["clip_input"] = "diff"
+        write_json(tmp_path / name, results)
+    card = build_card(tmp_path / "test" / "test_results.json")
+    assert (card["pretraining"]["epochs"], card["pretraining"]["steps"]) == (17, 1072)
+    assert card["pretraining"]["clip"]["input"] == card["clip"]["input"] == "diff"
+    line = summary_line(card)
+    assert "17 epochs (1072 steps)" in line and "stride 4, diff input" in line
+    published = collect_results.published_settings("simclr", "ucf101")
+    assert "pretraining clip: 16×112², stride 4, diff input here, 16×112², stride 4 published" in \
+        collect_results.differences(card, published)

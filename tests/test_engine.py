@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from utils.engine import (NonFiniteLossError, autocast, check_amp, epoch_loader, iterations_per_epoch,
+from utils.engine import (NonFiniteLossError, autocast, check_amp, epoch_lengths, epoch_loader, iterations_per_epoch,
                           make_grad_scaler, train_one_epoch, weighted_loss)
 from utils.logging import MetricLogger, RunLogger, SmoothedValue
 
@@ -145,6 +145,13 @@ def test_amp_flags():
     torch.manual_seed(0)
     stats, _ = run_epoch(FakeMethod(), FakeDataset(4), epoch=0, amp="bf16")
     assert torch.isfinite(torch.tensor(stats["loss"]))
+
+
+def test_a_budget_in_steps_is_whole_epochs_and_one_cut_short():
+    assert epoch_lengths(67, 8) == [67] * 8
+    assert epoch_lengths(67, 8, steps=150) == [67, 67, 16]
+    assert epoch_lengths(10, 3, steps=20) == [10, 10]  # --epochs does not count under --steps
+    assert sum(epoch_lengths(7, 1, steps=1000)) == 1000
 
 
 def test_too_small_dataset_is_a_clear_error():

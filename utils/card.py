@@ -54,7 +54,15 @@ def _listed_videos(config: dict, kind: str) -> int | None:
 
 
 def _clip(config: dict) -> dict:
-    return {key: config.get(key) for key in ("num_frames", "stride", "size")}
+    # runs from before --clip-input saw RGB
+    return {**{key: config.get(key) for key in ("num_frames", "stride", "size")},
+            "input": config.get("clip_input") or "rgb"}
+
+
+def _budget(config: dict) -> dict:
+    """Epochs, and the optimizer steps they came to (recorded since --steps; None before)."""
+    resolved = config.get("resolved") or {}
+    return {"epochs": resolved.get("epochs", config.get("epochs")), "steps": resolved.get("steps")}
 
 
 def _batches(config: dict) -> dict:
@@ -84,7 +92,7 @@ def _pretraining(config: dict, git: dict, checkpoint_epoch: int | None) -> dict:
             else config.get("mode"))
     return {"model": model, "mode": mode, "net": config.get("net"),
             "base_width": config.get("base_width"), "dataset": config.get("dataset"), "split": config.get("split"),
-            "epochs": config.get("epochs"), "checkpoint_epoch": checkpoint_epoch, **_batches(config),
+            **_budget(config), "checkpoint_epoch": checkpoint_epoch, **_batches(config),
             "negatives": negatives(config), "sync_bn": config.get("sync_bn"),
             # IIC's sampler takes consecutive frames whatever --stride says (dataset.video_dataset.build_dataset)
             "clip": {**_clip(config), **({"stride": 1} if model == "iic" else {})},
@@ -99,7 +107,7 @@ def _finetuning(config: dict, git: dict, checkpoint_epoch: int | None) -> dict:
     return {"what": "linear probe (backbone frozen)" if probe else "all layers",
             "batch_norm": "frozen (eval mode)" if probe else
             ("synchronised across processes" if config.get("sync_bn") else "batch statistics of each process"),
-            "dataset": config.get("dataset"), "split": config.get("split"), "epochs": config.get("epochs"),
+            "dataset": config.get("dataset"), "split": config.get("split"), **_budget(config),
             "checkpoint_epoch": checkpoint_epoch, **_batches(config), "clip": _clip(config),
             "videos": {"listed": _listed_videos(config, "train"), "train_used": resolved.get("train_videos"),
                        "validation_hold_out": resolved.get("val_videos")},
@@ -199,7 +207,7 @@ def summary_line(card: dict) -> str:
         parts.append(f"no pretraining (random weights, seed {pre['seed']})")
     elif pre:
         parts.append(f"pretrained {pre['model']} {pre['mode']} {pre['net']} on {pre['dataset']} "
-                     f"({_videos(pre['videos'])} videos), {pre['epochs']} epochs, "
+                     f"({_videos(pre['videos'])} videos), {_budget_text(pre)}, "
                      f"{pre['processes']} × {pre['per_process_batch']} = {pre['global_batch']} per step, "
                      f"negatives: {pre['negatives']}, clip {_clip_text(pre['clip'])}, "
                      f"checkpoint after epoch {_count(pre['checkpoint_epoch'])}")
@@ -207,7 +215,7 @@ def summary_line(card: dict) -> str:
         parts.append(_unrecorded_source(card))
     if ft:
         parts.append(f"finetuned {ft['what']} ({ft['videos']['train_used']} videos, BN {ft['batch_norm']}), "
-                     f"{ft['epochs']} epochs, {ft['processes']} × {ft['per_process_batch']} = {ft['global_batch']}, "
+                     f"{_budget_text(ft)}, {ft['processes']} × {ft['per_process_batch']} = {ft['global_batch']}, "
                      f"clip {_clip_text(ft['clip'])}, checkpoint after epoch {_count(ft['checkpoint_epoch'])}")
     ev = card["evaluation"]
     tested = videos.get("test_used")
@@ -230,10 +238,18 @@ def _unrecorded_source(card: dict) -> str:
     if source in (None, "none") and card.get("finetuning"):
         return "no pretraining (random initialisation)"
     if source == "no-learning reference":
-        return "no learning (the per-channel colour statistics of each clip)"
+        what = {"colour-stats": "the per-channel colour statistics of each clip",
+                "motion-stats": "the optical-flow statistics of each clip"}.get(checkpoint, checkpoint)
+        return f"no learning ({what})"
     return (f"weights from {checkpoint} ({source}); no configuration of the run that wrote them was found, so "
             "its settings are unknown")
 
 
+def _budget_text(stage: dict) -> str:
+    steps = stage.get("steps")
+    return f"{stage['epochs']} epochs" + (f" ({steps} steps)" if steps else "")
+
+
 def _clip_text(clip: dict) -> str:
-    return f"{clip.get('num_frames')}×{clip.get('size')}², stride {clip.get('stride')}"
+    text = f"{clip.get('num_frames')}×{clip.get('size')}², stride {clip.get('stride')}"
+    return text if clip.get("input", "rgb") == "rgb" else f"{text}, {clip['input']} input"

@@ -189,6 +189,15 @@ def iterations_per_epoch(dataset, batch_size: int, max_iters: int | None = None)
     return min(iters, max_iters) if max_iters else iters
 
 
+def epoch_lengths(iters_per_epoch: int, epochs: int, steps: int = 0) -> list[int]:
+    """Iterations of each epoch of a run: ``epochs`` full epochs, or with ``steps`` > 0 that many optimizer steps,
+    in full epochs and a last one cut short (a budget that does not depend on the training-set size)."""
+    if not steps:
+        return [iters_per_epoch] * epochs
+    full, rest = divmod(steps, iters_per_epoch)
+    return [iters_per_epoch] * full + ([rest] if rest else [])
+
+
 def epoch_loader(dataset, *, batch_size: int, workers: int, seed: int, epoch: int, start_iter: int = 0,
                  pin_memory: bool = False) -> DataLoader:
     """The DataLoader of one training epoch, starting at batch ``start_iter``.
