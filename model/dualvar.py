@@ -23,6 +23,13 @@ from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_rank_loss, 
 from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, host_to_device, is_dist
 
 MODES = ("clip", "clip-sr", "clip-tc", "clip-sr-tc")
+# Known learning bugs, planted on purpose to check that the miniature notices a broken objective
+# (paper_scripts/run/miniature_mutants.sh); never for training a network to use. Bug -> the term it needs.
+PLANTED_BUGS = {
+    "positive-other-video": "clip",  # the clip contrast's positive of A is view B of another video of the batch
+    "sr-wrong-permutation": "sr",  # shuffle-rank calibrates with a permutation other than the one applied
+    "tc-other-video": "tc",  # the temporal coherent contrast pairs A's series with B's of another video
+}
 
 
 def parse_clamp(text: str) -> float | None:
@@ -57,6 +64,9 @@ def add_dualvar_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tc-loss-weight", type=float, default=1.0, help="weight of the temporal coherent loss")
     group.add_argument("--derangement", action="store_true",
                        help="shuffle-rank never draws the identity permutation (published: identity allowed)")
+    group.add_argument("--plant-bug", default="none", choices=["none", *PLANTED_BUGS],
+                       help="plant a known learning bug, to check that an experiment can tell broken code from correct "
+                            "code (the miniature's mutants); none for every real run")
     group.add_argument("--moco-k", type=int, default=16384,
                        help="MoCo queue length; must be a multiple of the global batch (batch size × processes)")
     group.add_argument("--moco-m", type=float, default=0.999, help="MoCo key-encoder momentum")
@@ -117,6 +127,10 @@ class DualVarBase(nn.Module):
                             ("--theta", args.theta)):
             if value <= 0:
                 raise ValueError(f"{flag} must be positive, got {value}")
+        self.plant_bug = getattr(args, "plant_bug", "none")
+        if self.plant_bug != "none" and PLANTED_BUGS[self.plant_bug] not in args.mode.split("-"):
+            raise ValueError(f"--plant-bug {self.plant_bug} breaks the '{PLANTED_BUGS[self.plant_bug]}' term, which "
+                             f"--mode {args.mode} does not have")
         self.temperature = args.temperature
         self.tc_temperature = args.tc_temperature
         self.theta = args.theta
@@ -153,10 +167,16 @@ class DualVarBase(nn.Module):
         """Shuffle the n temporal segments of each clip (B, 3, T, H, W) -> (shuffled, permutations (B, n))."""
         return shuffle_segments(clips, self.n_series, derangement=self.derangement)
 
+    def other_video(self, x: torch.Tensor, bug: str) -> torch.Tensor:
+        """``x`` (B, ...) as it is, or, when ``bug`` is the planted one, each row replaced by the previous sample's."""
+        return x.roll(1, dims=0) if self.plant_bug == bug else x
+
     def shuffle_rank(self, s_a: torch.Tensor, s_a_prime: torch.Tensor, shuffled_series: torch.Tensor,
                      permutations: torch.Tensor) -> dict[str, torch.Tensor]:
         """L_SR = 0.5·Rank(s(A), p) + 0.5·Rank(s(A′), p), p = the calibrated, normalised series of shuffled A′."""
-        p = F.normalize(calibrate(shuffled_series, permutations), dim=-1)  # (B, n, d)
+        # the planted bug: σ'(j) = σ(j − 1) differs from σ at every slot, so every target is another segment
+        targets = permutations.roll(1, dims=1) if self.plant_bug == "sr-wrong-permutation" else permutations
+        p = F.normalize(calibrate(shuffled_series, targets), dim=-1)  # (B, n, d)
         loss = 0.5 * (shuffle_rank_loss(s_a, p, self.theta, self.rank_clamp)
                       + shuffle_rank_loss(s_a_prime, p, self.theta, self.rank_clamp))
         accuracy = 0.5 * (rank_accuracy(s_a.detach(), p.detach(), per_sample=True)
@@ -177,14 +197,15 @@ class SimCLRDualVar(DualVarBase):
         batch = clips.shape[0]
         # One pass over all views so that BatchNorm sees A, B (and A′) together.
         z, series = self.encoder(clips.transpose(0, 1).flatten(0, 1))  # (V·B, D), (V·B, n, d) view-major
-        z_a, z_b = z[:batch], z[batch:2 * batch]
+        z_a, z_b = z[:batch], self.other_video(z[batch:2 * batch], "positive-other-video")
         out = dict(zip(("loss_clip", "acc_clip"), nt_xent(z_a, z_b, self.temperature, return_top1=True)))
         if series is None:
             return out
         s = F.normalize(series, dim=-1)  # (V·B, n, d)
         if self.use_tc:
-            out.update(zip(("loss_tc", "acc_tc"), temporal_coherent_loss(s[:batch], s[batch:2 * batch],
-                                                                         self.tc_temperature, return_top1=True)))
+            s_b = self.other_video(s[batch:2 * batch], "tc-other-video")
+            out.update(zip(("loss_tc", "acc_tc"), temporal_coherent_loss(s[:batch], s_b, self.tc_temperature,
+                                                                         return_top1=True)))
         if self.use_sr:
             shuffled, permutations = self.shuffle(clips[:, 2])
             _, shuffled_series = self.encoder(shuffled)  # (B, n, d)
@@ -303,6 +324,9 @@ class MoCoDualVar(DualVarBase):
         z_q, series_q = self.encode_queries(clips[:, 0])  # (B, D), (B, n, d)
         self.momentum_update()
         z_k, series_k = self.encode_keys(clips[:, 1])
+        z_k = self.other_video(z_k, "positive-other-video")
+        if series_k is not None:
+            series_k = self.other_video(series_k, "tc-other-video")
 
         targets = torch.zeros(batch, dtype=torch.long, device=clips.device)
         # Logits over thousands of queued keys lose digits in half precision: fp32 whatever the engine's autocast.
