@@ -18,11 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.backbones import build_backbone
-from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_rank_loss, shuffle_segments,
-                          temporal_coherent_loss)
+from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_negative_loss, shuffle_rank_loss,
+                          shuffle_segments, slot_accuracy, temporal_coherent_loss)
 from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, host_to_device, is_dist
 
 MODES = ("clip", "clip-sr", "clip-tc", "clip-sr-tc")
+# published: METHOD.md §5.1, the paper's term, which an order-blind network can satisfy (docs/pretraining.md);
+# negative: a variant of this project, the shuffled clip is the negative of each slot (losses.shuffle_negative_loss)
+SR_VARIANTS = ("published", "negative")
 # Known learning bugs, planted on purpose to check that the miniature notices a broken objective
 # (paper_scripts/run/miniature_mutants.sh); never for training a network to use. Bug -> the term it needs.
 PLANTED_BUGS = {
@@ -64,6 +67,11 @@ def add_dualvar_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tc-loss-weight", type=float, default=1.0, help="weight of the temporal coherent loss")
     group.add_argument("--derangement", action="store_true",
                        help="shuffle-rank never draws the identity permutation (published: identity allowed)")
+    group.add_argument("--sr-variant", default="published", choices=SR_VARIANTS,
+                       help="published: the paper's shuffle-rank (calibrated ranking; an order-blind network reaches "
+                            "a loss below that of collapse); negative: a variant of this project, not the paper's: "
+                            "derangements only, no calibration, the shuffled clip is each slot's negative, so that an "
+                            "order-blind network stays at ln 2 (same --theta, --rank-clamp and --sr-loss-weight)")
     group.add_argument("--plant-bug", default="none", choices=["none", *PLANTED_BUGS],
                        help="plant a known learning bug, to check that an experiment can tell broken code from correct "
                             "code (the miniature's mutants); none for every real run")
@@ -136,7 +144,13 @@ class DualVarBase(nn.Module):
         self.theta = args.theta
         self.rank_clamp = args.rank_clamp
         self.n_series = args.n_series
-        self.derangement = args.derangement
+        self.sr_variant = getattr(args, "sr_variant", "published")
+        if self.sr_variant not in SR_VARIANTS:
+            raise ValueError(f"--sr-variant {self.sr_variant!r}: choose one of {', '.join(SR_VARIANTS)}")
+        if self.sr_variant != "published" and self.plant_bug == "sr-wrong-permutation":
+            raise ValueError("--plant-bug sr-wrong-permutation breaks the calibration of --sr-variant published; "
+                             f"--sr-variant {self.sr_variant} has none")
+        self.derangement = args.derangement or self.sr_variant == "negative"
         self.num_views = 3 if self.use_sr else 2
         self.encoder = DualEncoder(args.net, args.base_width, args.embed_dim, args.n_series, args.series_dim,
                                    with_series=self.use_sr or self.use_tc)
@@ -173,7 +187,17 @@ class DualVarBase(nn.Module):
 
     def shuffle_rank(self, s_a: torch.Tensor, s_a_prime: torch.Tensor, shuffled_series: torch.Tensor,
                      permutations: torch.Tensor) -> dict[str, torch.Tensor]:
-        """L_SR = 0.5·Rank(s(A), p) + 0.5·Rank(s(A′), p), p = the calibrated, normalised series of shuffled A′."""
+        """The shuffle-rank term of ``--sr-variant`` from s(A), s(A′) (normalised) and the raw series of shuffled A′.
+
+        published: L_SR = 0.5·Rank(s(A), p) + 0.5·Rank(s(A′), p), p = the calibrated, normalised series of
+        shuffled A′. negative: ``losses.shuffle_negative_loss``, the permutations being derangements.
+        """
+        if self.sr_variant == "negative":
+            shuffled = F.normalize(shuffled_series, dim=-1)  # (B, n, d), slot j holds segment σ(j): not calibrated
+            accuracy = slot_accuracy(s_a.detach(), s_a_prime.detach(), shuffled.detach())
+            # every permutation is a derangement: the accuracy is that of shuffled clips
+            return {"loss_sr": shuffle_negative_loss(s_a, s_a_prime, shuffled, self.theta, self.rank_clamp),
+                    "acc_rank": accuracy, "acc_rank_shuffled": accuracy}
         # the planted bug: σ'(j) = σ(j − 1) differs from σ at every slot, so every target is another segment
         targets = permutations.roll(1, dims=1) if self.plant_bug == "sr-wrong-permutation" else permutations
         p = F.normalize(calibrate(shuffled_series, targets), dim=-1)  # (B, n, d)

@@ -308,6 +308,54 @@ def test_moco_losses_and_gradients_match_loop_references(mode):
         assert_every_row_has_gradient(calls[1][1][1], slice(0, 2 * BATCH), "series of A′ and shuffled A′")
 
 
+def negative_reference(reference, unshuffled, shuffled, theta, clamp):
+    """--sr-variant negative: mean over samples and slots of softplus(min((r_j·u_j − r_j·p_j) / θ, clamp)), with
+    p the un-shuffled series and u the shuffled one's, slot by slot (no calibration)."""
+    total, count = 0.0, 0
+    for r, p, u in zip(reference, unshuffled, shuffled):
+        for j in range(len(r)):
+            total = total + torch.log1p(torch.exp(torch.clamp((r[j] @ u[j] - r[j] @ p[j]) / theta, max=clamp)))
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("model", ["simclr", "moco"])
+def test_negative_shuffle_rank_variant_matches_its_loop_reference(model):
+    moco = ("--moco-k", str(MOCO_K), "--moco-m", str(MOCO_M), "--moco-bn-splits", "1") if model == "moco" else ()
+    method = build("--model", model, "--mode", "clip-sr", *DUALVAR_FLAGS, "--sr-variant", "negative", *moco)
+    clips = fixed_clips(method.num_views)
+    a_prime = clips[:, 2]
+    calls, handle = record_calls(method.encoder)
+    torch.manual_seed(3)
+    out = method(clips)
+    handle.remove()
+
+    if model == "simclr":  # A, B, A′ in one pass, then shuffled A′
+        _, series = method.encoder(torch.cat([clips[:, 0], clips[:, 1], a_prime]))
+        s_a, s_a_prime = unit_series(series[:BATCH]), unit_series(series[2 * BATCH:])
+        shuffled_input = calls[1][0]
+    else:  # the query A, then A′ and shuffled A′ in one batch
+        s_a = unit_series(method.encoder(clips[:, 0])[1])
+        shuffled_input = calls[1][0][BATCH:]
+    sigma = segment_permutation(shuffled_input, a_prime, N_SERIES)
+    assert all(all(row[j] != j for j in range(N_SERIES)) for row in sigma), "not derangements"
+    if model == "simclr":
+        _, shuffled_series = method.encoder(shuffled_by_hand(a_prime, sigma, N_SERIES))
+    else:
+        _, pair = method.encoder(torch.cat([a_prime, shuffled_by_hand(a_prime, sigma, N_SERIES)]))
+        s_a_prime, shuffled_series = unit_series(pair[:BATCH]), pair[BATCH:]
+    expected = negative_reference(s_a, s_a_prime, unit_series(shuffled_series), 0.13, 2.5)
+    torch.testing.assert_close(out["loss_sr"], expected, rtol=1e-5, atol=1e-6)
+    assert_same_gradients(out["loss_sr"], expected, method.encoder.parameters())
+    # a gradient reaches the backbone through the un-shuffled and the shuffled view
+    out["loss_sr"].backward()
+    if model == "simclr":
+        assert_every_row_has_gradient(calls[0][1][1], slice(2 * BATCH, 3 * BATCH), "series of A′")
+        assert_every_row_has_gradient(calls[1][1][1], slice(0, BATCH), "series of shuffled A′")
+    else:
+        assert_every_row_has_gradient(calls[1][1][1], slice(0, 2 * BATCH), "series of A′ and shuffled A′")
+
+
 # ---------------------------------------------------------------- IIC
 
 def normalised_by_hand(clip):
