@@ -130,3 +130,21 @@ def test_embed_takes_the_checkpoints_input(tiny_demo, tmp_path):
     with np.load(out) as data:
         config = json.loads(str(data["config"]))
         assert config["clip_input"] == "diff" and data["features"].shape[0] == 2
+
+
+@pytest.mark.parametrize("clip_input", ["rgb", "diff"])
+def test_reversal_sensitivity_of_a_network_plays_the_frames_backwards(tiny_demo, tmp_path, clip_input):
+    from paper_scripts import random_init, reversal_sensitivity
+
+    ckpt = tmp_path / "random.pth"
+    random_init.main(random_init.get_args_parser().parse_args([
+        "--net", "r3d", "--base-width", "8", "--num-frames", "8", "--size", "32", "--resize", "36", "48",
+        "--clip-input", clip_input, "--out", str(ckpt)]))
+    out = tmp_path / "reversal.json"
+    result = reversal_sensitivity.main(reversal_sensitivity.get_args_parser().parse_args(
+        tiny_demo_flags(tiny_demo)[:-2] + ["--ckpt", str(ckpt), "--num-videos", "0", "--stride", "1", "--out",
+                                             str(out)]))
+    assert json.loads(out.read_text()) == result
+    assert result["clip_input"] == clip_input and result["num_videos"] == 6  # every test video
+    # random weights are not blind to the arrow of time; a clip compared with itself would give 0
+    assert 0.05 < result["reversal_sensitivity"] < 2
