@@ -32,6 +32,7 @@ from utils.run_dir import close_inherited_locks
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AMP_CHOICES = ("auto", *AMP_DTYPES)
+PRECISION_NAMES = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with a GradScaler"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -183,9 +184,6 @@ def select_amp(amp: str, device: torch.device, announce: bool = True, training: 
     if announce and get_rank() == 0:
         print(f"--amp {amp}: {PRECISION_NAMES[chosen]} on {device} ({why})", flush=True)
     return chosen
-
-
-PRECISION_NAMES = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with a GradScaler"}
 
 
 def autocast(amp: str, device: torch.device, training: bool = False):

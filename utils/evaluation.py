@@ -367,12 +367,13 @@ def plot_retrieval_examples(query_frames: list[np.ndarray], neighbour_frames: li
 
 def embed_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     """2-D embedding for a scatter plot: t-SNE when scikit-learn is present (PCA otherwise, for < 5 points, and for
-    features that are all alike or not finite)."""
+    features that are all alike)."""
     centred = features - features.mean(axis=0)
     spread = float(np.abs(centred).max()) if centred.size else 0.0
     # scikit-learn 1.9's Barnes-Hut t-SNE crashes the process (a segfault) on identical or vanishingly close points,
     # the features of a collapsed network; t-SNE does not depend on the scale, so it sees them scaled to 1.
-    if len(features) >= 5 and np.isfinite(spread) and spread > 0:
+    # (A NaN spread goes on to scikit-learn, which names non-finite input in its error.)
+    if len(features) >= 5 and spread != 0:
         try:
             from sklearn.manifold import TSNE
             from threadpoolctl import threadpool_limits
