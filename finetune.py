@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> dict | None:
 
 
 def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:
-    args.amp = select_amp(args.amp, device)
+    args.amp = select_amp(args.amp, device, training=True)
     # Without validation the hold-out would only be wasted, so it is trained on.
     train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality,
                               uint8=True)

@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace, device: torch.device) -> None:
-    args.amp = select_amp(args.amp, device)
+    args.amp = select_amp(args.amp, device, training=True)
     # The training-set size sizes IIC's memory banks, so the dataset comes first.
     dataset = build_dataset(args, "trainval", method_sampler(args), uint8=True)
     # Same seed on every rank for the initial weights and banks (DDP would broadcast rank 0's anyway) ...

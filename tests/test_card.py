@@ -24,14 +24,14 @@ def write_published_recipe_run(exp_dir: Path, *, epochs=200, processes=8, commit
     clip = {"num_frames": 16, "size": 112}
     write_json(exp_dir / "pretrain" / "config.json", {"git": {"commit": commits[0], "dirty": False}, "config": {
         "model": "simclr", "mode": "clip-sr-tc", "net": "r21d", "dataset": "ucf101", "split": 1, "epochs": epochs,
-        "batch_size": 64 // processes, "stride": 4, "seed": seed, "moco_k": 16384, **clip,
+        "batch_size": 64 // processes, "stride": 4, "seed": seed, "moco_k": 16384, "amp": "bf16", **clip,
         "resolved": {"world_size": processes, "global_batch_size": 64, "train_videos": 9537}}})
     write_json(exp_dir / "finetune" / "config.json", {"git": {"commit": commits[1], "dirty": dirty}, "config": {
         "pretrain": str(exp_dir / "pretrain" / "epoch189.pth"), "train_what": "ft", "dataset": "ucf101", "split": 1,
-        "epochs": 100, "batch_size": 2, "stride": 2, "seed": seed, "sync_bn": True, **clip,
+        "epochs": 100, "batch_size": 2, "stride": 2, "seed": seed, "sync_bn": True, "amp": "fp16", **clip,
         "resolved": {"world_size": 8, "global_batch_size": 16, "pretrain_epoch": 190, "train_videos": 8737,
                      "val_videos": 800}}})
-    config = {"dataset": "ucf101", "split": 1, "stride": 2, **clip}
+    config = {"dataset": "ucf101", "split": 1, "stride": 2, "amp": "none", **clip}
     if test:
         write_json(exp_dir / "test" / "test_results.json", {
             "top1": 79.5, "top5": 95.0, "num_videos": 3783, "split": "test", "aggregate": "softmax",
@@ -57,6 +57,25 @@ def test_card_of_a_test_result_follows_the_checkpoints_to_every_stage(tmp_path):
     assert card["revision"] == {"commit": "c0ffee", "clean": True}
     line = summary_line(card)
     assert "8 × 8 = 64 per step" in line and "split 1" in line and "3783 test videos" in line
+
+
+def test_card_records_the_precision_every_stage_ran_in(tmp_path):
+    write_published_recipe_run(tmp_path)
+    card = build_card(tmp_path / "test" / "test_results.json")
+    assert (card["pretraining"]["precision"], card["finetuning"]["precision"], card["evaluation"]["precision"]) == (
+        "bf16 autocast", "fp16 autocast", "fp32")
+    line = summary_line(card)
+    assert line.index("in bf16 autocast") < line.index("in fp16 autocast") < line.index("in fp32")
+    # a configuration without --amp (written by other code) and a card written before precisions were recorded
+    config_path = tmp_path / "finetune" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["config"]["amp"]
+    write_json(config_path, config)
+    card = build_card(tmp_path / "test" / "test_results.json")
+    assert card["finetuning"]["precision"] == "not recorded"
+    del card["evaluation"]["precision"]
+    line = summary_line(card)
+    assert line.count("precision not recorded") == 2 and "in bf16 autocast" in line
 
 
 @pytest.mark.parametrize("commits, dirty, expected", [

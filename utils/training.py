@@ -90,10 +90,10 @@ def add_training_args(parser: argparse.ArgumentParser, *, title: str, epochs: in
     group.add_argument("--warmup-epochs", type=int, default=0,
                        help="linear warm-up of the learning rate over this many epochs")
     group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                       help="mixed precision: auto = bf16 on Ampere or newer GPUs and on CPUs with AVX512-BF16/AMX, "
-                            "fp16 on older GPUs, fp32 elsewhere; bf16 (slower than fp32 on CPUs without "
-                            "AVX512-BF16/AMX); fp16 (CUDA only, with loss scaling); none = fp32. Losses are "
-                            "computed in fp32")
+                       help="mixed precision: auto = bf16 on Ampere or newer GPUs, fp16 on older GPUs, fp32 on every "
+                            "CPU (oneDNN's bf16 Conv3d gradients are wrong on AVX-512 CPUs: docs/gpu.md); bf16 "
+                            "(refused on a CPU where they are wrong); fp16 (CUDA only, with loss scaling); none = "
+                            "fp32. Losses are computed in fp32")
     group.add_argument("--seed", type=int, default=0,
                        help="seeds the model, the data order and every augmentation (same seed = same run)")
     group.add_argument("--output-dir", default=output_dir,
