@@ -134,3 +134,106 @@ def test_two_processes_gather_every_video_once(tmp_path):
         expected = 10 * np.repeat(np.arange(num_items)[:, None], 3, axis=1)
         for result in results:
             np.testing.assert_array_equal(result[num_items].numpy(), expected)
+
+
+# ---------------------------------------------------------------- neighbours by topk, ties as a stable sort
+
+def _stable_best(similarity: torch.Tensor, k: int):
+    order = torch.sort(similarity, dim=1, descending=True, stable=True)
+    return order.values[:, :k], order.indices[:, :k]
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 20, 50, 100 - evaluation.TIE_MARGIN, 99, 100])
+def test_best_of_rows_is_the_stable_sort_ties_included(k):
+    """Rows of few distinct values (equal runs longer and shorter than the margin straddle the k-th place), a
+    constant row (the full-sort fallback), a NaN and signed zeros: the k best in the stable sort's order."""
+    rng = np.random.default_rng(k)
+    rows = [rng.integers(0, levels, 100) for levels in (2, 3, 5, 40, 1000)]
+    rows.append(np.zeros(100))
+    spread_tie = rng.standard_normal(100)
+    spread_tie[rng.choice(100, 6, replace=False)] = np.sort(spread_tie)[-k] if k <= 100 else 0  # 6-way tie at k
+    rows.append(spread_tie)
+    with_nan = rng.standard_normal(100)
+    with_nan[[3, 60]] = np.nan
+    rows.append(with_nan)
+    zeros = np.where(rng.random(100) < 0.5, 0.0, -0.0)
+    rows.append(zeros)
+    similarity = torch.tensor(np.stack(rows), dtype=torch.float32)
+    values, columns = evaluation.best_of_rows(similarity, k)
+    expected_values, expected_columns = _stable_best(similarity, k)
+    torch.testing.assert_close(columns, expected_columns, rtol=0, atol=0)
+    torch.testing.assert_close(values, expected_values, rtol=0, atol=0, equal_nan=True)
+
+
+def test_best_of_rows_sorts_only_rows_whose_tie_straddles_the_kth_place(monkeypatch):
+    """Distinct values and ties inside the candidates need no full sort; a run of equal values longer than the
+    margin across the k-th place does (the fallback is taken for that row alone)."""
+    rng = np.random.default_rng(0)
+    distinct = torch.tensor(rng.permutation(200), dtype=torch.float32)[None]  # (1, 200)
+    short_tie = torch.tensor(rng.integers(0, 60, 200), dtype=torch.float32)[None]  # runs of ~3 equal values
+    long_tie = torch.zeros(1, 200)
+    sorted_rows = []
+    real_sort = torch.sort
+
+    def counting_sort(x, *args, **kwargs):
+        if x.shape[-1] == 200:
+            sorted_rows.append(x.shape[0])
+        return real_sort(x, *args, **kwargs)
+    monkeypatch.setattr(evaluation.torch, "sort", counting_sort)
+    for rows, full_sorts in (([distinct, short_tie], []), ([distinct, long_tie, short_tie], [1])):
+        sorted_rows.clear()
+        similarity = torch.cat(rows)
+        columns = evaluation.best_of_rows(similarity, 10)[1]
+        assert sorted_rows == full_sorts
+        torch.testing.assert_close(columns, _stable_best(similarity, 10)[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("gallery_elements", [2**28, 16 * 25, 16])
+def test_nearest_neighbours_equal_the_full_stable_sort(gallery_elements):
+    """Real-valued features (ties only by symmetry) and small integers (ties everywhere), the gallery whole or
+    in chunks (25 rows, or k): the neighbours of NumPy's stable argsort of the whole matrix."""
+    rng = np.random.default_rng(1)
+    for gallery, queries in ((rng.standard_normal((300, 16)), rng.standard_normal((37, 16))),
+                             (rng.integers(-1, 2, (300, 16)), rng.integers(-1, 2, (37, 16)))):
+        gallery, queries = gallery.astype(np.float32), queries.astype(np.float32)
+        for k in (1, 20, 50):
+            got = evaluation.nearest_neighbours(queries, gallery, k, gallery_elements=gallery_elements)
+            expected = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")[:, :k]
+            np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("knn_k", [3, 20, 80])
+def test_recall_and_knn_in_one_search_equal_the_two_protocols_apart(knn_k, monkeypatch):
+    """One search gives R@k (each set centred on its own mean) and kNN (both on the gallery's mean) exactly as
+    recall_at_k and knn_classify do apart; on these sets the two centrings rank differently, so a swap shows."""
+    rng = np.random.default_rng(2)
+    gallery = rng.integers(-2, 3, (120, 8)).astype(np.float32) + 0.5  # ties, and a mean away from zero
+    queries = rng.integers(-2, 3, (30, 8)).astype(np.float32) + 1.5  # a mean unlike the gallery's
+    gallery_labels, query_labels = rng.integers(0, 4, 120), rng.integers(0, 4, 30)
+    recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels)
+    knn = evaluation.knn_classify(queries, gallery, gallery_labels, 4, knn_k, 0.1)
+    own_mean = evaluation.nearest_neighbours(evaluation.centre_and_normalise(queries),
+                                             evaluation.centre_and_normalise(gallery), 20)
+    gallery_mean = evaluation.nearest_neighbours(evaluation.centre_and_normalise(queries, gallery.mean(axis=0)),
+                                                 evaluation.centre_and_normalise(gallery), 20)
+    assert (own_mean != gallery_mean).any()
+    searches = []
+    real_search = evaluation.search
+    monkeypatch.setattr(evaluation, "search", lambda *a, **kw: searches.append(a[0].shape) or real_search(*a, **kw))
+    got_recall, got_neighbours, got_knn = evaluation.recall_and_knn(queries, query_labels, gallery, gallery_labels,
+                                                                    4, knn_k=knn_k, temperature=0.1)
+    assert searches == [(60, 8)]  # one pass over the gallery, both query sets stacked
+    assert got_recall == recall
+    np.testing.assert_array_equal(got_neighbours, neighbours)
+    np.testing.assert_allclose(got_knn, knn, rtol=1e-6)
+    # the kNN weights are the cosines of the search itself (no second look-up of the gallery rows)
+    rows = evaluation.nearest_neighbours(evaluation.centre_and_normalise(queries, gallery.mean(axis=0)),
+                                         evaluation.centre_and_normalise(gallery), knn_k)
+    q = evaluation.centre_and_normalise(queries, gallery.mean(axis=0))
+    g = evaluation.centre_and_normalise(gallery)
+    expected = np.zeros((30, 4))
+    np.add.at(expected, (np.arange(30)[:, None], gallery_labels[rows]),
+              np.exp((np.einsum("qd,qkd->qk", q, g[rows]).astype(np.float64) - 1) / 0.1))
+    np.testing.assert_allclose(got_knn, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="k >= 1"):
+        evaluation.recall_and_knn(queries, query_labels, gallery, gallery_labels, 4, knn_k=0)
