@@ -185,7 +185,7 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     num_classes = max(query_set.num_classes, int(gallery_labels.max()) + 1, int(query_labels.max()) + 1)
     recall, neighbours, knn_scores = recall_and_knn(queries, query_labels, gallery, gallery_labels, num_classes,
                                                     RECALL_KS, args.knn_k, args.knn_temperature, device)
-    probe_scores = linear_probe(gallery, gallery_labels, queries, num_classes)
+    probe_scores = linear_probe(gallery, gallery_labels, queries, num_classes, device)
     results = {**recall, "knn_top1": 100 * topk_accuracy(knn_scores, query_labels, (1,))[1],
                "linear_probe_top1": 100 * topk_accuracy(probe_scores, query_labels, (1,))[1],
                "knn": {"k": args.knn_k, "temperature": args.knn_temperature},

@@ -237,3 +237,53 @@ def test_recall_and_knn_in_one_search_equal_the_two_protocols_apart(knn_k, monke
     np.testing.assert_allclose(got_knn, expected, rtol=1e-5)
     with pytest.raises(ValueError, match="k >= 1"):
         evaluation.recall_and_knn(queries, query_labels, gallery, gallery_labels, 4, knn_k=0)
+
+
+# ---------------------------------------------------------------- the linear probe against scikit-learn
+
+def _sklearn_probe(train, train_labels, test, num_classes, tol=1e-4):
+    from sklearn.linear_model import LogisticRegression
+    mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
+    model = LogisticRegression(C=1.0, max_iter=2000, tol=tol).fit((train - mean) / std, train_labels)
+    scores = np.full((len(test), num_classes), -np.inf)
+    scores[:, model.classes_] = model.predict_log_proba((test - mean) / std)
+    return scores
+
+
+def _clusters(rng, num_classes, dim, spread, n):
+    centres = rng.standard_normal((num_classes, dim))
+    labels = rng.integers(0, num_classes, n)
+    # non-negative and offset like pooled ReLU features, one dimension nearly constant
+    features = np.abs(centres[labels] + spread * rng.standard_normal((n, dim))) + 3.0
+    features[:, 0] = 1.0 + 1e-4 * rng.standard_normal(n)
+    return features.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("num_classes,dim,spread", [(10, 64, 2.0), (10, 6, 0.7), (10, 64, 0.3), (40, 32, 1.5)])
+def test_linear_probe_matches_scikit_learn(num_classes, dim, spread):
+    """Demo- and miniature-like shapes (1080 train, 420 test videos, 10 classes; 6-d like the colour statistics),
+    separable and overlapping classes: the same accuracy within 0.5 points and the same log-probabilities as
+    scikit-learn's LogisticRegression(C=1) solved to its optimum (same objective, penalty scaled by 1 / n)."""
+    rng = np.random.default_rng(dim + num_classes)
+    features, labels = _clusters(rng, num_classes, dim, spread, 1500)
+    train, train_labels, test, test_labels = features[:1080], labels[:1080], features[1080:], labels[1080:]
+    ours = evaluation.linear_probe(train, train_labels, test, num_classes)
+    accuracy = 100 * topk_accuracy(ours, test_labels, (1,))[1]
+    reference = 100 * topk_accuracy(_sklearn_probe(train, train_labels, test, num_classes), test_labels, (1,))[1]
+    assert abs(accuracy - reference) <= 0.5
+    converged = _sklearn_probe(train, train_labels, test, num_classes, tol=1e-8)
+    np.testing.assert_allclose(np.exp(ours), np.exp(converged), atol=2e-3)
+
+
+def test_linear_probe_scores_only_the_classes_it_was_trained_on():
+    rng = np.random.default_rng(0)
+    centres = {2: np.array([4.0, 0.0]), 5: np.array([0.0, 4.0]), 7: np.array([-4.0, -4.0])}
+    train_labels = np.repeat([2, 5, 7], 30)
+    train = np.stack([centres[c] for c in train_labels]) + rng.standard_normal((90, 2))
+    test = np.array([[4.0, 0.0], [0.0, 4.0], [-4.0, -4.0]])
+    scores = evaluation.linear_probe(train, train_labels, test, 9)
+    assert scores.shape == (3, 9) and np.isneginf(scores[:, [0, 1, 3, 4, 6, 8]]).all()
+    assert scores.argmax(axis=1).tolist() == [2, 5, 7]
+    np.testing.assert_allclose(np.exp(scores).sum(axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        evaluation.linear_probe(train, np.zeros(90, dtype=int), test, 9)
