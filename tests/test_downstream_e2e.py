@@ -215,3 +215,18 @@ def test_finetune_and_retrieve_init_from_a_vcop_family_checkpoint(demo, tmp_path
     with pytest.raises(ValueError, match="exactly one of --pretrain"):
         finetune.main(finetune.get_args_parser().parse_args(
             data_flags(demo) + ["--init-from", str(path), "--pretrain", "none"]))
+
+
+def test_finetune_with_grad_checkpoint_reaches_the_same_weights(demo, pretrained, tmp_path, monkeypatch):
+    import model.backbones
+    calls = []
+    checkpoint = model.backbones.checkpoint
+    monkeypatch.setattr(model.backbones, "checkpoint", lambda *a, **kw: calls.append(1) or checkpoint(*a, **kw))
+    flags = ("--epochs", "1", "--val-freq", "0", "--amp", "none")
+    run_finetune(demo, pretrained, tmp_path / "plain", *flags)
+    assert not calls
+    run_finetune(demo, pretrained, tmp_path / "checkpointed", *flags, "--grad-checkpoint")
+    assert calls and len(calls) % 5 == 0  # 5 stages per training step
+    plain = load_checkpoint(tmp_path / "plain" / "checkpoint.pth")["model"]
+    for key, value in load_checkpoint(tmp_path / "checkpointed" / "checkpoint.pth")["model"].items():
+        torch.testing.assert_close(value, plain[key], rtol=1e-5, atol=1e-6, msg=lambda message: f"{key}: {message}")
