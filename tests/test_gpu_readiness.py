@@ -538,6 +538,7 @@ def test_gpu_smoke_script_commands_parse(tmp_path):
             args = bench_step.get_args_parser().parse_args(argv)
             assert (args.device, args.base_width, args.num_frames, args.size, args.amp) == ("cuda", 64, 16, 112, "auto")
             assert args.channels_last  # measured on the first GPU: adopted only if faster there
+            assert args.grad_checkpoint  # its cost and its GPU memory, against the estimate
     killed = [argv for entry, argv in entries if "--save-every-iters" in argv]
     assert len(killed) == 2 and killed[0] == killed[1] and "--deterministic" in killed[0]
 
@@ -555,6 +556,20 @@ def test_bench_step_channels_last_variant_computes_the_same_step():
     assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
     for (name, a), b in zip(steps[False].model.state_dict().items(), steps[True].model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bench_step_grad_checkpoint_variant_computes_the_same_step():
+    import bench.bench_step as bench_step
+    args = bench_step.get_args_parser().parse_args(["--base-width", "4", "--batch-size", "2", "--num-frames", "8",
+                                                    "--size", "16", "--amp", "none", "--grad-checkpoint"])
+    steps = {}
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        steps[checkpointed] = bench_step.build_step("dualvar", args, grad_checkpoint=checkpointed)
+        steps[checkpointed]()
+    assert steps[True].model.backbone.grad_checkpoint and not steps[False].model.backbone.grad_checkpoint
+    for (name, a), b in zip(steps[False].model.state_dict().items(), steps[True].model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_pretraining_ddp_does_not_broadcast_buffers(tiny_demo, tmp_path, monkeypatch):
