@@ -287,3 +287,6 @@ def test_linear_probe_scores_only_the_classes_it_was_trained_on():
     np.testing.assert_allclose(np.exp(scores).sum(axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="at least 2 classes"):
         evaluation.linear_probe(train, np.zeros(90, dtype=int), test, 9)
+    train[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        evaluation.linear_probe(train, train_labels, test, 9)

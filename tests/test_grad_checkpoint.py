@@ -106,7 +106,8 @@ def test_methods_give_the_same_losses_gradients_and_buffers(argv):
         inputs = (torch.rand(4, 3, 8, 32, 32, generator=generator), torch.arange(4))
     else:
         inputs = (torch.randn(4, plain.num_views, 3, 8, 32, 32, generator=generator),)
-    plain.train(), checkpointed.train()
+    plain.train()
+    checkpointed.train()
     losses = _step(plain, inputs), _step(checkpointed, inputs)
     for name in losses[0]:
         torch.testing.assert_close(losses[1][name], losses[0][name], rtol=1e-5, atol=1e-6, equal_nan=True, msg=name)

@@ -429,6 +429,9 @@ def linear_probe(train_features: np.ndarray, train_labels: np.ndarray, test_feat
     classes, targets = np.unique(train_labels, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"the linear probe needs training videos of at least 2 classes, got {len(classes)}")
+    if not np.isfinite(train_features).all():
+        raise ValueError("the linear probe's training features hold NaN or infinity: the backbone produced non-finite "
+                         "features (check the checkpoint, or extract them with --amp none)")
     device = device or torch.device("cpu")
     mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-6
     x = torch.from_numpy(np.ascontiguousarray((train_features - mean) / std, dtype=np.float32)).to(device)
