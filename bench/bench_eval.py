@@ -1,7 +1,7 @@
 """Frozen-feature evaluation at Kinetics-400 scale, the former path against the current one; prints one JSON line.
 
-    python bench/bench_eval.py            # the UCF101 shape, then the K400 shape (about 25 min on 2 busy cores)
-    python bench/bench_eval.py --quick    # the UCF101 shape, and the K400 shape on fewer queries (about 5 min)
+    python bench/bench_eval.py            # the UCF101 shape, then the K400 shape (10 min on 2 busy cores)
+    python bench/bench_eval.py --quick    # the UCF101 shape, and the K400 shape on fewer queries (2.5 min)
     python bench/bench_eval.py --device cuda
 
 Features are synthetic and clustered (class centres plus noise, each video's feature non-negative as pooled ReLU
