@@ -22,6 +22,7 @@ import torch
 
 from dataset.layout import LayoutError
 from dataset.video_dataset import add_data_args, build_dataset, require_labels
+from model.backbones import set_grad_checkpointing
 from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
                               check_modality, checkpoint_config, classification_loss, init_from, load_backbone,
                               prepare_input, read_checkpoint, resolve_backbone_args, snapshot)
@@ -150,6 +151,7 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
                                  frozen_backbone=linear_probe)
     loaded = load_pretrained(classifier, args, ckpt)
     frozen_reference = snapshot(classifier.backbone) if linear_probe else None
+    set_grad_checkpointing(classifier, args.grad_checkpoint)
     classifier.to(device)
     seed_everything(args.seed + 1_000 * get_rank())  # one dropout stream per rank
 

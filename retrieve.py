@@ -35,9 +35,8 @@ from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state
 from utils.cli import launch, run_cli
 from utils.distributed import add_distributed_args, is_main_process
 from utils.engine import add_inference_amp_arg, select_amp
-from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, knn_classify,
-                              linear_probe, plot_embedding, plot_retrieval_examples, recall_at_k, run_inference,
-                              topk_accuracy)
+from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, linear_probe,
+                              plot_embedding, plot_retrieval_examples, recall_and_knn, run_inference, topk_accuracy)
 from utils.atomic import write_text
 from utils.card import write_card
 from utils.logging import config_to_dict, git_revision
@@ -177,11 +176,10 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     if not is_main_process():
         return None
     gallery_labels, query_labels = dataset_labels(gallery_set), dataset_labels(query_set)
-    recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels, RECALL_KS, device)
     num_classes = max(query_set.num_classes, int(gallery_labels.max()) + 1, int(query_labels.max()) + 1)
-    knn_scores = knn_classify(queries, gallery, gallery_labels, num_classes, args.knn_k, args.knn_temperature,
-                              device=device)
-    probe_scores = linear_probe(gallery, gallery_labels, queries, num_classes)
+    recall, neighbours, knn_scores = recall_and_knn(queries, query_labels, gallery, gallery_labels, num_classes,
+                                                    RECALL_KS, args.knn_k, args.knn_temperature, device)
+    probe_scores = linear_probe(gallery, gallery_labels, queries, num_classes, device)
     results = {**recall, "knn_top1": 100 * topk_accuracy(knn_scores, query_labels, (1,))[1],
                "linear_probe_top1": 100 * topk_accuracy(probe_scores, query_labels, (1,))[1],
                "knn": {"k": args.knn_k, "temperature": args.knn_temperature},

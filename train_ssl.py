@@ -21,6 +21,7 @@ import torch
 
 from dataset.video_dataset import add_data_args, build_dataset
 from model import add_method_args, build_method, method_sampler
+from model.backbones import set_grad_checkpointing
 from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
 from utils.checkpoint import Checkpointer, unwrap
 from utils.cli import launch, run_cli
@@ -119,6 +120,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     # Same seed on every rank for the initial weights and banks (DDP would broadcast rank 0's anyway) ...
     seed_everything(args.seed)
     method = build_method(args, num_videos=len(dataset)).to(device)
+    set_grad_checkpointing(method, args.grad_checkpoint)
     config = resolved_config(args, method)
     config["resolved"]["train_videos"] = len(dataset)
     check_fits(config["resolved"]["memory_estimate"], device, get_world_size())

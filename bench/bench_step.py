@@ -13,6 +13,8 @@
   (target ≤ 1.05), ``overhead_spread`` its min, max and interquartile range;
 - ``simclr_step_s``: the plain two-view baseline (``--mode clip``), and ``dualvar_over_simclr`` (per-loop
   ratios likewise, with ``dualvar_over_simclr_spread``);
+- with ``--grad-checkpoint``, ``grad_checkpoint_cost``: the DualVar step with every backbone stage checkpointed
+  (train_ssl.py --grad-checkpoint) over the plain one, per-loop ratios, and ``dualvar_grad_checkpoint_peak_mb``;
 - ``*_peak_mb``: on the CPU the growth of the peak resident set size (``getrusage`` max RSS) of a fresh
   process over building the model and running two steps (one subprocess per kind, so that peaks do
   not mask each other); on CUDA ``torch.cuda.max_memory_allocated``.
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from model import add_method_args, build_method  # noqa: E402 (needs the repository on sys.path)
-from model.backbones import build_backbone  # noqa: E402
+from model.backbones import build_backbone, set_grad_checkpointing  # noqa: E402
 from utils.engine import AMP_CHOICES, autocast, select_amp, weighted_loss  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -43,6 +45,7 @@ from timing import alternate, ratio, spread  # noqa: E402
 
 MEASUREMENTS = ("dualvar", "backbone", "simclr")
 STEP_KEYS = {"dualvar_step": "dualvar", "backbone_only": "backbone", "simclr_step": "simclr"}  # JSON key -> kind
+CHECKPOINTED = "dualvar_grad_checkpoint"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -63,7 +66,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="also time the DualVar step with the network and its input in channels-last 3D memory "
                              "(torch.channels_last_3d), in the same loop: 'channels_last_speedup' is the median of "
                              "the per-loop ratios contiguous / channels-last (adopt it only where it is > 1)")
-    parser.add_argument("--memory-of", choices=MEASUREMENTS, help=argparse.SUPPRESS)  # internal: one memory probe
+    parser.add_argument("--grad-checkpoint", action="store_true",
+                        help="also time (and measure the memory of) the DualVar step with gradient checkpointing per "
+                             "backbone stage, in the same loop: 'grad_checkpoint_cost' is the median of the per-loop "
+                             "ratios checkpointed / plain")
+    parser.add_argument("--memory-of", choices=[*MEASUREMENTS, CHECKPOINTED],
+                        help=argparse.SUPPRESS)  # internal: one memory probe
     return parser
 
 
@@ -71,9 +79,10 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def build_step(name: str, args: argparse.Namespace, channels_last: bool = False):
+def build_step(name: str, args: argparse.Namespace, channels_last: bool = False, grad_checkpoint: bool = False):
     """A closure running one training step of kind ``name`` (see the module docstring), with the weights and the
-    clips in channels-last 3D memory when ``channels_last``."""
+    clips in channels-last 3D memory when ``channels_last``, the backbone's stages checkpointed when
+    ``grad_checkpoint``."""
     device = torch.device(args.device)
     batch, clip_shape = args.batch_size, (3, args.num_frames, args.size, args.size)
     if name == "backbone":
@@ -107,6 +116,7 @@ def build_step(name: str, args: argparse.Namespace, channels_last: bool = False)
         def loss_fn():
             return weighted_loss(model(clips), model.loss_weights)
 
+    set_grad_checkpointing(model, grad_checkpoint)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     model.train()
@@ -127,7 +137,7 @@ def peak_memory_mb(name: str, args: argparse.Namespace) -> float:
     rss_before = max_rss_mb()
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step = build_step(name, args)
+    step = build_step("dualvar", args, grad_checkpoint=True) if name == CHECKPOINTED else build_step(name, args)
     step(), step()
     return torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else max_rss_mb() - rss_before
 
@@ -137,6 +147,8 @@ def step_times(args: argparse.Namespace) -> dict[str, list[float]]:
     steps = {name: build_step(name, args) for name in MEASUREMENTS}
     if args.channels_last:
         steps["dualvar_channels_last"] = build_step("dualvar", args, channels_last=True)
+    if args.grad_checkpoint:
+        steps[CHECKPOINTED] = build_step("dualvar", args, grad_checkpoint=True)
     sync = torch.cuda.synchronize if args.device == "cuda" else None
     return alternate(steps, repeats=args.repeats, warmup=args.warmup, sync=sync)
 
@@ -147,7 +159,7 @@ def main(args: argparse.Namespace) -> dict:
         print(json.dumps({"peak_mb": peak_memory_mb(args.memory_of, args)}))
         return {}
     peaks = {}
-    for name in MEASUREMENTS:
+    for name in (*MEASUREMENTS, CHECKPOINTED) if args.grad_checkpoint else MEASUREMENTS:
         done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--memory-of", name], capture_output=True,
                               text=True, cwd=REPO)
         if done.returncode != 0:
@@ -157,6 +169,7 @@ def main(args: argparse.Namespace) -> dict:
     times = step_times(args)
     overhead, over_simclr = ratio(times, "dualvar", "backbone"), ratio(times, "dualvar", "simclr")
     channels_last = ratio(times, "dualvar", "dualvar_channels_last") if args.channels_last else None
+    checkpoint_cost = ratio(times, CHECKPOINTED, "dualvar") if args.grad_checkpoint else None
     report = {
         "device": args.device, "net": args.net, "base_width": args.base_width, "batch_size": args.batch_size,
         "clip": f"{args.num_frames}x{args.size}x{args.size}", "amp": args.amp, "threads": torch.get_num_threads(),
@@ -168,6 +181,9 @@ def main(args: argparse.Namespace) -> dict:
         **({"channels_last_speedup": channels_last["median"], "channels_last_speedup_spread": channels_last,
             "dualvar_channels_last_step_s": spread(times["dualvar_channels_last"])["median"]}
            if args.channels_last else {}),
+        **({"grad_checkpoint_cost": checkpoint_cost["median"], "grad_checkpoint_cost_spread": checkpoint_cost,
+            "dualvar_grad_checkpoint_step_s": spread(times[CHECKPOINTED])["median"],
+            "dualvar_grad_checkpoint_peak_mb": round(peaks[CHECKPOINTED], 1)} if args.grad_checkpoint else {}),
         "dualvar_peak_mb": round(peaks["dualvar"], 1),
         "backbone_only_peak_mb": round(peaks["backbone"], 1),
         "simclr_peak_mb": round(peaks["simclr"], 1),

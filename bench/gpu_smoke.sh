@@ -101,7 +101,7 @@ run "${cmd[@]}" "${DATA_FLAGS[@]}" --ckpt "$OUT/simclr/checkpoint.pth" --amp aut
 # The step benchmark at the published configuration, in one process.
 mkdir -p "$OUT"
 bench=("$PYTHON" bench/bench_step.py --device "$DEVICE" --base-width "$BASE_WIDTH" --batch-size 8
-       --num-frames "$NUM_FRAMES" --size "$SIZE" --amp auto --channels-last)
+       --num-frames "$NUM_FRAMES" --size "$SIZE" --amp auto --channels-last --grad-checkpoint)
 if [ "$DRY_RUN" = 1 ]; then
   run "${bench[@]}"
   exit 0

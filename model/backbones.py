@@ -10,14 +10,62 @@ DualVar, PRP, Pace, ...) under readable names: `load_vcop_backbone` loads those 
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, Conv3DSimple
 from torchvision.models.video.s3d import S3D
 
 from utils.checkpoint import CheckpointError
+
+
+# ---------------------------------------------------------------- gradient checkpointing by stage
+
+@contextmanager
+def running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Training-mode BatchNorms of ``module`` leave their running statistics and ``num_batches_tracked`` as they
+    are inside the block: a checkpointed stage's rerun in backward must not count its batch a second time.
+
+    The rerun must save the same tensors as the first forward, so the running statistics stay in the call and
+    their update is made an identity (momentum 0: r <- 1·r + 0·batch, exact); the counter is put back."""
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    before = [(norm.momentum, None if norm.num_batches_tracked is None else norm.num_batches_tracked.clone())
+              for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, (momentum, tracked) in zip(norms, before):
+            norm.momentum = momentum
+            if tracked is not None:
+                norm.num_batches_tracked.copy_(tracked)
+
+
+def run_stages(stages: list[nn.Module], x: torch.Tensor, grad_checkpoint: bool) -> torch.Tensor:
+    """The stages one after the other. With ``grad_checkpoint`` (and gradients enabled) autograd keeps only each
+    stage's input, and the stage runs again in the backward pass to rebuild its activations
+    (torch.utils.checkpoint, non-reentrant, random state restored): the same loss and gradients, less memory."""
+    if not (grad_checkpoint and torch.is_grad_enabled()):
+        for stage in stages:
+            x = stage(x)
+        return x
+    for stage in stages:
+        x = checkpoint(stage, x, use_reentrant=False,
+                       context_fn=lambda stage=stage: (nullcontext(), running_stats_frozen(stage)))
+    return x
+
+
+def set_grad_checkpointing(model: nn.Module, enabled: bool) -> int:
+    """Turn stage-wise gradient checkpointing on or off in every backbone inside ``model``; returns how many."""
+    backbones = [m for m in model.modules() if hasattr(m, "grad_checkpoint")]
+    for backbone in backbones:
+        backbone.grad_checkpoint = enabled
+    return len(backbones)
 
 
 def factored_width(in_planes: int, out_planes: int, k_t: int, k_s: int) -> int:
@@ -96,6 +144,8 @@ class VideoResNetTrunk(nn.Module):
     its BasicBlock and conv builders; at base_width 64 the layers are identical.
     """
 
+    grad_checkpoint = False  # set_grad_checkpointing
+
     def __init__(self, stem: nn.Module, conv_builder: Callable[..., nn.Module], blocks_per_stage: list[int],
                  base_width: int, shortcut_conv: Callable[[int, int, int], nn.Module] | None = None) -> None:
         super().__init__()
@@ -122,12 +172,12 @@ class VideoResNetTrunk(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def stages(self) -> list[nn.Module]:
+        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
     def forward(self, x):
-        x = self.stem(x)  # (B, w, T, H/2, W/2)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)  # (B, 8w, T/8, H/16, W/16)
+        # stem (B, w, T, H/2, W/2), layer1 .. layer4 -> (B, 8w, T/8, H/16, W/16)
+        return run_stages(self.stages(), x, self.grad_checkpoint)
 
 
 def r3d(base_width: int) -> nn.Module:
@@ -149,14 +199,28 @@ def r21d_18(base_width: int) -> nn.Module:
     return VideoResNetTrunk(stem, Conv2Plus1D, [2, 2, 2, 2], base_width)
 
 
+class S3DTrunk(nn.Sequential):
+    """torchvision's S3D feature layers, under their own indices; the stages begin at the stem and at each max-pool
+    (conv1 | pool, conv2, conv3 | pool, mixed 3 | pool, mixed 4 | pool, mixed 5)."""
+
+    grad_checkpoint = False  # set_grad_checkpointing
+    out_channels = 1024
+    STAGE_STARTS = (0, 1, 4, 7, 13)
+
+    def stages(self) -> list[nn.Module]:
+        layers, ends = list(self), (*self.STAGE_STARTS[1:], len(self))
+        return [nn.Sequential(*layers[start:end]) for start, end in zip(self.STAGE_STARTS, ends)]
+
+    def forward(self, x):
+        return run_stages(self.stages(), x, self.grad_checkpoint)
+
+
 def s3d(base_width: int) -> nn.Module:
     """torchvision's S3D feature layers (random init); the method's global pooling replaces its fixed 2×7×7 avgpool."""
     if base_width != 64:
         raise ValueError(f"--net s3d has fixed Inception widths and does not support --base-width {base_width}; "
                          "use --base-width 64, or a ResNet/C3D backbone for a narrow model")
-    features = S3D().features
-    features.out_channels = 1024
-    return features
+    return S3DTrunk(*S3D().features)
 
 
 class C3D(nn.Module):
@@ -164,8 +228,11 @@ class C3D(nn.Module):
 
     The modules carry the family's names (conv1, bn1, ..., conv5b, bn5b). The pools use ceil_mode so
     that tiny clips (e.g. 8×32×32) never shrink to an empty dimension; at 16×112² the output is the
-    usual (8·base_width, 1, 4, 4).
+    usual (8·base_width, 1, 4, 4). A stage is a conv block through its pool (conv1 | conv2 | conv3a-b | conv4a-b |
+    conv5a-b).
     """
+
+    grad_checkpoint = False  # set_grad_checkpointing
 
     def __init__(self, base_width: int = 64) -> None:
         super().__init__()
@@ -188,14 +255,21 @@ class C3D(nn.Module):
                 layers[f"pool{name[0]}"] = nn.MaxPool3d(kernel, stride=kernel, padding=padding, ceil_mode=True)
             in_channels = out_channels
         self.features = nn.Sequential(OrderedDict(layers))
+        names = list(layers)
+        self.stage_starts = [names.index(f"conv{name}") for name in ("1", "2", "3a", "4a", "5a")]
         self.out_channels = in_channels
         for module in self.modules():
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
 
+    def stages(self) -> list[nn.Module]:
+        ends = (*self.stage_starts[1:], len(self.features))
+        return [self.features[start:end] for start, end in zip(self.stage_starts, ends)]
+
     def forward(self, x):
-        return self.features(x)  # (B, 8w, T', H', W'); at 16×112² and w = 64: (B, 512, 1, 4, 4)
+        # (B, 8w, T', H', W'); at 16×112² and w = 64: (B, 512, 1, 4, 4)
+        return run_stages(self.stages(), x, self.grad_checkpoint)
 
 
 # name -> builder(base_width) -> module with an `out_channels` attribute

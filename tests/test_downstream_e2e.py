@@ -13,6 +13,7 @@ import finetune
 import retrieve
 import train_ssl
 from conftest import DEMO_CLASSES, tiny_demo_flags
+from utils import evaluation
 from utils.card import build_card, summary_line
 from utils.checkpoint import CheckpointError, load_checkpoint
 
@@ -125,14 +126,14 @@ def test_retrieve_exports_features_and_recall(demo, pretrained, tmp_path):
     train, test = np.load(tmp_path / "features_train.npz"), np.load(tmp_path / "features_test.npz")
     assert train["features"].shape == (15, saved["feature_dim"]) and test["features"].shape[0] == 6
     assert len(set(train["video_ids"].tolist())) == 15 and sorted(set(test["labels"].tolist())) == [0, 1, 2]
-    recomputed, _ = retrieve.recall_at_k(test["features"], test["labels"], train["features"], train["labels"])
+    recomputed, _ = evaluation.recall_at_k(test["features"], test["labels"], train["features"], train["labels"])
     assert recomputed == {k: saved[k] for k in recomputed} == {k: results[k] for k in recomputed}
     assert saved["R@50"] == 100.0  # k beyond the 15-video gallery: every class is in it
     # kNN and the linear probe score the exported features
-    knn = retrieve.knn_classify(test["features"], train["features"], train["labels"], 3, k=20, temperature=0.07)
-    assert saved["knn_top1"] == 100 * retrieve.topk_accuracy(knn, test["labels"], (1,))[1]
-    probe = retrieve.linear_probe(train["features"], train["labels"], test["features"], 3)
-    assert saved["linear_probe_top1"] == 100 * retrieve.topk_accuracy(probe, test["labels"], (1,))[1]
+    knn = evaluation.knn_classify(test["features"], train["features"], train["labels"], 3, k=20, temperature=0.07)
+    assert saved["knn_top1"] == 100 * evaluation.topk_accuracy(knn, test["labels"], (1,))[1]
+    probe = evaluation.linear_probe(train["features"], train["labels"], test["features"], 3)
+    assert saved["linear_probe_top1"] == 100 * evaluation.topk_accuracy(probe, test["labels"], (1,))[1]
     assert saved["knn"] == {"k": 20, "temperature": 0.07}
     assert (tmp_path / "retrieval_examples.png").is_file() and (tmp_path / "tsne_test.png").is_file()
 
@@ -252,3 +253,18 @@ def test_finetune_and_retrieve_init_from_a_vcop_family_checkpoint(demo, tmp_path
     with pytest.raises(ValueError, match="exactly one of --pretrain"):
         finetune.main(finetune.get_args_parser().parse_args(
             data_flags(demo) + ["--init-from", str(path), "--pretrain", "none"]))
+
+
+def test_finetune_with_grad_checkpoint_reaches_the_same_weights(demo, pretrained, tmp_path, monkeypatch):
+    import model.backbones
+    calls = []
+    checkpoint = model.backbones.checkpoint
+    monkeypatch.setattr(model.backbones, "checkpoint", lambda *a, **kw: calls.append(1) or checkpoint(*a, **kw))
+    flags = ("--epochs", "1", "--val-freq", "0", "--amp", "none")
+    run_finetune(demo, pretrained, tmp_path / "plain", *flags)
+    assert not calls
+    run_finetune(demo, pretrained, tmp_path / "checkpointed", *flags, "--grad-checkpoint")
+    assert calls and len(calls) % 5 == 0  # 5 stages per training step
+    plain = load_checkpoint(tmp_path / "plain" / "checkpoint.pth")["model"]
+    for key, value in load_checkpoint(tmp_path / "checkpointed" / "checkpoint.pth")["model"].items():
+        torch.testing.assert_close(value, plain[key], rtol=1e-5, atol=1e-6, msg=lambda message: f"{key}: {message}")

@@ -325,9 +325,10 @@ def test_a_step_that_cannot_fit_the_gpu_is_refused_with_the_flags_to_use(monkeyp
     from utils.memory_estimate import check_fits
     fake_gpu(monkeypatch, 8)
     estimate = {"peak_per_gpu_gib": 90.9, "batch_per_process": 64, "clips_with_gradient_per_video": 4,
-                "clip": "16x112x112", "amp": "none"}
+                "clip": "16x112x112", "amp": "none", "grad_checkpoint": False,
+                "peak_per_gpu_gib_with_grad_checkpoint": 50.0}
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=80 * 2**30))
-    with pytest.raises(ValueError, match=r"about 90.9 GiB per GPU .* more than the 80 GiB of Fake GPU sm_80: run on "
+    with pytest.raises(ValueError, match=r"about 90.9 GiB per GPU .* more than the 80 GiB of Fake GPU sm_80: .*run on "
                                          r"more GPUs \(.*NUM_GPUS=8 gives 8 per GPU\).*--batch-size to about 56"):
         check_fits(estimate, GPU, world_size=1)
     check_fits({**estimate, "peak_per_gpu_gib": 70.0}, GPU, world_size=1)
@@ -597,6 +598,7 @@ def test_gpu_smoke_script_commands_parse(tmp_path):
             args = bench_step.get_args_parser().parse_args(argv)
             assert (args.device, args.base_width, args.num_frames, args.size, args.amp) == ("cuda", 64, 16, 112, "auto")
             assert args.channels_last  # measured on the first GPU: adopted only if faster there
+            assert args.grad_checkpoint  # its cost and its GPU memory, against the estimate
     killed = [argv for entry, argv in entries if "--save-every-iters" in argv]
     assert len(killed) == 2 and killed[0] == killed[1] and "--deterministic" in killed[0]
 
@@ -614,6 +616,20 @@ def test_bench_step_channels_last_variant_computes_the_same_step():
     assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
     for (name, a), b in zip(steps[False].model.state_dict().items(), steps[True].model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bench_step_grad_checkpoint_variant_computes_the_same_step():
+    import bench.bench_step as bench_step
+    args = bench_step.get_args_parser().parse_args(["--base-width", "4", "--batch-size", "2", "--num-frames", "8",
+                                                    "--size", "16", "--amp", "none", "--grad-checkpoint"])
+    steps = {}
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        steps[checkpointed] = bench_step.build_step("dualvar", args, grad_checkpoint=checkpointed)
+        steps[checkpointed]()
+    assert steps[True].model.backbone.grad_checkpoint and not steps[False].model.backbone.grad_checkpoint
+    for (name, a), b in zip(steps[False].model.state_dict().items(), steps[True].model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_pretraining_ddp_does_not_broadcast_buffers(tiny_demo, tmp_path, monkeypatch):

@@ -283,3 +283,19 @@ def test_iic_takes_its_published_recipe_as_defaults_and_flags_still_win():
     assert train_ssl.parse_args(["--model", "iic", "--lr", "0.5"]).lr == 0.5
     dualvar = train_ssl.parse_args(["--model", "simclr"])
     assert (dualvar.lr, dualvar.epochs, dualvar.schedule) == (0.003, 200, [120, 160])
+
+
+def test_grad_checkpoint_recomputes_the_stages_and_reaches_the_same_weights(tiny_data, tmp_path, monkeypatch):
+    """--grad-checkpoint reaches the weights of the same run without it (fp32, two epochs with SGD momentum), the
+    backbone's stages going through torch.utils.checkpoint; the configuration and the memory estimate record it."""
+    import model.backbones
+    calls = []
+    checkpoint = model.backbones.checkpoint
+    monkeypatch.setattr(model.backbones, "checkpoint", lambda *a, **kw: calls.append(1) or checkpoint(*a, **kw))
+    run(tiny_data, tmp_path / "plain", "--amp", "none")
+    assert not calls
+    run(tiny_data, tmp_path / "checkpointed", "--amp", "none", "--grad-checkpoint")
+    assert len(calls) == 6 * 2 * 5  # 6 steps x 2 backbone calls (A, B, A' and shuffled A') x 5 stages
+    assert_same_weights(final_weights(tmp_path / "checkpointed"), final_weights(tmp_path / "plain"))
+    config = json.loads((tmp_path / "checkpointed" / "config.json").read_text())["config"]
+    assert config["grad_checkpoint"] is True and config["resolved"]["memory_estimate"]["grad_checkpoint"] is True

@@ -94,6 +94,10 @@ def add_training_args(parser: argparse.ArgumentParser, *, title: str, epochs: in
                             "CPU (oneDNN's bf16 Conv3d gradients are wrong on AVX-512 CPUs: docs/gpu.md); bf16 "
                             "(refused on a CPU where they are wrong); fp16 (CUDA only, with loss scaling); none = "
                             "fp32. Losses are computed in fp32")
+    group.add_argument("--grad-checkpoint", action="store_true",
+                       help="keep only each backbone stage's input for backward and recompute the stage there: the "
+                            "same loss and gradients (BatchNorm statistics included) in far less activation memory, "
+                            "for about a third more compute (docs/gpu.md)")
     group.add_argument("--seed", type=int, default=0,
                        help="seeds the model, the data order and every augmentation (same seed = same run)")
     group.add_argument("--output-dir", default=output_dir,
