@@ -75,37 +75,51 @@ IIC_RETRIEVAL_FLAGS=(--layer conv5 --merge --stride 1)
 # in fp32 and evaluation in bf16 only with AVX512-BF16/AMX (docs/gpu.md); the script prints its choice at start.
 EVAL_FLAGS=(--amp auto)
 
-# The demo and the miniature (README "The miniature"): R(2+1)D-10 at base width 8 on 8x32² clips, so that a
-# comparison of methods over seeds fits in an hour on a 2-core CPU. Fixed before any result was seen, and the
-# same for every data set (MINI_DATA): every method pretrains 8 epochs at global batch 16 with AdamW (lr 1e-3,
-# constant), on 8-frame clips at stride 4 (IIC: its 8 consecutive frames, with --iic-l2norm: unnormalised, its
-# loss did not leave log(2K+1) in such budgets). Every network, pretrained or random, is then evaluated the same
-# way, on RGB clips at stride 4: frozen pooled features (kNN, linear probe, R@k: retrieve.py) and 8 epochs of
-# finetuning (AdamW lr 1e-3, no validation hold-out, no horizontal flips: a mirror image turns MoveLeft into
-# MoveRight) with the 10-clip test.
+# The demo and the miniature (README "The miniature", docs/miniature.md): R(2+1)D-10 at base width 8 on 8x32²
+# clips, so that a comparison of methods over seeds fits in an hour on a 2-core CPU, and the same for every data set
+# (MINI_DATA). The input, the stride and the budget were calibrated on supervised and no-learning runs only, before
+# any self-supervised run (paper_scripts/run/miniature_calibration.sh, docs/miniature.md#calibration):
+# the network sees frame differences (--clip-input diff: RGB clips do not learn the demo's motion at a CPU's budget,
+# labels included), every method pretrains MINI_PRETRAIN_STEPS optimizer steps at global batch 16 with AdamW (lr
+# 1e-3, constant) on clips at stride 4 (IIC: its 8 consecutive frames and its own views, RGB and residual, with
+# --iic-l2norm: unnormalised, its loss did not leave log(2K+1) in such budgets). Every network, pretrained or random,
+# is then evaluated the same way, on the input its checkpoint records at stride 4: frozen pooled features (kNN,
+# linear probe, R@k: retrieve.py), MINI_FINETUNE_STEPS steps of finetuning (AdamW lr 1e-3, no validation hold-out, no
+# horizontal flips: a mirror image turns MoveLeft into MoveRight) with the 10-clip test, and reversal sensitivity.
 DEMO_CLIP_FLAGS=(--base-width 8 --num-frames 8 --size 32 --resize 32 42)
+MINI_INPUT_FLAGS=(--clip-input diff)  # the network's input (dataset/clip_input.py); checkpoints record it
 DEMO_STRIDE=4  # pretraining (but IIC's consecutive frames), finetuning and evaluation
+MINI_PRETRAIN_STEPS=1072
+MINI_FINETUNE_STEPS=1072
+# Supervised training of the same network from random weights, for as many steps as pretraining + finetuning.
+MINI_SUPERVISED_STEPS=$(( MINI_PRETRAIN_STEPS + MINI_FINETUNE_STEPS ))
 # The demo's figures were measured in fp32; --amp none keeps them comparable on machines where auto picks bf16.
 DEMO_RUNTIME_FLAGS=(--amp none --workers 2)
-DEMO_PRETRAIN_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --stride "$DEMO_STRIDE"
-                     --save-freq 0 --log-every 20)
-DEMO_IIC_PRETRAIN_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4 --iic-l2norm
-                         --save-freq 0 --log-every 20)
+DEMO_PRETRAIN_FLAGS=(--steps "$MINI_PRETRAIN_STEPS" --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4
+                     --stride "$DEMO_STRIDE" --save-freq 0 --log-every 20)
+DEMO_IIC_PRETRAIN_FLAGS=(--steps "$MINI_PRETRAIN_STEPS" --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-4
+                         --iic-l2norm --save-freq 0 --log-every 20)
 DEMO_PRETRAIN_GLOBAL_BATCH=16
-DEMO_FINETUNE_FLAGS=(--epochs 8 --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3 --val-freq 0
-                     --no-hflip --log-every 20)
+DEMO_FINETUNE_FLAGS=(--steps "$MINI_FINETUNE_STEPS" --schedule --optimizer adamw --lr 1e-3 --weight-decay 1e-3
+                     --val-freq 0 --no-hflip --log-every 20)
 DEMO_FINETUNE_GLOBAL_BATCH=16
 DEMO_FINETUNE_STRIDE=$DEMO_STRIDE
 DEMO_IIC_FINETUNE_STRIDE=2
 # The miniature's methods: name -> train_ssl.py flags; "random" (no pretraining) is the no-learning reference.
+# The *_bug runs plant a known learning bug (train_ssl.py --plant-bug), for run/miniature_mutants.sh.
 declare -A MINI_METHOD_FLAGS=(
   [simclr]="--model simclr --mode clip"
   [dualvar]="--model simclr --mode clip-sr-tc"
   [iic]="--model iic --intra-neg repeat --modality res"
+  [simclr_positive_bug]="--model simclr --mode clip --plant-bug positive-other-video"
+  [dualvar_sr_bug]="--model simclr --mode clip-sr-tc --plant-bug sr-wrong-permutation"
+  [dualvar_tc_bug]="--model simclr --mode clip-sr-tc --plant-bug tc-other-video"
 )
+# bug run=the correct run it is compared with (collect_results.py --compare)
+MINI_MUTANTS=(simclr_positive_bug=simclr dualvar_sr_bug=dualvar dualvar_tc_bug=dualvar)
 MINI_EVAL_FLAGS=(--layer pool --stride "$DEMO_STRIDE")
-# Supervised training of the same network from random weights, for as many epochs as pretraining + finetuning.
-MINI_SUPERVISED_EPOCHS=16
+# the no-learning references, retrieve.py --ckpt <name> (model/references.py): row name -> reference
+declare -A MINI_REFERENCES=([colour_stats]=colour-stats [motion_stats]=motion-stats)
 
 die() { echo "paper_scripts: $*" >&2; exit 2; }
 
@@ -206,7 +220,8 @@ run_mode() {
       local flags=("${PRETRAIN_FLAGS[@]}") batch="$PRETRAIN_GLOBAL_BATCH"
       [ "$MODEL" = iic ] && flags=("${IIC_PRETRAIN_FLAGS[@]}" "${SYNC_BN_FLAGS[@]}") batch="$IIC_PRETRAIN_GLOBAL_BATCH"
       if (( demo )); then
-        flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_PRETRAIN_FLAGS[@]}") batch="$DEMO_PRETRAIN_GLOBAL_BATCH"
+        flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_PRETRAIN_FLAGS[@]}" "${MINI_INPUT_FLAGS[@]}")
+        batch="$DEMO_PRETRAIN_GLOBAL_BATCH"
         [ "$MODEL" = iic ] && flags=("${DEMO_CLIP_FLAGS[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_IIC_PRETRAIN_FLAGS[@]}"
                                      "${SYNC_BN_FLAGS[@]}")
       fi
@@ -253,18 +268,10 @@ launch() {
   done
 }
 
-# The miniature: methods $MINI_METHODS (default: random simclr dualvar iic) x seeds $SEEDS (default 0 1 2) on the
-# demo data set, or on MINI_DATA (a folder in the UCF101 layout: videos/<Class>/*.avi and
-# splits/{classInd,trainlist01,testlist01}.txt; frames/ and csv/ are written beside them), into
-# $OUTPUT_ROOT/$1/<method>/seed<N>/{pretrain,test_retrieval,finetune,test}, with the no-learning references
-# (colour statistics; random weights) and supervised training from scratch (MINI_SUPERVISED=0 skips it), ending
-# with $OUTPUT_ROOT/$1/results.md (mean ± std) and summary.json. Steps whose results exist are skipped, and
-# training resumes, so an interrupted run continues where it stopped.
-run_miniature() {
-  local root="$OUTPUT_ROOT/$1" data_dir
-  local seeds methods
-  read -r -a seeds <<<"${SEEDS:-0 1 2}"
-  read -r -a methods <<<"${MINI_METHODS:-random simclr dualvar iic}"
+# Sets MINI_DATA_DIR to the miniature's data set: MINI_DATA, or the demo data set (generated when missing); frames
+# and CSVs are written beside the videos when missing.
+prepare_miniature_data() {
+  local data_dir
   if [ -n "${MINI_DATA:-}" ]; then
     data_dir="$(realpath -m "$MINI_DATA")"
     [ -d "$data_dir/videos" ] && [ -f "$data_dir/splits/classInd.txt" ] \
@@ -282,6 +289,35 @@ run_miniature() {
     run_single process_data/src/write_csv.py --dataset ucf101 --frame-root "$data_dir/frames" \
       --split-dir "$data_dir/splits" --out-dir "$data_dir/csv"
   fi
+  MINI_DATA_DIR="$data_dir"
+}
+
+# Sets the array named $1 to collect_results.py's --direction-pairs for the data set in $2: its arrow-of-time pairs,
+# which make_demo_data.py writes for the demo and a MINI_DATA set may list in splits/arrow_of_time_pairs.txt.
+miniature_pairs() {
+  local -n out="$1"
+  local file="$2/splits/arrow_of_time_pairs.txt"
+  if [ -z "${MINI_DATA:-}" ] || [ -f "$file" ]; then out=(--direction-pairs "$file"); else out=(); fi
+}
+
+# The miniature: methods $MINI_METHODS (default: random simclr dualvar; iic and the runs with a planted bug on
+# request) x seeds $SEEDS (default 0 1 2) on the demo data set, or on MINI_DATA (a folder in the UCF101 layout:
+# videos/<Class>/*.avi and splits/{classInd,trainlist01,testlist01}.txt, optionally splits/arrow_of_time_pairs.txt;
+# frames/ and csv/ are written beside them), into $OUTPUT_ROOT/$1/<method>/seed<N>/{pretrain,test_retrieval,finetune,
+# test,reversal.json}, with the no-learning references (colour and motion statistics; random weights) and supervised
+# training from scratch (MINI_SUPERVISED=0 skips it), ending with $OUTPUT_ROOT/$1/$MINI_TABLE.md (mean ± std; default
+# results) and .json, and with MINI_COMPARE="bug=correct ..." the planted bugs against the correct runs. Steps whose
+# results exist are skipped, and training resumes, so an interrupted run continues where it stopped.
+run_miniature() {
+  local root="$OUTPUT_ROOT/$1" data_dir
+  local seeds methods compare
+  read -r -a seeds <<<"${SEEDS:-0 1 2}"
+  read -r -a methods <<<"${MINI_METHODS:-random simclr dualvar}"
+  read -r -a compare <<<"${MINI_COMPARE:-}"
+  local table="${MINI_TABLE:-results}" summary=summary
+  [ "$table" = results ] || summary="$table"
+  prepare_miniature_data
+  data_dir="$MINI_DATA_DIR"
   local data_flags=(--dataset "$data_dir/csv" --frame-root "$data_dir/frames")
   local common=("${data_flags[@]}" "${DEMO_RUNTIME_FLAGS[@]}")
   local batch ft_batch
@@ -289,13 +325,19 @@ run_miniature() {
   ft_batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
   local ft_flags=(--net r21d "${DEMO_CLIP_FLAGS[@]}" "${DEMO_FINETUNE_FLAGS[@]}" --stride "$DEMO_STRIDE" --batch-size "$ft_batch"
                   "${SYNC_BN_FLAGS[@]}")
+  # the reversal sensitivity of a network's backbone, on every test video
+  reversal() {
+    [ -f "$2" ] || run_single paper_scripts/reversal_sensitivity.py --ckpt "$1" "${data_flags[@]}" --stride "$DEMO_STRIDE" \
+      --num-videos 0 --out "$2"
+  }
 
-  # No-learning reference: colour statistics (6 numbers per clip), in retrieval and in the clip contrast.
-  local colour="$root/colour_stats/seed0"
-  if [ ! -f "$colour/test_retrieval/retrieval.json" ]; then
-    run_python retrieve.py --ckpt colour-stats "${common[@]}" "${DEMO_CLIP_FLAGS[@]:2}" "${MINI_EVAL_FLAGS[@]}" \
-      --num-examples 0 --no-tsne --output-dir "$colour/test_retrieval"
-  fi
+  # No-learning references: colour and motion statistics of each clip, in retrieval; colour in the clip contrast.
+  local reference
+  for reference in colour_stats motion_stats; do
+    [ -f "$root/$reference/seed0/test_retrieval/retrieval.json" ] || run_python retrieve.py \
+      --ckpt "${MINI_REFERENCES[$reference]}" "${common[@]}" "${DEMO_CLIP_FLAGS[@]:2}" "${MINI_EVAL_FLAGS[@]}" \
+      --num-examples 0 --no-tsne --output-dir "$root/$reference/seed0/test_retrieval"
+  done
   if [ ! -f "$root/colour_stats/contrast/colour_contrast.json" ]; then
     run_single paper_scripts/colour_reference.py "${data_flags[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_CLIP_FLAGS[@]}" \
       --stride "$DEMO_STRIDE" --batch-size "$DEMO_PRETRAIN_GLOBAL_BATCH" --output-dir "$root/colour_stats/contrast"
@@ -307,41 +349,101 @@ run_miniature() {
       dir="$root/$method/seed$seed"
       if [ "$method" = random ]; then
         ckpt="$dir/random_init.pth" pretrain=none
-        [ -f "$ckpt" ] || run_single paper_scripts/random_init.py --net r21d "${DEMO_CLIP_FLAGS[@]}" --stride "$DEMO_STRIDE" \
-          --seed "$seed" --out "$ckpt"
+        [ -f "$ckpt" ] || run_single paper_scripts/random_init.py --net r21d "${DEMO_CLIP_FLAGS[@]}" "${MINI_INPUT_FLAGS[@]}" \
+          --stride "$DEMO_STRIDE" --seed "$seed" --out "$ckpt"
       else
         [ -n "${MINI_METHOD_FLAGS[$method]+set}" ] || die "MINI_METHODS: unknown method '$method'; known: random ${!MINI_METHOD_FLAGS[*]}"
         ckpt="$dir/pretrain/checkpoint.pth" pretrain="$ckpt"
-        local method_flags pretrain_flags=("${DEMO_PRETRAIN_FLAGS[@]}")
+        local method_flags pretrain_flags=("${DEMO_PRETRAIN_FLAGS[@]}" "${MINI_INPUT_FLAGS[@]}")
         read -r -a method_flags <<<"${MINI_METHOD_FLAGS[$method]}"
         [ "$method" = iic ] && pretrain_flags=("${DEMO_IIC_PRETRAIN_FLAGS[@]}" "${SYNC_BN_FLAGS[@]}")
         # a finished run resumes at its last epoch and stops at once
         run_python train_ssl.py "${common[@]}" "${method_flags[@]}" --net r21d "${DEMO_CLIP_FLAGS[@]}" \
           "${pretrain_flags[@]}" --batch-size "$batch" --seed "$seed" --output-dir "$dir/pretrain"
       fi
+      # retrieval, finetuning and the test take the input the checkpoint records; from scratch, the recipe's
       [ -f "$dir/test_retrieval/retrieval.json" ] || run_python retrieve.py --ckpt "$ckpt" "${common[@]}" \
         "${MINI_EVAL_FLAGS[@]}" --num-examples 0 --no-tsne --output-dir "$dir/test_retrieval"
+      reversal "$ckpt" "$dir/reversal.json"
       if [ ! -f "$dir/test/test_results.json" ]; then
-        run_python finetune.py --pretrain "$pretrain" "${common[@]}" "${ft_flags[@]}" --seed "$seed" \
-          --output-dir "$dir/finetune"
+        local scratch_flags=()
+        [ "$pretrain" = none ] && scratch_flags=("${MINI_INPUT_FLAGS[@]}")
+        run_python finetune.py --pretrain "$pretrain" "${common[@]}" "${ft_flags[@]}" "${scratch_flags[@]}" \
+          --seed "$seed" --output-dir "$dir/finetune"
         run_python test.py --ckpt "$dir/finetune/checkpoint.pth" "${common[@]}" --output-dir "$dir/test"
       fi
     done
     dir="$root/supervised/seed$seed"
-    if [ "${MINI_SUPERVISED:-1}" = 1 ] && [ ! -f "$dir/test/test_results.json" ]; then
-      run_python finetune.py --pretrain none "${common[@]}" "${ft_flags[@]}" --epochs "$MINI_SUPERVISED_EPOCHS" \
-        --seed "$seed" --output-dir "$dir/finetune"
-      run_python test.py --ckpt "$dir/finetune/checkpoint.pth" "${common[@]}" --output-dir "$dir/test"
+    if [ "${MINI_SUPERVISED:-1}" = 1 ]; then
+      if [ ! -f "$dir/test/test_results.json" ]; then
+        run_python finetune.py --pretrain none "${common[@]}" "${ft_flags[@]}" "${MINI_INPUT_FLAGS[@]}" \
+          --steps "$MINI_SUPERVISED_STEPS" --seed "$seed" --output-dir "$dir/finetune"
+        run_python test.py --ckpt "$dir/finetune/checkpoint.pth" "${common[@]}" --output-dir "$dir/test"
+      fi
+      reversal "$dir/finetune/checkpoint.pth" "$dir/reversal.json"
     fi
   done
-  local rows=(colour_stats random supervised) figure_runs=()
+  local rows=(colour_stats motion_stats random) figure_runs=() pairs=()
+  [ "${MINI_SUPERVISED:-1}" = 1 ] && rows+=(supervised)
   for method in "${methods[@]}"; do
     [ "$method" = random ] || rows+=("$method")
     figure_runs+=("$method=$1/$method/seed${seeds[0]}/test_retrieval")
   done
-  run_single paper_scripts/collect_results.py --seeds --output-root "$root" --experiments "${rows[@]}" \
-    --out "$root/results.md" --summary "$root/summary.json"
+  miniature_pairs pairs "$data_dir"
+  (( ${#compare[@]} )) && pairs+=(--compare "${compare[@]}")
+  run_single paper_scripts/collect_results.py --seeds --output-root "$root" --experiments "${rows[@]}" "${pairs[@]}" \
+    --out "$root/$table.md" --summary "$root/$summary.json"
   run_single paper_scripts/make_figures.py --output-root "$OUTPUT_ROOT" --data-root "$(dirname "$data_dir")" \
     --dataset "$(basename "$data_dir")" --out-dir "$root/figures" --figures distribution retrieval \
     --runs "${figure_runs[@]}"
+}
+
+# The miniature's calibration (docs/miniature.md#calibration): supervised training from scratch and the no-learning
+# references only, never a self-supervised run, for each "input:stride:steps" of MINI_CALIBRATION and each seed of
+# SEEDS, into $OUTPUT_ROOT/$1/<input>_s<stride>/{colour_stats,motion_stats,random,supervised_<steps>}/seed<N>, each
+# input and stride ending with its results.md: mean ± std and the gate the recipe must pass.
+run_miniature_calibration() {
+  local root="$OUTPUT_ROOT/$1" seeds configs
+  read -r -a seeds <<<"${SEEDS:-0 1 2}"
+  read -r -a configs <<<"${MINI_CALIBRATION:-rgb:4:1072 diff:4:1072 diff:8:1072 diff:4:2144 diff:8:2144}"
+  prepare_miniature_data
+  local data_dir="$MINI_DATA_DIR"
+  local common=(--dataset "$data_dir/csv" --frame-root "$data_dir/frames" "${DEMO_RUNTIME_FLAGS[@]}")
+  local ft_batch
+  ft_batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
+  local pairs=()
+  miniature_pairs pairs "$data_dir"
+  local config input stride steps out seed dir reference
+  local -A rows=()
+  for config in "${configs[@]}"; do
+    IFS=: read -r input stride steps <<<"$config"
+    [ -n "$steps" ] || die "MINI_CALIBRATION: '$config' is not input:stride:steps"
+    out="$root/${input}_s${stride}"
+    rows[$out]+=" supervised_$steps"
+    for reference in colour_stats motion_stats; do
+      [ -f "$out/$reference/seed0/test_retrieval/retrieval.json" ] || run_python retrieve.py \
+        --ckpt "${MINI_REFERENCES[$reference]}" "${common[@]}" "${DEMO_CLIP_FLAGS[@]:2}" --layer pool \
+        --stride "$stride" --num-examples 0 --no-tsne --output-dir "$out/$reference/seed0/test_retrieval"
+    done
+    for seed in "${seeds[@]}"; do
+      dir="$out/random/seed$seed"
+      [ -f "$dir/random_init.pth" ] || run_single paper_scripts/random_init.py --net r21d "${DEMO_CLIP_FLAGS[@]}" \
+        --clip-input "$input" --stride "$stride" --seed "$seed" --out "$dir/random_init.pth"
+      [ -f "$dir/test_retrieval/retrieval.json" ] || run_python retrieve.py --ckpt "$dir/random_init.pth" \
+        "${common[@]}" --layer pool --stride "$stride" --num-examples 0 --no-tsne --output-dir "$dir/test_retrieval"
+      dir="$out/supervised_$steps/seed$seed"
+      if [ ! -f "$dir/test/test_results.json" ]; then
+        run_python finetune.py --pretrain none "${common[@]}" --net r21d "${DEMO_CLIP_FLAGS[@]}" \
+          "${DEMO_FINETUNE_FLAGS[@]}" --clip-input "$input" --stride "$stride" --steps "$steps" \
+          --batch-size "$ft_batch" "${SYNC_BN_FLAGS[@]}" --seed "$seed" --output-dir "$dir/finetune"
+        run_python test.py --ckpt "$dir/finetune/checkpoint.pth" "${common[@]}" --output-dir "$dir/test"
+      fi
+    done
+  done
+  for out in "${!rows[@]}"; do
+    local supervised
+    read -r -a supervised <<<"${rows[$out]}"
+    run_single paper_scripts/collect_results.py --seeds --output-root "$out" --experiments colour_stats motion_stats \
+      random "${supervised[@]}" "${pairs[@]}" --gate --out "$out/results.md" --summary "$out/summary.json"
+  done
 }

@@ -20,6 +20,8 @@ ENTRY_SCRIPTS = ("train_ssl.py", "finetune.py", "test.py", "retrieve.py")
 TABLE = collect_results.read_experiment_table()
 DEMO_DATA_SCRIPTS = ("process_data/src/make_demo_data.py", "process_data/src/extract_frame.py",
                      "process_data/src/write_csv.py")
+MINIATURE_LAUNCHERS = ("miniature", "miniature_mutants", "miniature_calibration")
+REFERENCES = ("colour-stats", "motion-stats")
 MODE_OF_SCRIPT = {"train_ssl.py": "pretrain", "finetune.py": "finetune", "test.py": "test",
                   "retrieve.py": "test_retrieval"}
 
@@ -65,7 +67,7 @@ def test_every_experiment_has_every_mode():
         assert not missing, f"{exp} lacks launchers for {missing}"
     for mode in (*MODES, "run"):
         for path in (SCRIPTS / mode).glob("*.sh"):
-            assert path.stem in TABLE or (mode, path.stem) == ("run", "miniature"), \
+            assert path.stem in TABLE or (mode == "run" and path.stem in MINIATURE_LAUNCHERS), \
                 f"{path} names no experiment of common.sh"
 
 
@@ -79,10 +81,12 @@ def test_every_launcher_command_passes_its_dry_run(tmp_path, capsys):
         demo_commands = printed_commands("run", exp, tmp_path)
         helpers = dict(split_entry(c) for c in demo_commands if split_entry(c)[0] not in ENTRY_SCRIPTS)
         assert list(helpers) == [*DEMO_DATA_SCRIPTS, "paper_scripts/colour_reference.py", "paper_scripts/random_init.py",
-                                 "paper_scripts/collect_results.py", "paper_scripts/make_figures.py"]
+                                 "paper_scripts/reversal_sensitivity.py", "paper_scripts/collect_results.py",
+                                 "paper_scripts/make_figures.py"]
         collect_results.get_args_parser().parse_args(helpers["paper_scripts/collect_results.py"])
         load_entry("train_ssl.py").parse_args(helpers["paper_scripts/colour_reference.py"])
-        for script in ("paper_scripts/random_init.py", "paper_scripts/make_figures.py"):
+        for script in ("paper_scripts/random_init.py", "paper_scripts/make_figures.py",
+                       "paper_scripts/reversal_sensitivity.py"):
             load_entry(script).get_args_parser().parse_args(helpers[script])
         commands += [("run", exp, c) for c in demo_commands if split_entry(c)[0] in ENTRY_SCRIPTS]
 
@@ -90,8 +94,8 @@ def test_every_launcher_command_passes_its_dry_run(tmp_path, capsys):
     for _, _, cmd in commands:
         args = split_entry(cmd)[1]
         for flag in ("--pretrain", "--ckpt"):
-            # --pretrain none: random init; --ckpt colour-stats: the no-learning reference
-            if flag in args and args[args.index(flag) + 1] not in ("none", "colour-stats"):
+            # --pretrain none: random init; --ckpt colour-stats / motion-stats: the no-learning references
+            if flag in args and args[args.index(flag) + 1] not in ("none", *REFERENCES):
                 path = Path(args[args.index(flag) + 1])
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save({"model": {"encoder.backbone.stem.weight": torch.zeros(1)}, "config": {}}, path)
@@ -174,25 +178,81 @@ def flag(args, name):
     return args[args.index(name) + 1]
 
 
+def last_flag(args, name):
+    """The value argparse keeps: the last one given."""
+    return args[len(args) - args[::-1].index(name)]
+
+
+def recipe_value(name):
+    """A shell variable of common.sh, as the launchers see it."""
+    proc = subprocess.run(["bash", "-c", f'source "{SCRIPTS / "common.sh"}"; echo "${name}"'], capture_output=True,
+                          text=True, env={**os.environ, "NUM_GPUS": "0"}, timeout=30)
+    return proc.stdout.strip()
+
+
 def test_miniature_runs_every_method_and_seed_on_one_recipe(tmp_path):
     commands = miniature_commands(tmp_path)
     pretrains = [args for script, args in commands if script == "train_ssl.py"]
-    assert len(pretrains) == 3 * 3  # simclr, dualvar, iic x seeds 0 1 2
+    assert len(pretrains) == 2 * 3  # simclr, dualvar x seeds 0 1 2 (iic on request)
     assert sorted({flag(a, "--seed") for a in pretrains}) == ["0", "1", "2"]
-    assert sorted({flag(a, "--model") + " " + (flag(a, "--mode") if "--mode" in a else flag(a, "--intra-neg"))
-                   for a in pretrains}) == ["iic repeat", "simclr clip", "simclr clip-sr-tc"]
-    for name in ("--epochs", "--batch-size", "--lr", "--optimizer", "--num-frames", "--size", "--base-width"):
+    assert sorted({flag(a, "--model") + " " + flag(a, "--mode") for a in pretrains}) == ["simclr clip",
+                                                                                      "simclr clip-sr-tc"]
+    for name in ("--steps", "--batch-size", "--lr", "--optimizer", "--num-frames", "--size", "--base-width",
+                 "--clip-input", "--stride"):
         assert len({flag(a, name) for a in pretrains}) == 1, f"{name} differs between methods"
+    pretrain_steps, finetune_steps = int(recipe_value("MINI_PRETRAIN_STEPS")), int(recipe_value("MINI_FINETUNE_STEPS"))
+    assert {flag(a, "--steps") for a in pretrains} == {str(pretrain_steps)}
+    assert {flag(a, "--clip-input") for a in pretrains} == {"diff"}  # the calibrated input
     retrievals = [args for script, args in commands if script == "retrieve.py"]
-    assert len(retrievals) == 1 + 4 * 3  # colour statistics once; random, simclr, dualvar, iic per seed
+    assert len(retrievals) == 2 + 3 * 3  # colour and motion statistics once; random, simclr, dualvar per seed
     assert len({(flag(a, "--layer"), flag(a, "--stride")) for a in retrievals}) == 1
+    assert not any("--clip-input" in a for a in retrievals)  # each takes its checkpoint's input
     finetunes = [args for script, args in commands if script == "finetune.py"]
-    assert len(finetunes) == 5 * 3  # 4 methods and supervised training from scratch, per seed
-    assert {flag(a, "--epochs") for a in finetunes if flag(a, "--pretrain") != "none"} == {"8"}
+    assert len(finetunes) == 4 * 3  # 3 methods and supervised training from scratch, per seed
+    assert {last_flag(a, "--steps") for a in finetunes if "/supervised/" not in flag(a, "--output-dir")} == {
+        str(finetune_steps)}
+    # from scratch the recipe names the input; from a checkpoint, the checkpoint's is taken
+    assert all(("--clip-input" in a) == (flag(a, "--pretrain") == "none") for a in finetunes)
     supervised = [a for a in finetunes if "/supervised/" in flag(a, "--output-dir")]
-    assert [a[len(a) - a[::-1].index("--epochs")] for a in supervised] == ["16"] * 3  # the last --epochs wins
+    assert [last_flag(a, "--steps") for a in supervised] == [str(pretrain_steps + finetune_steps)] * 3
+    randoms = [args for script, args in commands if script == "paper_scripts/random_init.py"]
+    assert {flag(a, "--clip-input") for a in randoms} == {"diff"}
+    reversals = [args for script, args in commands if script == "paper_scripts/reversal_sensitivity.py"]
+    assert len(reversals) == 4 * 3 and all(flag(a, "--out").endswith("reversal.json") for a in reversals)
     collect = next(args for script, args in commands if script == "paper_scripts/collect_results.py")
     assert "--seeds" in collect and flag(collect, "--summary") == str(tmp_path / "out" / "miniature" / "summary.json")
+    assert flag(collect, "--direction-pairs") == str(tmp_path / "data" / "demo" / "splits" / "arrow_of_time_pairs.txt")
+
+
+def test_mutants_plant_each_bug_in_the_miniature_recipe_and_compare_with_the_correct_code(tmp_path):
+    commands = [split_entry(cmd) for cmd in printed_commands("run", "miniature_mutants", tmp_path)]
+    pretrains = [args for script, args in commands if script == "train_ssl.py"]
+    planted = {flag(a, "--plant-bug"): flag(a, "--mode") for a in pretrains if "--plant-bug" in a}
+    assert planted == {"positive-other-video": "clip", "sr-wrong-permutation": "clip-sr-tc",
+                       "tc-other-video": "clip-sr-tc"}
+    correct = [a for a in pretrains if "--plant-bug" not in a]
+    assert len(correct) == 2 * 3  # the correct runs, shared with run/miniature.sh's folders
+    for name in ("--steps", "--lr", "--clip-input", "--stride", "--batch-size"):
+        assert len({flag(a, name) for a in pretrains}) == 1, f"{name} differs between the bugs and the correct code"
+    assert not any("/supervised/" in flag(a, "--output-dir") for s, a in commands if s == "finetune.py")
+    collect = next(args for script, args in commands if script == "paper_scripts/collect_results.py")
+    compare = collect[collect.index("--compare") + 1:]
+    assert compare[:3] == ["simclr_positive_bug=simclr", "dualvar_sr_bug=dualvar", "dualvar_tc_bug=dualvar"]
+    assert flag(collect, "--out") == str(tmp_path / "out" / "miniature" / "mutants.md")
+    collect_results.get_args_parser().parse_args(collect)
+
+
+def test_calibration_runs_no_self_supervised_method(tmp_path):
+    commands = [split_entry(cmd) for cmd in printed_commands("run", "miniature_calibration", tmp_path, SEEDS="0")]
+    scripts = {script for script, _ in commands}
+    assert "train_ssl.py" not in scripts
+    finetunes = [args for script, args in commands if script == "finetune.py"]
+    assert {flag(a, "--pretrain") for a in finetunes} == {"none"}
+    assert sorted((last_flag(a, "--clip-input"), last_flag(a, "--stride"), last_flag(a, "--steps")) for a in finetunes) \
+        == sorted([("rgb", "4", "1072"), ("diff", "4", "1072"), ("diff", "8", "1072"), ("diff", "4", "2144"),
+                   ("diff", "8", "2144")])
+    collects = [args for script, args in commands if script == "paper_scripts/collect_results.py"]
+    assert all("--gate" in a for a in collects) and len(collects) == 3  # rgb_s4, diff_s4, diff_s8
 
 
 def test_miniature_recipe_does_not_depend_on_the_data_set(tmp_path):
@@ -202,11 +262,17 @@ def test_miniature_recipe_does_not_depend_on_the_data_set(tmp_path):
     (own / "splits" / "classInd.txt").write_text("1 A\r\n")
     demo = miniature_commands(tmp_path, SEEDS="0")
     mine = miniature_commands(tmp_path, SEEDS="0", MINI_DATA=str(own))
+    (own / "splits" / "arrow_of_time_pairs.txt").write_text("A B\r\n")
+    mine_with_pairs = miniature_commands(tmp_path, SEEDS="0", MINI_DATA=str(own))
     to_demo = lambda args: [a.replace(str(own), str(tmp_path / "data" / "demo")) for a in args]  # noqa: E731
     # the same commands but for the data paths, and no demo generation; only frame extraction keeps the
-    # native size of the demo's small frames, and the figures name the data folder their own way
+    # native size of the demo's small frames, and the figures name the data folder their own way; the table's
+    # direction columns need the data set's arrow-of-time pairs, which the demo has and this set lists or not
     differ = ("process_data/src/make_demo_data.py", "process_data/src/extract_frame.py", "paper_scripts/make_figures.py")
-    assert [(s, to_demo(a)) for s, a in mine if s not in differ] == [(s, a) for s, a in demo if s not in differ]
+    assert [(s, to_demo(a)) for s, a in mine_with_pairs if s not in differ] == [(s, a) for s, a in demo
+                                                                              if s not in differ]
+    collect = next(a for s, a in mine if s == "paper_scripts/collect_results.py")
+    assert "--direction-pairs" not in collect
     assert "process_data/src/make_demo_data.py" not in [s for s, _ in mine]
     proc = launch("run", "miniature", tmp_path, PRINT_ONLY="1", MINI_DATA=str(tmp_path / "missing"))
     assert proc.returncode != 0 and "MINI_DATA" in proc.stderr
