@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import cv2  # noqa: E402
 
 from dataset.layout import VIDEO_EXTENSIONS, count_frames, frame_name  # noqa: E402
-from dataset.video_reader import to_rgb  # noqa: E402
+from dataset.video_reader import shortfall, to_rgb  # noqa: E402
 from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
 from utils.progress import progress_bar  # noqa: E402
 
@@ -183,14 +183,6 @@ def declared_frames(video: Path) -> int:
             return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) if capture.isOpened() else 0
         finally:
             capture.release()
-
-
-def shortfall(decoded: int, declared: int) -> str:
-    """Why ``decoded`` frames are too few for a container that declares ``declared`` ('' when they are not):
-    counts in headers may be off by a frame or two, so only a shortfall beyond max(2, 2 %) counts."""
-    if declared and declared - decoded > max(2, 0.02 * declared):
-        return f"truncated video: {decoded} of the {declared} frames its container declares could be decoded"
-    return ""
 
 
 def _frames_pyav(video: Path):
