@@ -289,5 +289,21 @@ def test_checkpoint_read_errors_give_the_scripts_own_fix(tmp_path):
     assert "--resume" not in str(error.value) and "weights_only=False" not in str(error.value)
 
 
+@pytest.mark.parametrize("content", [b"e" + bytes(range(256)) * 4, b"\x80\x02garbage" * 50, "pickled"])
+def test_an_unreadable_init_from_file_is_named_once_without_torchs_advice(content, tmp_path):
+    from model.classifier import init_from
+    path = tmp_path / "release.pth"
+    if content == "pickled":
+        torch.save({"state_dict": {}, "payload": object()}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError) as error:
+        init_from(build_backbone("r3d", 4)[0], path, "r3d")
+    message = str(error.value)
+    assert message.count(str(path)) == 1 and message.count("--init-from") == 1 and "\n" not in message
+    assert "weights_only" not in message and not re.search(r"\(\d+\)|'\d+'|operand", message), message
+    assert "cannot read it as a tensors-only checkpoint (it " in message
+
+
 def test_one_line_messages_keep_control_characters_visible():
     assert printable("bad \x1b[2Kframe\r folder\nsecond line") == "bad \\x1b[2Kframe\\r folder second line"
