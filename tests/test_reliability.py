@@ -305,5 +305,23 @@ def test_an_unreadable_init_from_file_is_named_once_without_torchs_advice(conten
     assert "cannot read it as a tensors-only checkpoint (it " in message
 
 
+def test_process_data_tools_name_an_output_folder_they_cannot_write(tiny_demo, tmp_path, capsys):
+    """One line and exit status 2, not an OSError traceback: a file in the way here (a read-only folder takes the
+    same path, but the tests may run as root, who writes there anyway)."""
+    import extract_frame
+    import write_csv
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert write_csv.main(["--dataset", "ucf101", "--frame-root", str(tiny_demo / "frames"), "--split-dir",
+                           str(tiny_demo / "splits"), "--out-dir", str(blocked / "csv")]) == 2
+    assert extract_frame.main(["--video-root", str(tiny_demo / "videos"), "--frame-root", str(blocked / "frames"),
+                               "--workers", "1"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [f"write_csv.py: error: --out-dir {blocked / 'csv'} is not writable (Not a directory): choose "
+                      "a folder you can write to, or fix its permissions",
+                      f"extract_frame.py: error: --frame-root {blocked / 'frames'} is not writable (Not a directory): "
+                      "choose a folder you can write to, or fix its permissions"]
+
+
 def test_one_line_messages_keep_control_characters_visible():
     assert printable("bad \x1b[2Kframe\r folder\nsecond line") == "bad \\x1b[2Kframe\\r folder second line"

@@ -24,9 +24,9 @@ import os
 import re
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
+from utils.atomic import cannot_write
 from utils.distributed import all_reduce_mean, is_dist, is_main_process
 
 LOCK_NAME = "run.lock"
@@ -54,13 +54,10 @@ def check_writable(output_dir: str | os.PathLike, flag: str = "--output-dir", cr
             raise OutputDirError(f"{flag} {path} cannot be created or written ({existing} is not a writable "
                                  f"folder): choose a folder you can write to")
         return path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise OutputDirError(f"{flag} {path} is not writable ({e.strerror}): choose a folder you can write to, "
-                             f"or fix its permissions") from None
+    reason = cannot_write(path)
+    if reason:
+        raise OutputDirError(f"{flag} {path} is not writable ({reason}): choose a folder you can write to, "
+                             f"or fix its permissions")
     return path
 
 

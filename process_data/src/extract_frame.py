@@ -40,6 +40,7 @@ import cv2  # noqa: E402
 
 from dataset.layout import VIDEO_EXTENSIONS, count_frames, frame_name  # noqa: E402
 from dataset.video_reader import shortfall, to_rgb  # noqa: E402
+from utils.atomic import cannot_write  # noqa: E402
 from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
 from utils.progress import progress_bar  # noqa: E402
 
@@ -430,7 +431,11 @@ def main(argv=None) -> int:
     if args.dry_run:
         return _dry_run(args, len(jobs))
     size = tuple(args.size) if args.size else None
-    args.frame_root.mkdir(parents=True, exist_ok=True)
+    reason = cannot_write(args.frame_root)
+    if reason:
+        print(f"extract_frame.py: error: --frame-root {args.frame_root} is not writable ({reason}): choose a folder "
+              "you can write to, or fix its permissions", file=sys.stderr)
+        return 2
     failures_path = args.frame_root / FAILURES_FILE
     # A final folder with frames in it is complete: it is only ever created by renaming a finished one.
     extracted = [count_frames(job.out_dir) > 0 and job.out_dir not in redo for job in jobs]

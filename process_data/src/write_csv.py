@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dataset.layout import (VideoRecord, count_frames, is_video_file, write_class_index,  # noqa: E402
                             write_split_csv)
 from dataset.video_reader import VideoInfo, VideoReadError, probe, shortfall  # noqa: E402
-from utils.atomic import write_text  # noqa: E402
+from utils.atomic import cannot_write, write_text  # noqa: E402
 
 REPORT_NAMES = 20  # names printed per problem kind; the rest are counted
 PROBE_REPORT = "video_frames.tsv"
@@ -546,6 +546,10 @@ def main(argv=None) -> int:
         if args.workers < 1:
             raise SplitFileError(f"--workers must be at least 1, got {args.workers}")
         lists = parse_split_lists(args)
+        reason = cannot_write(args.out_dir, create=False)  # no folder is left behind when no CSV is written
+        if reason:
+            raise SplitFileError(f"--out-dir {args.out_dir} is not writable ({reason}): choose a folder you can "
+                                 "write to, or fix its permissions")
     except SplitFileError as e:
         print(f"write_csv.py: error: {e}", file=sys.stderr)
         return 2
