@@ -62,7 +62,7 @@ def test_launch_prints_one_configuration_line_and_works_in_the_claimed_folder(ca
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"configuration: flags that differ from the defaults: --epochs 3 --output-dir {out} ")
-    assert f"(every flag in {out / 'config.json'}; git " in lines[0]
+    assert f"(every flag goes to {out / 'config.json'}; git " in lines[0]
 
 
 def test_launch_stops_the_processes_when_the_work_fails(calls, tmp_path):

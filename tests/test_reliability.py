@@ -269,6 +269,17 @@ def test_dry_run_refuses_what_the_real_run_refuses(flags, refusal, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_run_that_fails_before_it_starts_records_no_kind(tmp_path):
+    """A --dataset that does not exist: the folder must not then refuse a run of another kind."""
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--dataset '.*nowhere' is neither"):
+        train_ssl.main(train_ssl.parse_args(["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(out),
+                                             "--device", "cpu"]))
+    assert out.is_dir() and not (out / RUN_KIND_NAME).exists() and not (out / "config.json").exists()
+    with claim_output_dir(out, {"kind": "finetune", "model": "classifier", "net": "r3d"}):
+        pass
+
+
 def test_dry_run_refuses_an_output_dir_of_another_kind(tmp_path):
     with claim_output_dir(tmp_path, PRETRAIN):
         pass

@@ -187,10 +187,13 @@ def claim_output_dir(output_dir: str | os.PathLike, kind: dict):
     files. A collective under torchrun: rank 0 claims, every rank raises if it failed."""
     lock = OutputDirLock(output_dir)
     error = None
+    kind_file = Path(output_dir) / RUN_KIND_NAME
+    recorded_here = False
     if is_main_process():
         try:
             check_writable(output_dir)
             lock.acquire()
+            recorded_here = not kind_file.is_file()
             check_run_kind(output_dir, kind)
             removed = remove_stale_temporaries(output_dir)
             if removed:
@@ -205,5 +208,11 @@ def claim_output_dir(output_dir: str | os.PathLike, kind: dict):
         raise error
     try:
         yield
+    except BaseException:
+        # a run that failed before it wrote config.json (a --dataset that does not exist, ...) did nothing here: a
+        # kind recorded by it would refuse a run of another kind into a folder that holds nothing
+        if recorded_here and not (Path(output_dir) / "config.json").is_file():
+            kind_file.unlink(missing_ok=True)
+        raise
     finally:
         lock.release()
