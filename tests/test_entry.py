@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import embed
 import finetune
 import retrieve
 import test as test_script
@@ -94,3 +95,16 @@ def test_every_entry_script_ends_through_launch(script, monkeypatch):
     with pytest.raises(StopIteration):
         script.main(args)
     assert seen["parser"].prog == parser.prog and "runs/x" in seen["saved_in"]
+
+
+@pytest.mark.parametrize("script", [train_ssl, finetune, test_script, retrieve, embed])
+def test_usage_names_the_program_and_only_the_flags_it_reads(script, capsys):
+    parser = script.get_args_parser()
+    assert parser.description and parser.description not in parser.format_usage()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--no-such-flag"])
+    error = capsys.readouterr().err
+    assert error.startswith(f"usage: {parser.prog} ") and parser.description not in error
+    training_only = {"--max-bad-videos", "--per-frame-jitter", "--no-hflip"}
+    listed = {flag for action in parser._actions for flag in action.option_strings}
+    assert training_only.isdisjoint(listed) == (script in (test_script, retrieve, embed))
