@@ -99,3 +99,8 @@ def test_a_missing_video_is_found_under_one_other_extension_only(tmp_path):
     with pytest.raises(LayoutError, match=r"v.avi does not exist, and 2 files beside it could stand for it "
                                           r"\(v.mkv, v.mp4\)"):
         video_file(named)
+
+
+def test_help_shows_the_defaults():
+    text = reencode_videos.get_args_parser().format_help()
+    assert "(default: 150)" in text and "(default: 16)" in text and "(default: 20)" in text

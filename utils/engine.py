@@ -93,11 +93,12 @@ def quiet_worker(worker_id: int) -> None:
     terminates its daemon children, then joins them; a worker that ignored that would hang the parent's exit,
     as after an error raised inside a worker). Also drops inherited output-folder locks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Blocked here, the SIGTERM waits for the thread below, which learns who sent it; the threads that the
-    # decoders start later inherit the block.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_exit_on_parents_sigterm, args=(os.getppid(),), name="sigterm-from-parent",
-                     daemon=True).start()
+    if hasattr(signal, "sigwaitinfo"):  # not on macOS, where no scheduler signals the job: SIGTERM ends the worker
+        # Blocked here, the SIGTERM waits for the thread below, which learns who sent it; the threads that the
+        # decoders start later inherit the block.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_exit_on_parents_sigterm, args=(os.getppid(),), name="sigterm-from-parent",
+                         daemon=True).start()
     close_inherited_locks()
 
 
