@@ -278,10 +278,10 @@ def _fold(out: Path, config: dict, order: list[str], final: bool) -> tuple[dict[
     partial files are removed; else only the partial files of the processes into the earlier-runs file, which
     is what a restarted run reads, as each process rewrites its own partial file."""
     partials = _partial_files(out)
-    parts = [r for r in [load_results(p, config, out) for p in [out, *partials]] if r is not None]
-    merged = merge(parts, order)
+    loaded = {p: r for p in [out, *partials] if (r := load_results(p, config, out)) is not None}
+    merged = merge(list(loaded.values()), order)
     failures = {}
-    for part in parts:
+    for part in loaded.values():
         failures.update(zip(part.get("failed_paths", np.array([])).tolist(),
                             part.get("failed_reasons", np.array([])).tolist()))
     for path in merged["paths"].tolist():
@@ -293,7 +293,7 @@ def _fold(out: Path, config: dict, order: list[str], final: bool) -> tuple[dict[
     else:
         stale = [p for p in partials if p != _earlier_path(out)]
         if stale:
-            earlier = merge([r for r in [load_results(p, config, out) for p in partials] if r is not None], order)
+            earlier = merge([loaded[p] for p in partials if p in loaded], order)
             save_npz(_earlier_path(out), **earlier, failed_paths=np.array(list(failures), dtype=str),
                      failed_reasons=np.array(list(failures.values()), dtype=str), config=np.array(json.dumps(config)))
     for partial in stale:

@@ -97,8 +97,10 @@ def test_a_requeued_plain_sbatch_job_continues_with_the_command_it_was_in(tmp_pa
     scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.txt'}\n")
     scontrol.chmod(0o755)
     monkeypatch.setenv("PATH", f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}")
+    # slurm_task sets RANK, WORLD_SIZE and LOCAL_RANK itself: set here, monkeypatch removes them after the test
     for name, value in (("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1"), ("SLURM_LOCALID", "0"), ("SLURM_JOB_ID", "42"),
-                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29999")):
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29999"), ("RANK", "0"), ("WORLD_SIZE", "1"),
+                        ("LOCAL_RANK", "0")):
         monkeypatch.setenv(name, value)
     from utils import preemption
     monkeypatch.setattr(preemption, "_enabled", False)  # run() enables it: undone when the test ends
