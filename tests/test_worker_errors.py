@@ -91,8 +91,9 @@ def spoil(data: Path, tmp_path: Path, how: str) -> Path:
 
 def command(script: str, root: Path, data: Path, out: Path, source: str) -> list[str]:
     flags = {"csv": ["--dataset", str(root / "csv"), "--frame-root", str(root / "frames")],
-             "video": ["--dataset", str(root / "video_csv"), "--video-root", str(root / "videos"),
-                       "--max-bad-videos", "0"]}[source]
+             "video": ["--dataset", str(root / "video_csv"), "--video-root", str(root / "videos")]}[source]
+    if source == "video" and script in ("train_ssl.py", "finetune.py"):
+        flags += ["--max-bad-videos", "0"]  # training would swap the bad video for another; evaluation never does
     geometry = ["--num-frames", "8", "--stride", "1", "--size", "32", "--resize", "36", "40"]
     ckpt = str(data / "finetuned.pth")
     common = ["--workers", "2", "--device", "cpu", "--amp", "none"]
