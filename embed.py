@@ -8,10 +8,12 @@
 VIDEO_EXTENSIONS, any container FFmpeg reads), or a text file of video paths, one per line (relative paths
 relative to the current folder). The videos' root is that folder, or for a list the current folder: every
 video is named by its path relative to the root (absolute when outside it), so that a video given twice, once
-by an absolute and once by a relative path, is embedded once, and a folder moved elsewhere still resumes. Each video gives ``--clips`` evenly spaced centre clips (the 10-clip test's
-positions, METHOD.md §7); its feature is the mean of the clips' backbone features (``--layer pool``: global
-average, ``conv5``: the last feature map max-pooled (1, 2, 2) and flattened). The clip shape (frames, size,
-resize) is the checkpoint's unless given. Any checkpoint of train_ssl.py or finetune.py, loaded strictly.
+by an absolute and once by a relative path, is embedded once, and a folder moved elsewhere still resumes.
+
+Each video gives ``--clips`` evenly spaced centre clips (the 10-clip test's positions, METHOD.md §7); its
+feature is the mean of the clips' backbone features (``--layer pool``: global average, ``conv5``: the last
+feature map max-pooled (1, 2, 2) and flattened). The clip shape (frames, size, resize) is the checkpoint's
+unless given. Any checkpoint of train_ssl.py or finetune.py, loaded strictly.
 
 Output ``--out`` (an .npz): ``features`` (N, D) float32, ``paths`` (N,) relative to ``root`` (the
 videos' root, absolute), ``num_frames`` (N,), ``fps`` (N,) (NaN where the container states none), and
@@ -47,6 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dataset import sampling
+from dataset.clip_input import CLIP_INPUTS, frames_to_decode, to_network_input
 from dataset.layout import VIDEO_EXTENSIONS, is_video_file
 from dataset.transforms import ClipTransform
 from dataset.video_reader import VideoReadError, probe, read_video_frames
@@ -68,7 +71,7 @@ NEIGHBOURS_NAME = "neighbours.csv"
 # what must match between a run and the --out it resumes, every setting that changes a feature: the weights
 # (by content, see weights_digest), the backbone, the clips, and the precision (--amp as resolved on the device)
 CONFIG_KEYS = ("weights", "net", "base_width", "layer", "clips", "num_frames", "stride", "size", "resize",
-               "resize_quirk", "amp")
+               "resize_quirk", "clip_input", "amp")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -108,6 +111,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--resize", type=int, nargs=2, default=None, metavar=("H", "W"),
                        help=f"frames are resized to H x W before the centre crop; default: the checkpoint's, else "
                             f"{DATA_FALLBACKS['resize']}")
+    group.add_argument("--clip-input", default=None, choices=CLIP_INPUTS,
+                       help="rgb = the frames; diff = differences of consecutive sampled frames "
+                            "(dataset/clip_input.py); default: the checkpoint's, else rgb")
     group.add_argument("--resize-quirk", action="store_true",
                        help="resize to W x H instead, as the authors' code did (take it when the checkpoint did)")
     group.add_argument("--dry-run", action="store_true",
@@ -153,9 +159,11 @@ class VideoClips(Dataset):
     with its ``num_frames`` and ``fps``; a video that cannot be read gives zero clips and its ``error``."""
 
     def __init__(self, paths: list[str], clips: int, num_frames: int, stride: int, size: int,
-                 resize: tuple[int, int], resize_quirk: bool = False):
+                 resize: tuple[int, int], resize_quirk: bool = False, clip_input: str = "rgb"):
         self.paths = paths
-        self.clips, self.num_frames, self.stride, self.size = clips, num_frames, stride, size
+        self.clips, self.stride, self.size = clips, stride, size
+        # the frames decoded per clip: one more than the network's T for differences (to_network_input)
+        self.num_frames = frames_to_decode(num_frames, clip_input)
         self.transform = ClipTransform("eval", size=size, resize=tuple(resize), resize_quirk=resize_quirk)
 
     def __len__(self) -> int:
@@ -407,7 +415,7 @@ def _embed_shard(args, device, backbone, root: Path, paths: list[str], partial: 
     videos, at the end, and when SIGTERM or Ctrl-C stops it; returns (videos embedded, {path: reason} of those
     that failed)."""
     dataset = VideoClips([str(root / p) for p in paths], args.clips, args.num_frames, args.stride, args.size,
-                         args.resize, args.resize_quirk)
+                         args.resize, args.resize_quirk, args.clip_input)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, worker_init_fn=quiet_worker,
                         pin_memory=device.type == "cuda")
     batches: list[tuple[np.ndarray, list[int], list[int], list[float]]] = []  # one append per batch: a signal
@@ -434,7 +442,7 @@ def _embed_shard(args, device, backbone, root: Path, paths: list[str], partial: 
                 if error:
                     failures[paths[int(batch["index"][i])]] = error
             if ok:
-                clips = batch["clips"][ok].to(device, non_blocking=True)
+                clips = to_network_input(batch["clips"][ok].to(device, non_blocking=True), args.clip_input)
                 with autocast(args.amp, device):
                     out = video_features(backbone, clips, args.layer, merge=False)  # (B, D)
                 batches.append((out.float().cpu().numpy(), [int(batch["index"][i]) for i in ok],

@@ -23,14 +23,15 @@ import torch
 from dataset.layout import LayoutError
 from dataset.video_dataset import add_data_args, build_dataset, require_labels
 from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
-                              check_modality, classification_loss, init_from, load_backbone, prepare_input,
-                              read_checkpoint, resolve_backbone_args, snapshot)
+                              check_modality, checkpoint_config, classification_loss, init_from, load_backbone,
+                              prepare_input, read_checkpoint, resolve_backbone_args, snapshot)
 from utils.atomic import write_text
 from utils.checkpoint import Checkpointer
 from utils.cli import launch, run_cli
 from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist, is_main_process
-from utils.engine import select_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
-from utils.evaluation import classification_report, classify_videos, dataset_labels
+from utils.engine import (epoch_lengths, epoch_loader, iterations_per_epoch, make_grad_scaler, select_amp,
+                          train_one_epoch)
+from utils.evaluation import classification_report, classify_videos, dataset_labels, inherit_flags
 from utils.logging import RunLogger, config_to_dict
 from utils.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler,
                             check_training_args, convert_sync_bn, seed_everything)
@@ -71,7 +72,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="videos per validation batch (each is 10 clips)")
     add_backbone_args(parser)
     add_data_args(parser)
-    parser.set_defaults(stride=2)  # METHOD.md §2: finetuning and testing sample at stride 2
+    parser.set_defaults(stride=2, clip_input=None)  # METHOD.md §2: finetuning and testing sample at stride 2
+    for action in parser._actions:
+        if action.dest == "clip_input":
+            action.help += "; default: the --pretrain checkpoint's, else rgb"
     add_distributed_args(parser)
     return parser
 
@@ -120,12 +124,14 @@ def main(args: argparse.Namespace) -> dict | None:
     check_args(args)
     ckpt = None if args.pretrain in (None, "none") else read_checkpoint(args.pretrain, "--pretrain")
     resolve_backbone_args(args, ckpt)
+    inherit_flags(args, checkpoint_config(ckpt) if ckpt is not None else {}, {"clip_input": "rgb"})
+    check_modality(args.modality, args.clip_input)
     return launch(args, get_args_parser(), lambda device: _finetune(args, device, ckpt),
                   saved_in=str(Path(args.output_dir) / "config.json"), claim_output=True)
 
 
 def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:
-    args.amp = select_amp(args.amp, device)
+    args.amp = select_amp(args.amp, device, training=True)
     # Without validation the hold-out would only be wasted, so it is trained on.
     train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality,
                               uint8=True)
@@ -136,6 +142,7 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
         raise LayoutError(f"--dataset {args.dataset}: finetuning needs labelled videos of at least 2 classes "
                           f"(found {train_set.num_classes} classes); check ClassInd.txt and the CSV labels")
     iters = iterations_per_epoch(train_set, args.batch_size, args.max_iters_per_epoch)
+    lengths = epoch_lengths(iters, args.epochs, args.steps)
 
     seed_everything(args.seed)  # same head initialisation on every rank
     linear_probe = args.train_what == "last"
@@ -156,7 +163,8 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
     config = config_to_dict(args)
     config["resolved"] = {
         **loaded, "num_classes": train_set.num_classes, "class_names": train_set.class_names,
-        "train_videos": len(train_set), "val_videos": len(val_set), "world_size": get_world_size(),
+        "train_videos": len(train_set), "val_videos": len(val_set), "epochs": len(lengths), "steps": sum(lengths),
+        "world_size": get_world_size(),
         "global_batch_size": args.batch_size * get_world_size(),
         "trainable_parameters": sum(p.numel() for p in classifier.parameters() if p.requires_grad),
     }
@@ -177,17 +185,17 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
     global_step, start_iter, last_val = start.global_step, start.iteration, {}
     try:
         with checkpointer.naming_last_good():
-            for epoch in range(start.epoch, args.epochs):
+            for epoch in range(start.epoch, len(lengths)):
                 loader = epoch_loader(train_set, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
                                       epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
                 stats, global_step = train_one_epoch(
                     model, loader, optimizer, forward_fn=forward, loss_weights=LOSS_WEIGHTS, epoch=epoch,
-                    num_iters=iters, start_iter=start_iter, global_step=global_step, device=device, amp=args.amp,
-                    scaler=scaler, logger=logger, log_every=args.log_every, save_every_iters=args.save_every_iters,
-                    save_fn=checkpointer.save)
+                    num_iters=lengths[epoch], start_iter=start_iter, global_step=global_step, device=device,
+                    amp=args.amp, scaler=scaler, logger=logger, log_every=args.log_every,
+                    save_every_iters=args.save_every_iters, save_fn=checkpointer.save)
                 start_iter = 0
                 scheduler.step()
-                last_epoch = epoch + 1 == args.epochs
+                last_epoch = epoch + 1 == len(lengths)
                 if args.val_freq and ((epoch + 1) % args.val_freq == 0 or last_epoch):
                     last_val = validate(classifier, val_set, args, device)
                     stats.update(last_val)
@@ -207,7 +215,8 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
         "best_epoch": checkpointer.best["epoch"],
         "best_val_top1": checkpointer.best["val_top1"] if checkpointer.best["epoch"] >= 0 else None,
         "last_validation": last_val,
-        "epochs": args.epochs,
+        "epochs": len(lengths),
+        "steps": sum(lengths),
         "train_what": args.train_what,
         "modality": args.modality,
         "pretrain": args.pretrain,

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from dataset.video_dataset import add_data_args, build_dataset, require_labels
 from model.backbones import build_backbone
+from model.references import REFERENCES
 from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, init_from,
                               load_backbone, read_checkpoint, residual_view, resolve_backbone_args)
 from utils.cli import launch, run_cli
@@ -44,8 +45,7 @@ from utils.run_dir import check_writable
 
 LAYERS = ("pool", "conv5")
 MERGE_MODALITIES = ("res", "u", "v")
-DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171]}
-COLOUR_STATS = "colour-stats"
+DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171], "clip_input": "rgb"}
 NUM_NEIGHBOURS_SHOWN = 5
 
 
@@ -55,9 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("retrieval")
     group.add_argument("--ckpt", default=None,
                        help="checkpoint whose backbone gives the features (train_ssl.py's, or a finetune.py one); "
-                            f"'{COLOUR_STATS}': no network, each clip's feature is its per-channel mean and standard "
-                            "deviation (6 numbers), the no-learning reference of METHOD.md §1.4; required unless "
-                            "--init-from is given")
+                            "or a no-learning reference (model/references.py): 'colour-stats', each clip's "
+                            "per-channel mean and standard deviation (6 numbers, METHOD.md §1.4), or 'motion-stats', "
+                            "10 statistics of its optical flow; required unless --init-from is given")
     group.add_argument("--init-from", default=None, metavar="PATH",
                        help="instead of --ckpt: a checkpoint of the VCOP family (VCOP, IIC, DualVar, PRP, Pace, ...) "
                             "whose r3d / r21d / c3d backbone gives the features; pass its --net")
@@ -87,21 +87,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_backbone_args(parser)
     add_data_args(parser, training=False)
     # stride 4 is DualVar's retrieval setting (METHOD.md §2); the clip size follows the checkpoint
-    parser.set_defaults(stride=4, num_frames=None, size=None, resize=None)
+    parser.set_defaults(stride=4, num_frames=None, size=None, resize=None, clip_input=None)
     for action in parser._actions:
         if action.dest in DATA_FALLBACKS:
             action.help += f"; default: the checkpoint's value, else {DATA_FALLBACKS[action.dest]}"
     add_distributed_args(parser)
     return parser
-
-
-class ColourStatistics(torch.nn.Module):
-    """A feature with no learning: (N, 3, T, H, W) -> (N, 6, 1, 1, 1), each channel's mean and standard
-    deviation over the clip."""
-
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        flat = clips.float().flatten(2)  # (N, 3, T·H·W)
-        return torch.cat([flat.mean(dim=2), flat.std(dim=2)], dim=1)[:, :, None, None, None]
 
 
 def clip_features(backbone: torch.nn.Module, clips: torch.Tensor, layer: str) -> torch.Tensor:
@@ -132,9 +123,12 @@ def main(args: argparse.Namespace) -> dict | None:
                          "checkpoint)")
     check_writable(args.output_dir, create=False)  # before any work; rank 0 creates it after the inference
     # a foreign checkpoint and the colour reference record no configuration: the flags and their fallbacks decide
-    ckpt = read_checkpoint(args.ckpt) if args.ckpt not in (None, COLOUR_STATS) else {}
+    ckpt = read_checkpoint(args.ckpt) if args.ckpt not in (None, *REFERENCES) else {}
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
+    if args.clip_input != "rgb" and (args.merge or args.ckpt in REFERENCES):
+        raise ValueError(f"--clip-input {args.clip_input} feeds a network frame differences; "
+                         f"{'--merge' if args.merge else '--ckpt ' + args.ckpt} needs RGB clips: use --clip-input rgb")
     if args.merge_modality is None:
         pretrained_with = checkpoint_config(ckpt).get("modality")
         args.merge_modality = pretrained_with if pretrained_with in MERGE_MODALITIES else "res"
@@ -144,8 +138,8 @@ def main(args: argparse.Namespace) -> dict | None:
 
 def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict | None:
     args.amp = select_amp(args.amp, device)
-    if args.ckpt == COLOUR_STATS:
-        backbone, loaded, kind = ColourStatistics(), 0, "no-learning reference"
+    if args.ckpt in REFERENCES:
+        backbone, loaded, kind = REFERENCES[args.ckpt](), 0, "no-learning reference"
     elif args.init_from is not None:
         backbone, _ = build_backbone(args.net, args.base_width)
         loaded, kind = init_from(backbone, args.init_from, args.net)["loaded_tensors"], "VCOP-family checkpoint"

@@ -37,7 +37,7 @@ from utils.run_dir import check_writable
 
 RESULTS_NAME = "test_results.json"
 # clip geometry: taken from the checkpoint's configuration unless given
-DATA_FALLBACKS = {"num_frames": 16, "stride": 2, "size": 112, "resize": [128, 171]}
+DATA_FALLBACKS = {"num_frames": 16, "stride": 2, "size": 112, "resize": [128, 171], "clip_input": "rgb"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="print the resolved configuration as JSON and exit without reading data")
     add_backbone_args(parser)
     add_data_args(parser, training=False)
-    parser.set_defaults(num_frames=None, stride=None, size=None, resize=None)
+    parser.set_defaults(num_frames=None, stride=None, size=None, resize=None, clip_input=None)
     for action in parser._actions:  # say where the geometry defaults come from
         if action.dest in DATA_FALLBACKS:
             action.help += f"; default: the checkpoint's value, else {DATA_FALLBACKS[action.dest]}"
@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> dict | None:
     config = checkpoint_config(ckpt)
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, config, {**DATA_FALLBACKS, "modality": "rgb"})
-    check_modality(args.modality)
+    check_modality(args.modality, args.clip_input)
     return launch(args, get_args_parser(), lambda device: _test(args, device, ckpt),
                   saved_in=f"{Path(args.output_dir) / RESULTS_NAME} under \"config\"")
 

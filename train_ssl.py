@@ -25,7 +25,8 @@ from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
 from utils.checkpoint import Checkpointer, unwrap
 from utils.cli import launch, run_cli
 from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist
-from utils.engine import select_amp, epoch_loader, iterations_per_epoch, make_grad_scaler, train_one_epoch
+from utils.engine import (epoch_lengths, epoch_loader, iterations_per_epoch, make_grad_scaler, select_amp,
+                          train_one_epoch)
 from utils.logging import RunLogger, config_to_dict
 from utils.memory_estimate import check_fits, pretraining_memory
 from utils.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler,
@@ -112,7 +113,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace, device: torch.device) -> None:
-    args.amp = select_amp(args.amp, device)
+    args.amp = select_amp(args.amp, device, training=True)
     # The training-set size sizes IIC's memory banks, so the dataset comes first.
     dataset = build_dataset(args, "trainval", method_sampler(args), uint8=True)
     # Same seed on every rank for the initial weights and banks (DDP would broadcast rank 0's anyway) ...
@@ -137,6 +138,8 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     scheduler = build_scheduler(optimizer, args)
     scaler = make_grad_scaler(args.amp, device)
     iters = iterations_per_epoch(dataset, args.batch_size, args.max_iters_per_epoch)
+    lengths = epoch_lengths(iters, args.epochs, args.steps)
+    config["resolved"].update(epochs=len(lengths), steps=sum(lengths))
     checkpointer = Checkpointer(args.output_dir, model, optimizer, scheduler, scaler, config)
     start = checkpointer.resume(args.resume)  # last: it restores the RNG states
     logger = RunLogger(args.output_dir, purge_step=start.global_step + 1 if start.path else None)
@@ -151,14 +154,15 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     start_iter = start.iteration
     try:
         with checkpointer.naming_last_good():
-            for epoch in range(start.epoch, args.epochs):
+            for epoch in range(start.epoch, len(lengths)):
                 loader = epoch_loader(dataset, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
                                       epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
                 stats, global_step = train_one_epoch(
                     model, loader, optimizer, forward_fn=lambda m, b: ssl_forward(m, b, dataset, device),
-                    loss_weights=unwrap(model).loss_weights, epoch=epoch, num_iters=iters, start_iter=start_iter,
-                    global_step=global_step, device=device, amp=args.amp, scaler=scaler, logger=logger,
-                    log_every=args.log_every, save_every_iters=args.save_every_iters, save_fn=checkpointer.save)
+                    loss_weights=unwrap(model).loss_weights, epoch=epoch, num_iters=lengths[epoch],
+                    start_iter=start_iter, global_step=global_step, device=device, amp=args.amp, scaler=scaler,
+                    logger=logger, log_every=args.log_every, save_every_iters=args.save_every_iters,
+                    save_fn=checkpointer.save)
                 start_iter = 0
                 scheduler.step()
                 logger.log("epoch", global_step, stats, epoch=epoch)  # before the save: a resume purges it

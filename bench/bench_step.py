@@ -53,8 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-frames", type=int, default=8, help="frames per clip (T)")
     parser.add_argument("--size", type=int, default=64, help="crop size (H = W)")
     parser.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                        help="autocast as in training (auto: bf16 where the device computes it natively, else fp32 "
-                             "on the CPU, fp16 on older GPUs); the report names the mode it resolved to")
+                        help="autocast as in training (auto: bf16 on Ampere or newer GPUs, fp16 on older ones, fp32 on "
+                             "the CPU); the report names the mode it resolved to")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=30,
@@ -142,7 +142,7 @@ def step_times(args: argparse.Namespace) -> dict[str, list[float]]:
 
 
 def main(args: argparse.Namespace) -> dict:
-    args.amp = select_amp(args.amp, torch.device(args.device), announce=False)
+    args.amp = select_amp(args.amp, torch.device(args.device), announce=False, training=True)
     if args.memory_of:
         print(json.dumps({"peak_mb": peak_memory_mb(args.memory_of, args)}))
         return {}

@@ -11,6 +11,8 @@ Items are dicts with "index" (row in the split) and "label" (-1 when unlabelled)
               modality also "flow" (3, T, H, W), the same frames' flow;
 - "finetune": "clip" (3, T, H, W);
 - "eval":     "clips" (10, 3, T, H, W), centre crops.
+With ``clip_input="diff"`` (dataset/clip_input.py) the RGB clips hold T + 1 frames, which ``to_device`` turns
+into the T frame differences the network takes.
 
 Video files: a CSV row whose first column ends in a video extension (``<Class>/<video>.mp4``, written by
 ``write_csv.py --source video``) is read from ``video_root`` by dataset/video_reader.py, by frame index
@@ -48,6 +50,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dataset import sampling
+from dataset.clip_input import CLIP_INPUTS, check_clip_input, frames_to_decode, to_network_input
 from dataset.layout import (FLOW_COMPONENTS, LayoutError, VideoRecord, count_flow_frames, count_frames,
                             expected_flow_frames, flow_dir, flow_frame_name, frame_name, is_video_file,
                             read_split_csv)
@@ -233,7 +236,7 @@ class VideoFrameDataset(Dataset):
                  resize: tuple[int, int] = (128, 171), resize_quirk: bool = False,
                  per_frame_jitter: bool = False, decoder: str = DEFAULT_DECODER, modality: str = "rgb",
                  flow_root: Path | None = None, hflip: bool = True, video_root: Path | None = None,
-                 max_bad_videos: float = DEFAULT_MAX_BAD_VIDEOS, uint8: bool = False):
+                 max_bad_videos: float = DEFAULT_MAX_BAD_VIDEOS, uint8: bool = False, clip_input: str = "rgb"):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         if decoder not in DECODERS:
@@ -246,6 +249,11 @@ class VideoFrameDataset(Dataset):
                              f"retrieval; the {sampler!r} sampler (DualVar) reads RGB frames only")
         if self.flow_component and flow_root is None:
             raise ValueError(f"--modality {modality} needs the flow root (--flow-root)")
+        check_clip_input(clip_input)
+        if clip_input != "rgb" and (sampler == "iic" or self.flow_component):
+            what = "IIC's views (RGB and its residual)" if sampler == "iic" else f"--modality {modality} (optical flow)"
+            raise ValueError(f"--clip-input {clip_input} is for RGB clips; {what} already fix the network's input: "
+                             "leave --clip-input at rgb")
         self.records = records
         self.frame_root = Path(frame_root)
         self.flow_root = Path(flow_root) if flow_root is not None else None
@@ -261,6 +269,8 @@ class VideoFrameDataset(Dataset):
         self.num_frames = num_frames
         self.stride = stride
         self.size = size
+        self.clip_input = clip_input
+        self.decoded_frames = frames_to_decode(num_frames, clip_input)  # per clip: T, or T + 1 for differences
         self.decoder = decoder
         self.uint8 = uint8  # clips leave the workers as bytes; to_device makes them the float clips below
         self.clip_dtype = torch.uint8 if uint8 else torch.float32
@@ -279,12 +289,13 @@ class VideoFrameDataset(Dataset):
 
     def to_device(self, batch: dict, device: torch.device) -> dict:
         """A batch of this dataset's items on ``device`` (non-blocking from pinned memory), its uint8 clips turned
-        into the float clips described above: ImageNet-normalised RGB, [0, 1] for IIC's clips and for flow."""
+        into the float clips described above: ImageNet-normalised RGB, [0, 1] for IIC's clips and for flow; then
+        the network's input (``--clip-input``: the T + 1 decoded frames become T differences)."""
         normalized = self.sampler != "iic" and not self.flow_component
         moved = {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
                  for key, value in batch.items()}
-        return {key: to_float_clips(value, normalized and key != "flow") if key in ("clip", "clips", "flow") else value
-                for key, value in moved.items()}
+        return {key: to_network_input(to_float_clips(value, normalized and key != "flow"), self.clip_input)
+                if key in ("clip", "clips", "flow") else value for key, value in moved.items()}
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
@@ -379,7 +390,7 @@ class VideoFrameDataset(Dataset):
         # the finetune and eval clips of a flow modality are flow frames; IIC's "clip" is always RGB
         load_clip = partial(self.flow_frames, record) if self.flow_component and self.sampler != "iic" else load
         item = {}
-        T = self.num_frames
+        T = self.decoded_frames  # the network's T, or T + 1 frames for differences (``to_device`` takes them)
         if self.sampler in ("dualvar", "two_view"):
             idx_a, idx_b = sampling.dualvar_clip_pair(length, rng, T, self.stride)
             indices = np.concatenate([idx_a, idx_b])
@@ -392,7 +403,7 @@ class VideoFrameDataset(Dataset):
             if self.sampler == "dualvar":
                 self.full(frames_a, rng, out=clips[2])  # A': A's frames, augmented independently
             item["clips"] = clips  # (V, 3, T, H, W)
-        elif self.sampler == "iic":
+        elif self.sampler == "iic":  # RGB only: decoded_frames is the network's T
             indices = sampling.iic_clip_indices(length, rng, T)
             crop = self.iic.draw(rng, T)  # one box per clip, shared by the RGB clip and its flow
             item["clip"] = self.iic.apply(load(indices), crop)  # (3, T, H, W) in [0, 1]
@@ -460,7 +471,11 @@ def add_data_args(parser: argparse.ArgumentParser, training: bool = True) -> arg
     group.add_argument("--val-size", type=_val_size, default=None,
                        help="videos held out of the train split for validation (seed 666): a count, or a "
                             "fraction < 1; default 800 for real datasets, 0.2 for the demo and CSV folders")
-    group.add_argument("--num-frames", type=int, default=16, help="frames per clip (T)")
+    group.add_argument("--num-frames", type=int, default=16, help="frames per clip (T) that the network sees")
+    group.add_argument("--clip-input", default="rgb", choices=CLIP_INPUTS,
+                       help="what the network sees of a clip: rgb = its frames (the papers'); diff = the differences "
+                            "of consecutive sampled frames, from T + 1 frames decoded and augmented as one clip "
+                            "(dataset/clip_input.py; not for IIC, whose views are fixed)")
     group.add_argument("--stride", type=int, default=4,
                        help="temporal stride between clip frames (4 for DualVar pretraining, 2 for "
                             "finetuning and testing; IIC always uses 1)")
@@ -518,7 +533,8 @@ def build_dataset(args: argparse.Namespace, split: str, sampler: str,
         stride=1 if sampler == "iic" else args.stride, size=args.size, resize=tuple(args.resize),
         resize_quirk=args.resize_quirk, per_frame_jitter=args.per_frame_jitter, modality=modality,
         flow_root=flow_root, hflip=not args.no_hflip, video_root=paths.video_root,
-        max_bad_videos=getattr(args, "max_bad_videos", DEFAULT_MAX_BAD_VIDEOS), uint8=uint8)
+        max_bad_videos=getattr(args, "max_bad_videos", DEFAULT_MAX_BAD_VIDEOS), uint8=uint8,
+        clip_input=getattr(args, "clip_input", None) or "rgb")
     dataset.csv_path = paths.split_csv("test" if split == "test" else "train", args.split)
     check_video_files(records, paths.video_root, dataset.csv_path)
     check_frame_counts([r for r in records if not is_video_file(r.frame_dir)], paths.frame_root, dataset.csv_path)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dataset.clip_input import frame_differences
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.backbones import BACKBONES, VCOP_FAMILY_NETS, build_backbone, load_vcop_backbone
 from utils.checkpoint import CheckpointError, load_checkpoint, why_unreadable
@@ -211,17 +212,12 @@ def assert_unchanged(module: nn.Module, reference: dict[str, torch.Tensor], what
                              "should be frozen")
 
 
-def check_modality(modality: str) -> None:
+def check_modality(modality: str, clip_input: str = "rgb") -> None:
     if modality not in MODALITIES:
         raise ValueError(f"--modality {modality!r}: choose one of {', '.join(MODALITIES)}")
-
-
-def frame_difference(clips: torch.Tensor) -> torch.Tensor:
-    """x_t − x_{t−1} along time with a circular shift (frame 0 uses the last frame), so T is kept.
-
-    clips (..., 3, T, H, W) -> the same shape.
-    """
-    return clips - torch.roll(clips, shifts=1, dims=-3)
+    if modality != "rgb" and clip_input != "rgb":
+        raise ValueError(f"--modality {modality} already makes the network's input from the RGB clip; it does not "
+                         f"combine with --clip-input {clip_input}: leave one of them at rgb")
 
 
 def unnormalize(clips: torch.Tensor) -> torch.Tensor:
@@ -241,12 +237,12 @@ def prepare_input(clips: torch.Tensor, modality: str) -> torch.Tensor:
     in [0, 1] (built with that modality), the same input as IIC's pretraining view 2.
     """
     check_modality(modality)
-    return frame_difference(clips) if modality == "res" else clips
+    return frame_differences(clips, wrap=True) if modality == "res" else clips
 
 
 def residual_view(clips: torch.Tensor) -> torch.Tensor:
     """IIC's view 2 from normalised RGB clips: (x_t − x_{t−1} + 1) / 2 on [0, 1] pixels (METHOD.md §6)."""
-    return (frame_difference(unnormalize(clips)) + 1) / 2
+    return (frame_differences(unnormalize(clips), wrap=True) + 1) / 2
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -18,11 +18,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.backbones import build_backbone
-from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_rank_loss, shuffle_segments,
-                          temporal_coherent_loss)
+from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_negative_loss, shuffle_rank_loss,
+                          shuffle_segments, slot_accuracy, temporal_coherent_loss)
 from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, host_to_device, is_dist
 
 MODES = ("clip", "clip-sr", "clip-tc", "clip-sr-tc")
+# published: METHOD.md §5.1, the paper's term, which an order-blind network can satisfy (docs/pretraining.md);
+# negative: a variant of this project, the shuffled clip is the negative of each slot (losses.shuffle_negative_loss)
+SR_VARIANTS = ("published", "negative")
+# Known learning bugs, planted on purpose to check that the miniature notices a broken objective
+# (paper_scripts/run/miniature_mutants.sh); never for training a network to use. Bug -> the term it needs.
+PLANTED_BUGS = {
+    "positive-other-video": "clip",  # the clip contrast's positive of A is view B of another video of the batch
+    "sr-wrong-permutation": "sr",  # shuffle-rank calibrates with a permutation other than the one applied
+    "tc-other-video": "tc",  # the temporal coherent contrast pairs A's series with B's of another video
+}
 
 
 def parse_clamp(text: str) -> float | None:
@@ -57,6 +67,14 @@ def add_dualvar_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tc-loss-weight", type=float, default=1.0, help="weight of the temporal coherent loss")
     group.add_argument("--derangement", action="store_true",
                        help="shuffle-rank never draws the identity permutation (published: identity allowed)")
+    group.add_argument("--sr-variant", default="published", choices=SR_VARIANTS,
+                       help="published: the paper's shuffle-rank (calibrated ranking; an order-blind network reaches "
+                            "a loss below that of collapse); negative: a variant of this project, not the paper's: "
+                            "derangements only, no calibration, the shuffled clip is each slot's negative, so that an "
+                            "order-blind network stays at ln 2 (same --theta, --rank-clamp and --sr-loss-weight)")
+    group.add_argument("--plant-bug", default="none", choices=["none", *PLANTED_BUGS],
+                       help="plant a known learning bug, to check that an experiment can tell broken code from correct "
+                            "code (the miniature's mutants); none for every real run")
     group.add_argument("--moco-k", type=int, default=16384,
                        help="MoCo queue length; must be a multiple of the global batch (batch size × processes)")
     group.add_argument("--moco-m", type=float, default=0.999, help="MoCo key-encoder momentum")
@@ -117,12 +135,22 @@ class DualVarBase(nn.Module):
                             ("--theta", args.theta)):
             if value <= 0:
                 raise ValueError(f"{flag} must be positive, got {value}")
+        self.plant_bug = getattr(args, "plant_bug", "none")
+        if self.plant_bug != "none" and PLANTED_BUGS[self.plant_bug] not in args.mode.split("-"):
+            raise ValueError(f"--plant-bug {self.plant_bug} breaks the '{PLANTED_BUGS[self.plant_bug]}' term, which "
+                             f"--mode {args.mode} does not have")
         self.temperature = args.temperature
         self.tc_temperature = args.tc_temperature
         self.theta = args.theta
         self.rank_clamp = args.rank_clamp
         self.n_series = args.n_series
-        self.derangement = args.derangement
+        self.sr_variant = getattr(args, "sr_variant", "published")
+        if self.sr_variant not in SR_VARIANTS:
+            raise ValueError(f"--sr-variant {self.sr_variant!r}: choose one of {', '.join(SR_VARIANTS)}")
+        if self.sr_variant != "published" and self.plant_bug == "sr-wrong-permutation":
+            raise ValueError("--plant-bug sr-wrong-permutation breaks the calibration of --sr-variant published; "
+                             f"--sr-variant {self.sr_variant} has none")
+        self.derangement = args.derangement or self.sr_variant == "negative"
         self.num_views = 3 if self.use_sr else 2
         self.encoder = DualEncoder(args.net, args.base_width, args.embed_dim, args.n_series, args.series_dim,
                                    with_series=self.use_sr or self.use_tc)
@@ -153,10 +181,26 @@ class DualVarBase(nn.Module):
         """Shuffle the n temporal segments of each clip (B, 3, T, H, W) -> (shuffled, permutations (B, n))."""
         return shuffle_segments(clips, self.n_series, derangement=self.derangement)
 
+    def other_video(self, x: torch.Tensor, bug: str) -> torch.Tensor:
+        """``x`` (B, ...) as it is, or, when ``bug`` is the planted one, each row replaced by the previous sample's."""
+        return x.roll(1, dims=0) if self.plant_bug == bug else x
+
     def shuffle_rank(self, s_a: torch.Tensor, s_a_prime: torch.Tensor, shuffled_series: torch.Tensor,
                      permutations: torch.Tensor) -> dict[str, torch.Tensor]:
-        """L_SR = 0.5·Rank(s(A), p) + 0.5·Rank(s(A′), p), p = the calibrated, normalised series of shuffled A′."""
-        p = F.normalize(calibrate(shuffled_series, permutations), dim=-1)  # (B, n, d)
+        """The shuffle-rank term of ``--sr-variant`` from s(A), s(A′) (normalised) and the raw series of shuffled A′.
+
+        published: L_SR = 0.5·Rank(s(A), p) + 0.5·Rank(s(A′), p), p = the calibrated, normalised series of
+        shuffled A′. negative: ``losses.shuffle_negative_loss``, the permutations being derangements.
+        """
+        if self.sr_variant == "negative":
+            shuffled = F.normalize(shuffled_series, dim=-1)  # (B, n, d), slot j holds segment σ(j): not calibrated
+            accuracy = slot_accuracy(s_a.detach(), s_a_prime.detach(), shuffled.detach())
+            # every permutation is a derangement: the accuracy is that of shuffled clips
+            return {"loss_sr": shuffle_negative_loss(s_a, s_a_prime, shuffled, self.theta, self.rank_clamp),
+                    "acc_rank": accuracy, "acc_rank_shuffled": accuracy}
+        # the planted bug: σ'(j) = σ(j − 1) differs from σ at every slot, so every target is another segment
+        targets = permutations.roll(1, dims=1) if self.plant_bug == "sr-wrong-permutation" else permutations
+        p = F.normalize(calibrate(shuffled_series, targets), dim=-1)  # (B, n, d)
         loss = 0.5 * (shuffle_rank_loss(s_a, p, self.theta, self.rank_clamp)
                       + shuffle_rank_loss(s_a_prime, p, self.theta, self.rank_clamp))
         accuracy = 0.5 * (rank_accuracy(s_a.detach(), p.detach(), per_sample=True)
@@ -177,14 +221,15 @@ class SimCLRDualVar(DualVarBase):
         batch = clips.shape[0]
         # One pass over all views so that BatchNorm sees A, B (and A′) together.
         z, series = self.encoder(clips.transpose(0, 1).flatten(0, 1))  # (V·B, D), (V·B, n, d) view-major
-        z_a, z_b = z[:batch], z[batch:2 * batch]
+        z_a, z_b = z[:batch], self.other_video(z[batch:2 * batch], "positive-other-video")
         out = dict(zip(("loss_clip", "acc_clip"), nt_xent(z_a, z_b, self.temperature, return_top1=True)))
         if series is None:
             return out
         s = F.normalize(series, dim=-1)  # (V·B, n, d)
         if self.use_tc:
-            out.update(zip(("loss_tc", "acc_tc"), temporal_coherent_loss(s[:batch], s[batch:2 * batch],
-                                                                         self.tc_temperature, return_top1=True)))
+            s_b = self.other_video(s[batch:2 * batch], "tc-other-video")
+            out.update(zip(("loss_tc", "acc_tc"), temporal_coherent_loss(s[:batch], s_b, self.tc_temperature,
+                                                                         return_top1=True)))
         if self.use_sr:
             shuffled, permutations = self.shuffle(clips[:, 2])
             _, shuffled_series = self.encoder(shuffled)  # (B, n, d)
@@ -303,6 +348,9 @@ class MoCoDualVar(DualVarBase):
         z_q, series_q = self.encode_queries(clips[:, 0])  # (B, D), (B, n, d)
         self.momentum_update()
         z_k, series_k = self.encode_keys(clips[:, 1])
+        z_k = self.other_video(z_k, "positive-other-video")
+        if series_k is not None:
+            series_k = self.other_video(series_k, "tc-other-video")
 
         targets = torch.zeros(batch, dtype=torch.long, device=clips.device)
         # Logits over thousands of queued keys lose digits in half precision: fp32 whatever the engine's autocast.

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dataset.clip_input import frame_differences
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.backbones import build_backbone
 from utils.distributed import all_gather_no_grad, host_to_device
@@ -93,7 +94,7 @@ def residual_frames(clip: torch.Tensor, wrap: bool = True) -> torch.Tensor:
     """
     if not wrap and clip.shape[2] < 2:
         raise ValueError("--residual-wrap off needs clips of at least 2 frames")
-    residual = (clip - torch.roll(clip, shifts=1, dims=2) + 1) / 2  # (B, 3, T, H, W)
+    residual = (frame_differences(clip, wrap=True) + 1) / 2  # (B, 3, T, H, W)
     if not wrap:
         residual = torch.cat([residual[:, :, 1:2], residual[:, :, 1:]], dim=2)
     return residual
@@ -191,6 +192,9 @@ class IIC(nn.Module):
         if args.bank_k < 1 or args.bank_t <= 0 or not 0.0 <= args.bank_momentum < 1.0:
             raise ValueError(f"need --bank-k ≥ 1, --bank-t > 0 and 0 ≤ --bank-momentum < 1; got {args.bank_k}, "
                              f"{args.bank_t}, {args.bank_momentum}")
+        if getattr(args, "clip_input", "rgb") != "rgb":
+            raise ValueError(f"--clip-input {args.clip_input}: IIC's views are fixed by the method (the RGB clip and "
+                             "its residual frames, or optical flow); leave --clip-input at rgb")
         self.modality = args.modality
         self.batch_keys = ("clip", "index", "flow") if self.modality in FLOW_MODALITIES else ("clip", "index")
         self.intra_neg = args.intra_neg

@@ -138,6 +138,33 @@ def shuffle_rank_loss(reference: torch.Tensor, calibrated: torch.Tensor, theta: 
     return (F.softplus(margin) * negative).sum() / (margin.shape[0] * negative.sum())
 
 
+@_in_fp32
+def shuffle_negative_loss(reference: torch.Tensor, unshuffled: torch.Tensor, shuffled: torch.Tensor,
+                          theta: float = 0.05, clamp: float | None = 5.0) -> torch.Tensor:
+    """Shuffle-rank with the shuffled clip as the negative (``--sr-variant negative``, a variant of this project).
+
+    reference: (B, n, d) series s(A); unshuffled: s(A′); shuffled: s(σA′), the series of A′ with its segments
+    deranged (no segment in place), not calibrated; every vector L2-normalised. For each slot j the un-shuffled
+    re-augmentation is the positive of s_j(A) and the shuffled one its negative:
+        mean over samples and slots j of softplus( min((s_j(A)·s_j(σA′) − s_j(A)·s_j(A′)) / θ, clamp) ).
+    A network blind to the order of segments gives s(σA′) = s(A′), so its loss is softplus(0) = ln 2 whatever it
+    outputs, with no gradient; only telling the orders apart brings it lower. Returns a scalar.
+    """
+    _check_pair(reference, unshuffled, 3, "reference and unshuffled", "(B, n, d)")
+    _check_pair(reference, shuffled, 3, "reference and shuffled", "(B, n, d)")
+    margin = ((reference * shuffled).sum(dim=2) - (reference * unshuffled).sum(dim=2)) / theta  # (B, n)
+    if clamp is not None:
+        margin = margin.clamp(max=clamp)
+    return F.softplus(margin).mean()
+
+
+@torch.no_grad()
+def slot_accuracy(reference: torch.Tensor, unshuffled: torch.Tensor, shuffled: torch.Tensor) -> torch.Tensor:
+    """Fraction of the (sample, slot) pairs of ``shuffle_negative_loss`` whose un-shuffled series is closer to the
+    reference than the shuffled one (strictly: an order-blind network's ties score 0)."""
+    return ((reference * unshuffled).sum(dim=2) > (reference * shuffled).sum(dim=2)).float().mean()
+
+
 @torch.no_grad()
 def rank_accuracy(reference: torch.Tensor, calibrated: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
     """Fraction of the B·2n anchors of `shuffle_rank_loss` whose positive π(a) is their most similar other row;

@@ -66,7 +66,8 @@ def published_settings(model: str, data: str) -> dict:
 def card_settings(card: dict) -> dict:
     """A card's values under the keys of ``published_settings``."""
     def clip(c: dict) -> str:
-        return f"{c.get('num_frames')}×{c.get('size')}², stride {c.get('stride')}"
+        text = f"{c.get('num_frames')}×{c.get('size')}², stride {c.get('stride')}"
+        return text if c.get("input", "rgb") == "rgb" else f"{text}, {c['input']} input"
 
     ours = {"split": card["data"]["split"],
             "test clips × crops": f"{card['evaluation']['clips']} × {card['evaluation']['crops']}"}
@@ -229,16 +230,66 @@ def markdown_table(rows: list[dict], link_base: Path | None = None) -> str:
 
 # ---------------------------------------------------------------- seeds (the miniature)
 
-# metric -> (file under <method>/seed<N>/, key); every one in percent
+# metric -> (file under <method>/seed<N>/, key)
 SEED_METRICS = {"knn_top1": ("test_retrieval/retrieval.json", "knn_top1"),
                 "linear_probe_top1": ("test_retrieval/retrieval.json", "linear_probe_top1"),
                 "finetune_top1": ("test/test_results.json", "top1"),
-                "R@1": ("test_retrieval/retrieval.json", "R@1")}
+                "R@1": ("test_retrieval/retrieval.json", "R@1"),
+                "reversal_sensitivity": ("reversal.json", "reversal_sensitivity")}
+# shuffle-rank accuracies of the pretraining's last epoch (means over its iterations), from its log
+LOG_METRICS = ("acc_rank_identity", "acc_rank_shuffled")
+LOG_FILE = "pretrain/log.jsonl"
+DIRECTION_FILE = "test/test_results.json"
 SEED_HEADERS = {"knn_top1": "kNN top-1", "linear_probe_top1": "linear probe top-1", "finetune_top1": "finetune top-1",
-                "R@1": "R@1"}
+                "R@1": "R@1", "acc_rank_identity": "rank acc. identity", "acc_rank_shuffled": "rank acc. shuffled",
+                "reversal_sensitivity": "reversal sensitivity"}
+# fractions and ratios, shown with two decimals (the rest are percentages)
+UNIT_METRICS = {"acc_rank_identity", "acc_rank_shuffled", "reversal_sensitivity"}
 
 
-def seed_values(method_dir: Path) -> dict[int, dict[str, float]]:
+def direction_metric(pair: tuple[str, str]) -> str:
+    return f"direction {pair[0]}/{pair[1]}"
+
+
+def direction_accuracy(confusion: list[list[int]], class_names: list[str], pair: tuple[str, str]) -> float | None:
+    """Of the test videos of the two classes of an arrow-of-time ``pair`` that are predicted as either of them,
+    the percentage whose direction is right (50: blind to the arrow of time); None when there is none."""
+    if not all(name in class_names for name in pair):
+        raise ResultsError(f"--direction-pairs: no class {next(n for n in pair if n not in class_names)!r} in the "
+                           f"test results (classes: {', '.join(class_names)})")
+    a, b = (class_names.index(name) for name in pair)
+    right = confusion[a][a] + confusion[b][b]
+    either = right + confusion[a][b] + confusion[b][a]
+    return 100 * right / either if either else None
+
+
+def last_epoch_values(log: Path) -> dict[str, float]:
+    """The last ``"kind": "epoch"`` entry of a run's log.jsonl (empty when there is none)."""
+    last = {}
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ResultsError(f"{log}: a line is not JSON ({e}); re-run that pretraining") from e
+        if entry.get("kind") == "epoch":
+            last = entry
+    return last
+
+
+def read_pairs(path: Path | None) -> list[tuple[str, str]]:
+    """The arrow-of-time pairs of a data set: one pair of class names per line (make_demo_data.py writes them)."""
+    if path is None:
+        return []
+    try:
+        lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise ResultsError(f"--direction-pairs {path}: {e}") from e
+    if any(len(line) != 2 for line in lines):
+        raise ResultsError(f"--direction-pairs {path}: expected two class names per line")
+    return [tuple(line) for line in lines]
+
+
+def seed_values(method_dir: Path, pairs: list[tuple[str, str]] = ()) -> dict[int, dict[str, float]]:
     """{seed: {metric: value}} from ``<method_dir>/seed<N>/``; a metric whose file is missing is left out."""
     per_seed = {}
     for seed_dir in sorted(method_dir.glob("seed*"), key=lambda p: p.name):
@@ -252,6 +303,15 @@ def seed_values(method_dir: Path) -> dict[int, dict[str, float]]:
                 if not isinstance(value, (int, float)):
                     raise ResultsError(f"{path}: no number under '{key}' (found {value!r}); re-run that step")
                 values[metric] = float(value)
+        if (seed_dir / LOG_FILE).is_file():
+            last = last_epoch_values(seed_dir / LOG_FILE)
+            values.update({m: float(last[m]) for m in LOG_METRICS if isinstance(last.get(m), (int, float))})
+        if pairs and (seed_dir / DIRECTION_FILE).is_file():
+            test = read_json(seed_dir / DIRECTION_FILE)
+            for pair in pairs:
+                accuracy = direction_accuracy(test["confusion_matrix"], test["class_names"], pair)
+                if accuracy is not None:
+                    values[direction_metric(pair)] = accuracy
         if values:
             per_seed[int(seed_dir.name[4:])] = values
     return per_seed
@@ -265,17 +325,24 @@ def mean_std(values: list[float]) -> dict[str, float | int]:
     return {"mean": mean, "std": std, "n": n}
 
 
-def summarize_seeds(root: Path, methods: list[str] | None = None) -> dict:
+def metric_order(pairs: list[tuple[str, str]]) -> list[str]:
+    """The table's columns: the four accuracies, the direction of each pair, shuffle-rank, reversal."""
+    names = list(SEED_HEADERS)
+    return names[:4] + [direction_metric(p) for p in pairs] + names[4:]
+
+
+def summarize_seeds(root: Path, methods: list[str] | None = None, pairs: list[tuple[str, str]] = ()) -> dict:
     """Per-seed values and mean / std per method and metric for every ``<root>/<method>/seed<N>/``."""
     if not root.is_dir():
         raise ResultsError(f"--output-root {root}: no such folder")
     names = methods if methods is not None else sorted(p.name for p in root.iterdir() if p.is_dir())
+    order = metric_order(pairs)
     summary = {}
     for name in names:
-        per_seed = seed_values(root / name)
+        per_seed = seed_values(root / name, pairs)
         if not per_seed:
             continue
-        metrics = sorted({m for values in per_seed.values() for m in values}, key=list(SEED_METRICS).index)
+        metrics = sorted({m for values in per_seed.values() for m in values}, key=order.index)
         summary[name] = {"seeds": sorted(per_seed), "per_seed": {str(s): v for s, v in per_seed.items()},
                          "metrics": {m: mean_std([v[m] for v in per_seed.values() if m in v]) for m in metrics},
                          "card": seeds_card(root / name, sorted(per_seed))}
@@ -296,16 +363,21 @@ def seeds_card(method_dir: Path, seeds: list[int]) -> dict | None:
     return None
 
 
-def seeds_table(summary: dict) -> str:
-    """Markdown: one row per method, mean ± std (seed count) of each metric."""
-    header = ["method", "seeds", *SEED_HEADERS.values()]
+def format_stats(stats: dict | None, metric: str, seeds: int) -> str:
+    if stats is None:
+        return "–"
+    digits = 2 if metric in UNIT_METRICS else 1
+    return (f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+            + ("" if stats["n"] == seeds else f" (n={stats['n']})"))
+
+
+def seeds_table(summary: dict, pairs: list[tuple[str, str]] = ()) -> str:
+    """Markdown: one row per method, mean ± std (seed count) of each metric; columns no row has are left out."""
+    metrics = [m for m in metric_order(pairs) if any(m in entry["metrics"] for entry in summary.values())]
+    header = ["method", "seeds", *(SEED_HEADERS.get(m, m) for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in summary.items():
-        cells = []
-        for metric in SEED_HEADERS:
-            stats = entry["metrics"].get(metric)
-            cells.append("–" if stats is None else f"{stats['mean']:.1f} ± {stats['std']:.1f}"
-                         + ("" if stats["n"] == len(entry["seeds"]) else f" (n={stats['n']})"))
+        cells = [format_stats(entry["metrics"].get(m), m, len(entry["seeds"])) for m in metrics]
         lines.append("| " + " | ".join([name, str(len(entry["seeds"])), *cells]) + " |")
     cards = [(name, entry["card"]) for name, entry in summary.items() if entry.get("card")]
     if cards:
@@ -315,6 +387,77 @@ def seeds_table(summary: dict) -> str:
             lines.append(f"- **{name}**: {summary_line(card)}; mean ± std over the seeds."
                          + (f" **Varies between seeds**: {', '.join(varying)}." if varying else ""))
     return "\n".join(lines) + "\n"
+
+
+PRIMARY_METRIC = "knn_top1"  # the miniature's primary metric, fixed before any mutant ran
+
+
+def compare_with_correct(summary: dict, comparisons: list[tuple[str, str]], reference: str = "random",
+                         primary: str = PRIMARY_METRIC) -> tuple[str, dict]:
+    """Markdown and JSON comparing each run with a planted bug to the correct code it was planted in.
+
+    ``comparisons`` are (bug run, correct run) names of ``summary``. For each metric both have: the difference of
+    the means, bug − correct, and the standard deviation of that difference, sqrt(s_b² / n_b + s_c² / n_c). The
+    instrument detects a bug when the primary metric moves toward ``reference`` (random weights) by more than
+    two standard deviations of the difference.
+    """
+    results = {}
+    for bug, correct in comparisons:
+        missing = [name for name in (bug, correct, reference) if name not in summary]
+        if missing:
+            raise ResultsError(f"--compare {bug}={correct}: no seed results for {', '.join(missing)}")
+        entry = {}
+        for metric in summary[bug]["metrics"]:  # in the table's order
+            b, c = summary[bug]["metrics"][metric], summary[correct]["metrics"].get(metric)
+            if c is None:
+                continue
+            difference = b["mean"] - c["mean"]
+            sd = (b["std"] ** 2 / b["n"] + c["std"] ** 2 / c["n"]) ** 0.5
+            entry[metric] = {"difference": difference, "sd": sd}
+        if primary not in entry or primary not in summary[reference]["metrics"]:
+            raise ResultsError(f"--compare {bug}={correct}: {primary} is missing for {bug}, {correct} or {reference}")
+        towards = summary[reference]["metrics"][primary]["mean"] - summary[correct]["metrics"][primary]["mean"]
+        move = entry[primary]
+        entry["detected"] = bool(move["difference"] * towards > 0 and abs(move["difference"]) > 2 * move["sd"])
+        results[bug] = {"correct": correct, **entry}
+    metrics = list(dict.fromkeys(m for r in results.values() for m in r if m not in ("correct", "detected")))
+    header = ["bug run", "correct run", *(f"Δ {SEED_HEADERS.get(m, m)}" for m in metrics),
+              f"detected ({SEED_HEADERS[primary]} toward {reference} by > 2 sd)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for bug, r in results.items():
+        digits = {m: 2 if m in UNIT_METRICS else 1 for m in metrics}
+        cells = ["–" if m not in r else f"{r[m]['difference']:+.{digits[m]}f} ± {r[m]['sd']:.{digits[m]}f}"
+                 for m in metrics]
+        lines.append("| " + " | ".join([bug, r["correct"], *cells, "yes" if r["detected"] else "no"]) + " |")
+    return "\n".join(lines) + "\n", results
+
+
+GATE_TOP1_OVER_COLOUR_PROBE = 2.0
+GATE_DIRECTION = 75.0
+
+
+def calibration_gate(summary: dict, pairs: list[tuple[str, str]]) -> tuple[str, dict]:
+    """The gate a miniature recipe must pass (docs/miniature.md#calibration), for every supervised row: its mean
+    top-1 at least twice the colour statistics' linear probe, and for every arrow-of-time pair a mean direction
+    accuracy of at least 75 % (50 % is blind to the arrow of time)."""
+    colour = summary.get("colour_stats", {}).get("metrics", {}).get("linear_probe_top1")
+    if colour is None:
+        raise ResultsError("--gate: no colour_stats row with a linear probe to compare with")
+    threshold = GATE_TOP1_OVER_COLOUR_PROBE * colour["mean"]
+    results, lines = {}, []
+    for name, entry in summary.items():
+        if not name.startswith("supervised") or "finetune_top1" not in entry["metrics"]:
+            continue
+        checks = {"top1": entry["metrics"]["finetune_top1"]["mean"] >= threshold}
+        for pair in pairs:
+            direction = entry["metrics"].get(direction_metric(pair))
+            checks[direction_metric(pair)] = direction is not None and direction["mean"] >= GATE_DIRECTION
+        results[name] = {"passes": all(checks.values()), "checks": checks}
+        failed = [k for k, ok in checks.items() if not ok]
+        lines.append(f"- **{name}**: {'passes' if not failed else 'fails (' + ', '.join(failed) + ')'}")
+    head = (f"Gate: supervised top-1 ≥ {GATE_TOP1_OVER_COLOUR_PROBE:g} × the colour statistics' probe "
+            f"({threshold:.1f}), and each pair's direction accuracy ≥ {GATE_DIRECTION:g} %, means over the seeds:")
+    return "\n".join([head, "", *lines]) + "\n", results
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -330,13 +473,45 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "becomes one row of mean ± std over its seeds; --experiments picks and orders the methods")
     parser.add_argument("--summary", type=Path, default=None,
                         help="with --seeds: also write per-seed values and mean / std per method and metric as JSON")
+    parser.add_argument("--direction-pairs", type=Path, default=None, metavar="FILE",
+                        help="with --seeds: the data set's arrow-of-time pairs, two class names per line "
+                             "(make_demo_data.py writes splits/arrow_of_time_pairs.txt); adds each pair's direction "
+                             "accuracy of the finetuned classifiers")
+    parser.add_argument("--gate", action="store_true",
+                        help="with --seeds: check every supervised* row against the miniature's calibration gate "
+                             "(top-1 >= 2 x the colour_stats row's probe; each --direction-pairs pair >= 75 %%)")
+    parser.add_argument("--compare", nargs="*", default=[], metavar="BUG=CORRECT",
+                        help="with --seeds: compare runs with a planted bug to the correct runs (train_ssl.py "
+                             "--plant-bug): differences of the means with their standard deviation, and whether the "
+                             f"primary metric ({PRIMARY_METRIC}) moved toward random weights by more than 2 of them")
     return parser
 
 
 def main_seeds(args: argparse.Namespace) -> str:
-    summary = summarize_seeds(args.output_root, args.experiments)
-    text = (seeds_table(summary) + "\nMean ± sample standard deviation over seeds, in percent, on the test split of "
-            "the data set the runs used.\n")
+    pairs = read_pairs(args.direction_pairs)
+    comparisons = []
+    for text in args.compare:
+        bug, _, correct = text.partition("=")
+        if not bug or not correct:
+            raise ResultsError(f"--compare {text}: expected BUG=CORRECT, two run names")
+        comparisons.append((bug, correct))
+    names = args.experiments
+    if names is not None and comparisons:
+        names = list(dict.fromkeys([*names, "random", *(n for pair in comparisons for n in pair)]))
+    summary = summarize_seeds(args.output_root, names, pairs)
+    text = (seeds_table(summary, pairs) + "\nMean ± sample standard deviation over seeds, on the test split of the "
+            "data set the runs used: accuracies and R@1 in percent; direction: of the test videos of a pair's two "
+            "classes predicted as either of them, the percentage whose direction is right (50: blind to the arrow of "
+            "time); shuffle-rank accuracies (pretraining's last epoch) and reversal sensitivity as fractions.\n")
+    if args.gate:
+        gate_text, gate = calibration_gate(summary, pairs)
+        text += "\n" + gate_text
+        summary = {**summary, "gate": gate}
+    if comparisons:
+        table, compared = compare_with_correct(summary, comparisons)
+        summary = {**summary, "comparisons": compared}
+        text += "\nPlanted learning bugs against the correct code (bug − correct, ± the standard deviation of the " \
+                "difference):\n\n" + table
     if args.summary is not None:
         write_text(args.summary, json.dumps(summary, indent=2) + "\n")
     if args.out is not None:

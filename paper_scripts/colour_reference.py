@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 from dataset.video_dataset import build_dataset  # noqa: E402
 from model import method_sampler  # noqa: E402
 from model.losses import nt_xent  # noqa: E402
-from retrieve import ColourStatistics  # noqa: E402
+from model.references import ColourStatistics  # noqa: E402
 from train_ssl import parse_args  # noqa: E402
 from utils.atomic import write_text  # noqa: E402
 from utils.cli import run_cli  # noqa: E402

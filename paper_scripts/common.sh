@@ -71,8 +71,8 @@ IIC_PRETRAIN_FLAGS=(--epochs 240 --schedule 45 90 125 160 --lr-gamma 0.2 --lr 0.
                     --optimizer sgd --momentum 0.9 --num-frames 16 --size 112 --save-freq 10 --amp auto)
 IIC_PRETRAIN_GLOBAL_BATCH=16
 IIC_RETRIEVAL_FLAGS=(--layer conv5 --merge --stride 1)
-# --amp auto: bf16 on Ampere and newer GPUs (and CPUs with AVX512-BF16/AMX), fp16 with loss scaling on older GPUs,
-# fp32 elsewhere; the script prints its choice at start.
+# --amp auto: bf16 on Ampere and newer GPUs, fp16 (with loss scaling in training) on older GPUs; on a CPU, training
+# in fp32 and evaluation in bf16 only with AVX512-BF16/AMX (docs/gpu.md); the script prints its choice at start.
 EVAL_FLAGS=(--amp auto)
 
 # The demo and the miniature (README "The miniature"): R(2+1)D-10 at base width 8 on 8x32² clips, so that a

@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataset.clip_input import CLIP_INPUTS  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
 
 BACKBONE_PREFIX = "encoder.backbone."
@@ -31,6 +32,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=112, help="crop side, recorded for retrieve.py")
     parser.add_argument("--resize", type=int, nargs=2, default=[128, 171], metavar=("H", "W"),
                         help="frame resize before cropping, recorded for retrieve.py")
+    parser.add_argument("--clip-input", default="rgb", choices=CLIP_INPUTS,
+                        help="the network's input (frames or their differences), recorded for retrieve.py and "
+                             "finetune.py")
     parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     return parser
@@ -40,7 +44,8 @@ def main(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     backbone, _ = build_backbone(args.net, args.base_width)
     config = {"net": args.net, "base_width": args.base_width, "num_frames": args.num_frames, "stride": args.stride,
-              "size": args.size, "resize": list(args.resize), "seed": args.seed, "model": "random init"}
+              "size": args.size, "resize": list(args.resize), "clip_input": args.clip_input, "seed": args.seed,
+              "model": "random init"}
     state = {BACKBONE_PREFIX + k: v for k, v in backbone.state_dict().items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state, "config": config}, args.out)

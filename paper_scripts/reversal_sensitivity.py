@@ -4,10 +4,11 @@ is played backwards, relative to the spread of features across clips.
     python paper_scripts/reversal_sensitivity.py --ckpt output/miniature/dualvar/seed0/pretrain/checkpoint.pth \
         --dataset data/demo/csv --frame-root data/demo/frames --stride 4 --num-videos 100
 
-sensitivity = mean_i ||f(x_i) - f(reverse(x_i))|| / mean_{i != j} ||f(x_i) - f(x_j)|| over the 10 evaluation
-clips of the first --num-videos test videos (one clip each, the middle one). 0: the features ignore the
-direction of motion, as a network must not when classes differ only in it (MoveRight / MoveLeft); about 1: a
-reversed clip is as far from itself as another clip is. Prints one JSON object.
+sensitivity = mean_i ||f(x_i) - f(reverse(x_i))|| / mean_{i != j} ||f(x_i) - f(x_j)|| over --num-videos test
+videos evenly spaced through the split (the middle one of each video's 10 evaluation clips). 0: the features ignore
+the direction of motion, as a network must not when classes differ only in it (MoveRight / MoveLeft); about 1: a
+reversed clip is as far from itself as another clip is. A clip of frame differences (--clip-input diff) is reversed
+by playing its frames backwards before they are differenced. Prints one JSON object, and writes it to --out.
 """
 from __future__ import annotations
 
@@ -18,26 +19,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dataset.video_dataset import add_data_args, build_dataset  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
 from model.classifier import (add_backbone_args, checkpoint_config, load_backbone, read_checkpoint,  # noqa: E402
                               resolve_backbone_args)
+from utils.atomic import write_text  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.evaluation import inherit_flags  # noqa: E402
 
-DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171]}
+DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171], "clip_input": "rgb"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint whose backbone is measured")
-    parser.add_argument("--num-videos", type=int, default=100, help="test videos measured (the first ones)")
+    parser.add_argument("--num-videos", type=int, default=100,
+                        help="test videos measured, evenly spaced through the test split (0: all of them)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON object to this file")
     add_backbone_args(parser)
     add_data_args(parser)
-    parser.set_defaults(num_frames=None, size=None, resize=None)
+    parser.set_defaults(num_frames=None, size=None, resize=None, clip_input=None)
     return parser
 
 
@@ -58,14 +63,20 @@ def main(args: argparse.Namespace) -> dict:
     load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
     backbone.eval()
     dataset = build_dataset(args, "test", "eval", modality="rgb")
-    count = min(args.num_videos, len(dataset))
-    middle = [dataset[i]["clips"] for i in range(count)]  # each (10, 3, T, H, W)
+    count = min(args.num_videos, len(dataset)) if args.num_videos > 0 else len(dataset)
+    rows = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))  # every class, not the first
+    middle = [dataset[int(i)]["clips"] for i in rows]  # each (10, 3, T, H, W), T + 1 frames for differences
     clips = torch.stack([torch.as_tensor(c[len(c) // 2]) for c in middle])  # (N, 3, T, H, W)
-    pooled = backbone(clips).mean(dim=(2, 3, 4))
-    pooled_reversed = backbone(clips.flip(2)).mean(dim=(2, 3, 4))
-    result = {"reversal_sensitivity": reversal_sensitivity(pooled, pooled_reversed), "num_videos": count,
-              "checkpoint": str(args.ckpt)}
+
+    def pooled(frames: torch.Tensor) -> torch.Tensor:  # the frames played backwards give the reversed differences
+        return backbone(dataset.to_device({"clips": frames}, torch.device("cpu"))["clips"]).mean(dim=(2, 3, 4))
+
+    forward, backward = pooled(clips), pooled(clips.flip(2))
+    result = {"reversal_sensitivity": reversal_sensitivity(forward, backward), "num_videos": len(rows),
+              "checkpoint": str(args.ckpt), "clip_input": args.clip_input, "stride": args.stride}
     print(json.dumps(result))
+    if args.out is not None:
+        write_text(args.out, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -24,14 +24,14 @@ def write_published_recipe_run(exp_dir: Path, *, epochs=200, processes=8, commit
     clip = {"num_frames": 16, "size": 112}
     write_json(exp_dir / "pretrain" / "config.json", {"git": {"commit": commits[0], "dirty": False}, "config": {
         "model": "simclr", "mode": "clip-sr-tc", "net": "r21d", "dataset": "ucf101", "split": 1, "epochs": epochs,
-        "batch_size": 64 // processes, "stride": 4, "seed": seed, "moco_k": 16384, **clip,
+        "batch_size": 64 // processes, "stride": 4, "seed": seed, "moco_k": 16384, "amp": "bf16", **clip,
         "resolved": {"world_size": processes, "global_batch_size": 64, "train_videos": 9537}}})
     write_json(exp_dir / "finetune" / "config.json", {"git": {"commit": commits[1], "dirty": dirty}, "config": {
         "pretrain": str(exp_dir / "pretrain" / "epoch189.pth"), "train_what": "ft", "dataset": "ucf101", "split": 1,
-        "epochs": 100, "batch_size": 2, "stride": 2, "seed": seed, "sync_bn": True, **clip,
+        "epochs": 100, "batch_size": 2, "stride": 2, "seed": seed, "sync_bn": True, "amp": "fp16", **clip,
         "resolved": {"world_size": 8, "global_batch_size": 16, "pretrain_epoch": 190, "train_videos": 8737,
                      "val_videos": 800}}})
-    config = {"dataset": "ucf101", "split": 1, "stride": 2, **clip}
+    config = {"dataset": "ucf101", "split": 1, "stride": 2, "amp": "none", **clip}
     if test:
         write_json(exp_dir / "test" / "test_results.json", {
             "top1": 79.5, "top5": 95.0, "num_videos": 3783, "split": "test", "aggregate": "softmax",
@@ -57,6 +57,25 @@ def test_card_of_a_test_result_follows_the_checkpoints_to_every_stage(tmp_path):
     assert card["revision"] == {"commit": "c0ffee", "clean": True}
     line = summary_line(card)
     assert "8 × 8 = 64 per step" in line and "split 1" in line and "3783 test videos" in line
+
+
+def test_card_records_the_precision_every_stage_ran_in(tmp_path):
+    write_published_recipe_run(tmp_path)
+    card = build_card(tmp_path / "test" / "test_results.json")
+    assert (card["pretraining"]["precision"], card["finetuning"]["precision"], card["evaluation"]["precision"]) == (
+        "bf16 autocast", "fp16 autocast", "fp32")
+    line = summary_line(card)
+    assert line.index("in bf16 autocast") < line.index("in fp16 autocast") < line.index("in fp32")
+    # a configuration without --amp (written by other code) and a card written before precisions were recorded
+    config_path = tmp_path / "finetune" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["config"]["amp"]
+    write_json(config_path, config)
+    card = build_card(tmp_path / "test" / "test_results.json")
+    assert card["finetuning"]["precision"] == "not recorded"
+    del card["evaluation"]["precision"]
+    line = summary_line(card)
+    assert line.count("precision not recorded") == 2 and "in bf16 autocast" in line
 
 
 @pytest.mark.parametrize("commits, dirty, expected", [
@@ -111,3 +130,25 @@ def test_card_of_a_classifier_finetuned_from_a_foreign_release_names_the_release
     card = build_card(tmp_path / "test" / "test_results.json")
     assert card["pretraining"] is None and card["pretrained_from"] == "/releases/iic_r3d.pth"
     assert "weights from /releases/iic_r3d.pth (VCOP-family checkpoint)" in summary_line(card)
+
+
+def test_card_states_a_budget_in_steps_and_a_frame_difference_input(tmp_path):
+    write_published_recipe_run(tmp_path, retrieval=True)
+    for stage in ("pretrain", "finetune"):
+        path = tmp_path / stage / "config.json"
+        data = json.loads(path.read_text())
+        data["config"].update(clip_input="diff")
+        data["config"]["resolved"].update(epochs=17, steps=1072)  # --steps 1072: 17 epochs, the last cut short
+        write_json(path, data)
+    for name in ("test/test_results.json", "test_retrieval/retrieval.json"):
+        results = json.loads((tmp_path / name).read_text())
+        results["config"]["clip_input"] = "diff"
+        write_json(tmp_path / name, results)
+    card = build_card(tmp_path / "test" / "test_results.json")
+    assert (card["pretraining"]["epochs"], card["pretraining"]["steps"]) == (17, 1072)
+    assert card["pretraining"]["clip"]["input"] == card["clip"]["input"] == "diff"
+    line = summary_line(card)
+    assert "17 epochs (1072 steps)" in line and "stride 4, diff input" in line
+    published = collect_results.published_settings("simclr", "ucf101")
+    assert "pretraining clip: 16×112², stride 4, diff input here, 16×112², stride 4 published" in \
+        collect_results.differences(card, published)

@@ -8,7 +8,8 @@ import torch
 
 from model import add_method_args, build_method
 from model.backbones import build_backbone
-from model.classifier import (VideoClassifier, assert_unchanged, check_modality, frame_difference, load_backbone,
+from dataset.clip_input import frame_differences
+from model.classifier import (VideoClassifier, assert_unchanged, check_modality, load_backbone,
                               prepare_input, residual_view, snapshot)
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.checkpoint import CheckpointError, save_checkpoint
@@ -130,7 +131,7 @@ def test_residual_inputs():
     torch.testing.assert_close(residual_view(normalised), (pixels - previous + 1) / 2)
     torch.testing.assert_close(prepare_input(normalised, "res"), (pixels - previous) / std)
     assert prepare_input(normalised, "rgb") is normalised
-    assert torch.equal(frame_difference(normalised)[:, :, 1], normalised[:, :, 1] - normalised[:, :, 0])
+    assert torch.equal(frame_differences(normalised, wrap=True)[:, :, 1], normalised[:, :, 1] - normalised[:, :, 0])
     flow = torch.rand(2, 3, 4, 5, 6)  # flow clips arrive from the dataset as network input
     assert prepare_input(flow, "u") is flow and prepare_input(flow, "v") is flow
     with pytest.raises(ValueError, match="--modality 'w'"):

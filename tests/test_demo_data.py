@@ -74,6 +74,13 @@ def test_pair_is_exact_time_reversal_with_one_appearance_distribution(forward, b
     assert (spec.motion, spec.scene, spec.shape) == (other.motion, other.scene, other.shape) and other.reverse
 
 
+def test_arrow_of_time_pairs_are_written_beside_the_splits(demo):
+    assert (demo / "splits" / make_demo_data.PAIRS_FILE).read_text().split() == ["MoveRight", "MoveLeft"]
+    assert make_demo_data.arrow_of_time_pairs(list(CLASSES)) == [
+        ("MoveRight", "MoveLeft"), ("Grow", "Shrink"), ("RotateClockwise", "RotateAnticlockwise")]
+    assert make_demo_data.arrow_of_time_pairs(["Grow", "MoveLeft", "Bounce"]) == []  # a half pair is none
+
+
 def test_trajectories_follow_the_class_motion_and_stay_in_the_frame():
     rng = np.random.default_rng(0)
     radius, frames = 5.0, 128

@@ -168,6 +168,44 @@ def test_test_and_retrieve_write_a_reproduction_card_from_the_runs_configs(demo,
     assert card["metrics"]["R@1"] == json.loads((tmp_path / "ret" / "retrieval.json").read_text())["R@1"]
 
 
+@pytest.fixture(scope="module")
+def fp32_features(demo, pretrained, tmp_path_factory):
+    """The pretrained network's exported features computed in fp32: the reference of the bf16 ones."""
+    out = tmp_path_factory.mktemp("fp32_retrieval")
+    retrieve.main(retrieve.get_args_parser().parse_args(
+        data_flags(demo) + ["--ckpt", str(pretrained), "--output-dir", str(out), "--num-examples", "0", "--no-tsne",
+                            "--amp", "none"]))
+    return np.load(out / "features_test.npz")["features"]
+
+
+@pytest.mark.parametrize("cpu_bf16", ["1", "0"])
+def test_amp_auto_as_on_a_bf16_cpu_and_an_avx2_cpu(demo, pretrained, fp32_features, tmp_path, monkeypatch, cpu_bf16):
+    """VSSL_CPU_BF16 makes --amp auto resolve as on a CPU with (1) and without (0) native bf16, on any machine:
+    training runs in fp32 either way, evaluation in bf16 on the former; the cards say which ran in what, and the
+    bf16 features stay within bf16's precision of the fp32 ones."""
+    monkeypatch.setenv("VSSL_CPU_BF16", cpu_bf16)
+    evaluation = "bf16 autocast" if cpu_bf16 == "1" else "fp32"
+    run_finetune(demo, pretrained, tmp_path / "ft", "--epochs", "1", "--max-iters-per-epoch", "2", "--val-freq", "0")
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["config"]["amp"] == "none"
+    test_script.main(test_script.get_args_parser().parse_args(
+        data_flags(demo) + ["--ckpt", str(tmp_path / "ft" / "checkpoint.pth"), "--output-dir", str(tmp_path / "test")]))
+    card = json.loads((tmp_path / "test" / "card.json").read_text())
+    assert (card["pretraining"]["precision"], card["finetuning"]["precision"]) == ("fp32", "fp32")
+    assert card["evaluation"]["precision"] == evaluation
+    assert f"stride 2, in {evaluation}; seed 0" in summary_line(card)  # the evaluation's part of the line
+
+    retrieve.main(retrieve.get_args_parser().parse_args(
+        data_flags(demo) + ["--ckpt", str(pretrained), "--output-dir", str(tmp_path / "ret"), "--num-examples", "0",
+                            "--no-tsne"]))
+    assert json.loads((tmp_path / "ret" / "card.json").read_text())["evaluation"]["precision"] == evaluation
+    features = np.load(tmp_path / "ret" / "features_test.npz")["features"]
+    if cpu_bf16 == "0":
+        np.testing.assert_array_equal(features, fp32_features)
+    else:  # bf16 keeps 8 significant bits: a few parts in a thousand per operation, about 1 % after the network
+        assert not np.array_equal(features, fp32_features)
+        np.testing.assert_allclose(features, fp32_features, rtol=0, atol=0.03 * np.abs(fp32_features).max())
+
+
 def test_retrieve_scores_the_colour_statistics_reference(demo, tmp_path):
     results = retrieve.main(retrieve.get_args_parser().parse_args(
         data_flags(demo) + ["--ckpt", "colour-stats", "--output-dir", str(tmp_path), "--num-examples", "0",

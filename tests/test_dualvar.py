@@ -57,6 +57,7 @@ def test_defaults_are_the_published_ones():
     assert (args.n_series, args.series_dim, args.embed_dim, args.derangement) == (2, 64, 128, False)
     assert (args.clip_loss_weight, args.sr_loss_weight, args.tc_loss_weight) == (1.0, 1.0, 1.0)
     assert (args.moco_k, args.moco_m) == (16384, 0.999)
+    assert (args.sr_variant, args.plant_bug) == ("published", "none")
     assert parser.parse_args(["--rank-clamp", "none"]).rank_clamp is None
     with pytest.raises(SystemExit):
         parser.parse_args(["--rank-clamp", "big"])

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from utils.engine import (NonFiniteLossError, autocast, check_amp, epoch_loader, iterations_per_epoch,
+from utils import engine
+from utils.engine import (NonFiniteLossError, autocast, check_amp, epoch_lengths, epoch_loader, iterations_per_epoch,
                           make_grad_scaler, train_one_epoch, weighted_loss)
 from utils.logging import MetricLogger, RunLogger, SmoothedValue
 
@@ -134,17 +135,25 @@ def test_non_finite_loss_names_the_iteration_and_terms_and_updates_nothing():
         assert torch.equal(a, b)
 
 
-def test_amp_flags():
+def test_amp_flags(monkeypatch):
     with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
         check_amp("fp16", CPU)
     with pytest.raises(ValueError, match="--amp fp32"):
         check_amp("fp32", CPU)
+    monkeypatch.setattr(engine, "cpu_bf16_conv3d_grad_is_right", lambda: True)  # as on an AVX2 CPU
     assert not make_grad_scaler("bf16", CPU).is_enabled()
     with autocast("bf16", CPU):
         assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.bfloat16
     torch.manual_seed(0)
     stats, _ = run_epoch(FakeMethod(), FakeDataset(4), epoch=0, amp="bf16")
     assert torch.isfinite(torch.tensor(stats["loss"]))
+
+
+def test_a_budget_in_steps_is_whole_epochs_and_one_cut_short():
+    assert epoch_lengths(67, 8) == [67] * 8
+    assert epoch_lengths(67, 8, steps=150) == [67, 67, 16]
+    assert epoch_lengths(10, 3, steps=20) == [10, 10]  # --epochs does not count under --steps
+    assert sum(epoch_lengths(7, 1, steps=1000)) == 1000
 
 
 def test_too_small_dataset_is_a_clear_error():

@@ -3,6 +3,9 @@ gallery, and sharded inference that counts every video once (also with two real 
 
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +137,26 @@ def test_two_processes_gather_every_video_once(tmp_path):
         expected = 10 * np.repeat(np.arange(num_items)[:, None], 3, axis=1)
         for result in results:
             np.testing.assert_array_equal(result[num_items].numpy(), expected)
+
+
+def test_the_2d_embedding_of_features_that_are_all_alike_is_pca_not_a_crash():
+    """scikit-learn's Barnes-Hut t-SNE segfaults on identical points (a collapsed network's features); run in a
+    child process so that a regression fails this test instead of killing the test run."""
+    script = """
+import sys
+import numpy as np
+from utils.evaluation import embed_2d
+rng = np.random.default_rng(0)
+for name, features in (("zeros", np.zeros((15, 64), np.float32)), ("alike", np.full((15, 64), 0.5, np.float32)),
+                       ("tiny", (rng.standard_normal((15, 64)) * 1e-30).astype(np.float32)),
+                       ("normal", rng.standard_normal((15, 64)).astype(np.float32))):
+    points, method = embed_2d(features)
+    assert points.shape == (15, 2) and np.isfinite(points).all(), name
+    print(name, method)
+"""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script], cwd=repo, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    methods = dict(line.split() for line in done.stdout.splitlines())
+    assert methods == {"zeros": "PCA", "alike": "PCA", "tiny": "t-SNE", "normal": "t-SNE"}

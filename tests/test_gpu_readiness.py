@@ -23,11 +23,69 @@ def fake_gpu(monkeypatch, major: int) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"Fake GPU sm_{major}0")
 
 
-@pytest.mark.parametrize("fast_bf16, expected", [(True, "bf16"), (False, "none")])
-def test_amp_auto_on_the_cpu_follows_native_bf16(monkeypatch, fast_bf16, expected):
+@pytest.mark.parametrize("fast_bf16, training, expected", [(True, False, "bf16"), (True, True, "none"),
+                                                         (False, False, "none"), (False, True, "none")])
+def test_amp_auto_on_the_cpu_infers_in_native_bf16_and_trains_in_fp32(monkeypatch, fast_bf16, training, expected):
     monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: fast_bf16)
-    assert resolve_amp("auto", CPU)[0] == expected
-    assert resolve_amp("none", CPU)[0] == "none" and resolve_amp("bf16", CPU)[0] == "bf16"
+    assert resolve_amp("auto", CPU, training)[0] == expected
+    assert resolve_amp("none", CPU, training)[0] == "none" and resolve_amp("bf16", CPU, training)[0] == "bf16"
+    with engine.autocast("auto", CPU, training):
+        assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == (
+            torch.bfloat16 if expected == "bf16" else torch.float32)
+
+
+@pytest.mark.parametrize("value, native", [("1", True), ("0", False)])
+def test_vssl_cpu_bf16_makes_auto_resolve_as_on_the_other_kind_of_cpu(monkeypatch, value, native):
+    monkeypatch.setenv("VSSL_CPU_BF16", value)
+    assert engine.cpu_has_fast_bf16() is native
+    assert resolve_amp("auto", CPU)[0] == ("bf16" if native else "none")
+    assert resolve_amp("auto", CPU, training=True)[0] == "none"
+
+
+def test_a_wrong_vssl_cpu_bf16_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("VSSL_CPU_BF16", "yes")
+    with pytest.raises(ValueError, match=r"VSSL_CPU_BF16=yes: expected 1 .* or 0"):
+        select_amp("auto", CPU)
+
+
+def bf16_weight_grad_is_right(conv: torch.nn.Conv3d, x: torch.Tensor) -> bool:
+    """Whether ``conv``'s bf16 weight gradient on ``x`` matches the fp32 one of the same bf16 operands."""
+    weight = conv.weight.detach().bfloat16().requires_grad_()
+    x = x.bfloat16()
+    out = torch.nn.functional.conv3d(x, weight, stride=conv.stride, padding=conv.padding)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+    out.backward(grad_out)
+    reference = torch.nn.grad.conv3d_weight(x.float(), weight.shape, grad_out.float(), stride=conv.stride,
+                                            padding=conv.padding)
+    return bool(torch.allclose(weight.grad.float(), reference, rtol=0.05, atol=0.05 * reference.abs().max().item()))
+
+
+def test_the_cpu_bf16_gradient_check_predicts_the_r3d_stages_it_guards():
+    """The check's verdict on this CPU is the truth for R3D's third stage at 8 frames and its last at 16, the
+    layers whose wrong gradient turned finetuning's loss NaN on AVX-512 CPUs (right on AVX2 ones)."""
+    from model.backbones import build_backbone
+    check = engine.cpu_bf16_conv3d_grad_is_right.__wrapped__  # not the cached verdict
+    backbone, _ = build_backbone("r3d", 8)
+    generator = torch.Generator().manual_seed(0)
+    cases = [(backbone.layer3[0].conv2[0], torch.randn(3, 32, 2, 4, 4, generator=generator)),
+             (backbone.layer4[0].conv2[0], torch.randn(2, 64, 2, 7, 7, generator=generator))]
+    assert [bf16_weight_grad_is_right(conv, x) for conv, x in cases] == [check()] * 2
+
+
+def test_the_cpu_bf16_gradient_check_fails_a_wrong_gradient(monkeypatch):
+    check = engine.cpu_bf16_conv3d_grad_is_right.__wrapped__
+    true_reference = torch.nn.grad.conv3d_weight
+    monkeypatch.setattr(torch.nn.grad, "conv3d_weight", lambda *a, **k: true_reference(*a, **k) * 1.5)
+    assert check() is False
+
+
+def test_bf16_training_on_a_cpu_whose_gradient_check_fails_is_refused(monkeypatch):
+    monkeypatch.setattr(engine, "cpu_bf16_conv3d_grad_is_right", lambda: False)
+    with pytest.raises(ValueError, match=r"--amp bf16: this CPU's bf16 Conv3d weight gradients are wrong.*--amp none"):
+        select_amp("bf16", CPU, training=True)
+    assert select_amp("bf16", CPU) == "bf16"  # inference runs no backward pass
+    monkeypatch.setattr(engine, "cpu_bf16_conv3d_grad_is_right", lambda: True)
+    assert select_amp("bf16", CPU, training=True) == "bf16"
 
 
 @pytest.mark.parametrize("major, expected", [(8, "bf16"), (9, "bf16"), (7, "fp16")])
@@ -53,6 +111,8 @@ def test_select_amp_prints_its_choice(monkeypatch, capsys):
     monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
     assert select_amp("auto", CPU) == "bf16"
     assert "--amp auto: bf16 autocast on cpu (CPU with AVX512-BF16 or AMX)" in capsys.readouterr().out
+    assert select_amp("auto", CPU, training=True) == "none"
+    assert "--amp auto: fp32 on cpu (training on a CPU: oneDNN's bf16 Conv3d" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
         select_amp("fp16", CPU)
 

@@ -201,6 +201,49 @@ def test_simclr_losses_and_gradients_match_loop_references(mode):
         assert_every_row_has_gradient(calls[1][1][1], slice(0, BATCH), "series of shuffled A′")
 
 
+@pytest.mark.parametrize("bug", ["positive-other-video", "sr-wrong-permutation", "tc-other-video"])
+def test_planted_bugs_break_exactly_their_term_as_described(bug):
+    """The miniature's mutants (train_ssl.py --plant-bug): each changes one term, to its loop reference with the
+    bug written out (view B of the previous sample; the permutation σ(j − 1); the previous sample's series)."""
+    method = build("--model", "simclr", "--mode", "clip-sr-tc", *DUALVAR_FLAGS, "--plant-bug", bug)
+    clips = fixed_clips(method.num_views)
+    views = [clips[:, v] for v in range(3)]
+    calls, handle = record_calls(method.encoder)
+    torch.manual_seed(3)
+    out = method(clips)
+    handle.remove()
+
+    z, series = method.encoder(torch.cat(views))
+    s = unit_series(series)
+    other = [BATCH - 1, *range(BATCH - 1)]  # the previous sample, the first taking the last
+    z_b, s_b = z[BATCH:2 * BATCH], s[BATCH:2 * BATCH]
+    sigma = segment_permutation(calls[1][0], views[2], N_SERIES)  # the permutation applied
+    targets = [row[-1:] + row[:-1] for row in sigma] if bug == "sr-wrong-permutation" else sigma
+    assert all(t != row for t, row in zip(targets, sigma)) or bug != "sr-wrong-permutation"
+    _, shuffled_series = method.encoder(shuffled_by_hand(views[2], sigma, N_SERIES))
+    p = calibrate_by_hand(shuffled_series, targets)
+    expected = {
+        "loss_clip": nt_xent_reference(z[:BATCH], z_b[other] if bug == "positive-other-video" else z_b, 0.3,
+                                       clip_similarity),
+        "loss_tc": nt_xent_reference(s[:BATCH], s_b[other] if bug == "tc-other-video" else s_b, 0.11,
+                                     series_similarity),
+        "loss_sr": 0.5 * rank_reference(s[:BATCH], p, 0.13, 2.5) + 0.5 * rank_reference(s[2 * BATCH:], p, 0.13, 2.5),
+    }
+    for name, value in expected.items():
+        torch.testing.assert_close(out[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    correct = build("--model", "simclr", "--mode", "clip-sr-tc", *DUALVAR_FLAGS)
+    torch.manual_seed(3)
+    unplanted = correct(clips)
+    broken = {"positive-other-video": "loss_clip", "sr-wrong-permutation": "loss_sr", "tc-other-video": "loss_tc"}
+    for name in expected:
+        assert torch.allclose(out[name], unplanted[name]) == (name != broken[bug]), name
+
+
+def test_a_planted_bug_needs_the_term_it_breaks():
+    with pytest.raises(ValueError, match="breaks the 'sr' term, which --mode clip-tc does not have"):
+        build("--model", "simclr", "--mode", "clip-tc", "--plant-bug", "sr-wrong-permutation")
+
+
 # ---------------------------------------------------------------- MoCo
 
 @pytest.mark.parametrize("mode", MODES)
@@ -262,6 +305,54 @@ def test_moco_losses_and_gradients_match_loop_references(mode):
     if use_tc or use_sr:
         assert_every_row_has_gradient(series_seen, slice(0, BATCH), "query series")
     if use_sr:
+        assert_every_row_has_gradient(calls[1][1][1], slice(0, 2 * BATCH), "series of A′ and shuffled A′")
+
+
+def negative_reference(reference, unshuffled, shuffled, theta, clamp):
+    """--sr-variant negative: mean over samples and slots of softplus(min((r_j·u_j − r_j·p_j) / θ, clamp)), with
+    p the un-shuffled series and u the shuffled one's, slot by slot (no calibration)."""
+    total, count = 0.0, 0
+    for r, p, u in zip(reference, unshuffled, shuffled):
+        for j in range(len(r)):
+            total = total + torch.log1p(torch.exp(torch.clamp((r[j] @ u[j] - r[j] @ p[j]) / theta, max=clamp)))
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("model", ["simclr", "moco"])
+def test_negative_shuffle_rank_variant_matches_its_loop_reference(model):
+    moco = ("--moco-k", str(MOCO_K), "--moco-m", str(MOCO_M), "--moco-bn-splits", "1") if model == "moco" else ()
+    method = build("--model", model, "--mode", "clip-sr", *DUALVAR_FLAGS, "--sr-variant", "negative", *moco)
+    clips = fixed_clips(method.num_views)
+    a_prime = clips[:, 2]
+    calls, handle = record_calls(method.encoder)
+    torch.manual_seed(3)
+    out = method(clips)
+    handle.remove()
+
+    if model == "simclr":  # A, B, A′ in one pass, then shuffled A′
+        _, series = method.encoder(torch.cat([clips[:, 0], clips[:, 1], a_prime]))
+        s_a, s_a_prime = unit_series(series[:BATCH]), unit_series(series[2 * BATCH:])
+        shuffled_input = calls[1][0]
+    else:  # the query A, then A′ and shuffled A′ in one batch
+        s_a = unit_series(method.encoder(clips[:, 0])[1])
+        shuffled_input = calls[1][0][BATCH:]
+    sigma = segment_permutation(shuffled_input, a_prime, N_SERIES)
+    assert all(all(row[j] != j for j in range(N_SERIES)) for row in sigma), "not derangements"
+    if model == "simclr":
+        _, shuffled_series = method.encoder(shuffled_by_hand(a_prime, sigma, N_SERIES))
+    else:
+        _, pair = method.encoder(torch.cat([a_prime, shuffled_by_hand(a_prime, sigma, N_SERIES)]))
+        s_a_prime, shuffled_series = unit_series(pair[:BATCH]), pair[BATCH:]
+    expected = negative_reference(s_a, s_a_prime, unit_series(shuffled_series), 0.13, 2.5)
+    torch.testing.assert_close(out["loss_sr"], expected, rtol=1e-5, atol=1e-6)
+    assert_same_gradients(out["loss_sr"], expected, method.encoder.parameters())
+    # a gradient reaches the backbone through the un-shuffled and the shuffled view
+    out["loss_sr"].backward()
+    if model == "simclr":
+        assert_every_row_has_gradient(calls[0][1][1], slice(2 * BATCH, 3 * BATCH), "series of A′")
+        assert_every_row_has_gradient(calls[1][1][1], slice(0, BATCH), "series of shuffled A′")
+    else:
         assert_every_row_has_gradient(calls[1][1][1], slice(0, 2 * BATCH), "series of A′ and shuffled A′")
 
 

@@ -10,7 +10,7 @@ import torch
 
 from model import add_method_args, build_method
 from paper_scripts import collect_results
-from retrieve import ColourStatistics
+from model.references import ColourStatistics
 from utils.evaluation import knn_classify, linear_probe, topk_accuracy
 
 
@@ -138,3 +138,71 @@ def test_reversal_sensitivity_is_zero_for_features_blind_to_the_arrow_of_time():
     features = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
     # change 1 per clip; mean distance between the two clips 5
     assert reversal_sensitivity(features, features + torch.tensor([1.0, 0.0])) == pytest.approx(0.2)
+
+
+def test_direction_accuracy_counts_only_videos_predicted_as_either_class_of_the_pair():
+    names = ["Right", "Left", "Other"]
+    confusion = [[6, 2, 4],  # Right: 6 right, 2 called Left, 4 called Other (not counted)
+                 [3, 5, 0],
+                 [7, 7, 7]]
+    assert collect_results.direction_accuracy(confusion, names, ("Right", "Left")) == pytest.approx(100 * 11 / 16)
+    assert collect_results.direction_accuracy(confusion, names, ("Left", "Right")) == pytest.approx(100 * 11 / 16)
+    assert collect_results.direction_accuracy([[0, 0], [0, 0]], names[:2], ("Right", "Left")) is None
+    with pytest.raises(collect_results.ResultsError, match="no class 'Up'"):
+        collect_results.direction_accuracy(confusion, names, ("Up", "Left"))
+
+
+def write_seed_runs(root, method, knn, rank=None, reversal=None, confusion=None):
+    for seed, value in enumerate(knn):
+        folder = root / method / f"seed{seed}"
+        write_json(folder / "test_retrieval" / "retrieval.json",
+                   {"knn_top1": value, "linear_probe_top1": value, "R@1": value})
+        if reversal is not None:
+            write_json(folder / "reversal.json", {"reversal_sensitivity": reversal[seed]})
+        if rank is not None:
+            log = folder / "pretrain" / "log.jsonl"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            entries = [{"kind": "epoch", "acc_rank_identity": 0.0, "acc_rank_shuffled": 0.0},  # an earlier epoch
+                       {"kind": "iter", "acc_rank_identity": 0.5},
+                       {"kind": "epoch", "acc_rank_identity": rank[seed][0], "acc_rank_shuffled": rank[seed][1]}]
+            log.write_text("".join(json.dumps(e) + "\n" for e in entries))
+        if confusion is not None:
+            write_json(folder / "test" / "test_results.json",
+                       {"top1": 50.0, "confusion_matrix": confusion[seed], "class_names": ["Right", "Left"]})
+
+
+def test_seed_table_has_direction_rank_and_reversal_columns(tmp_path):
+    root = tmp_path / "miniature"
+    write_seed_runs(root, "dualvar", [30, 31, 32], rank=[(0.9, 0.1), (0.8, 0.2), (0.7, 0.3)],
+                    reversal=[0.1, 0.2, 0.3], confusion=[[[3, 1], [1, 3]], [[4, 0], [2, 2]], [[1, 1], [1, 1]]])
+    pairs_file = tmp_path / "pairs.txt"
+    pairs_file.write_text("Right Left\r\n")
+    args = collect_results.get_args_parser().parse_args(
+        ["--seeds", "--output-root", str(root), "--direction-pairs", str(pairs_file), "--summary",
+         str(root / "summary.json")])
+    text = collect_results.main(args)
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert header == ("| method | seeds | kNN top-1 | linear probe top-1 | finetune top-1 | R@1 | direction Right/Left | "
+                      "rank acc. identity | rank acc. shuffled | reversal sensitivity |")
+    row = next(line for line in text.splitlines() if line.startswith("| dualvar"))
+    assert "| 0.80 ± 0.10 | 0.20 ± 0.10 | 0.20 ± 0.10 |" in row  # the last epoch's entries, two decimals
+    metrics = json.loads((root / "summary.json").read_text())["dualvar"]["metrics"]
+    assert metrics["direction Right/Left"]["mean"] == pytest.approx((75 + 75 + 50) / 3)
+
+
+def test_planted_bug_is_detected_only_when_it_moves_toward_random_by_two_sd_of_the_difference(tmp_path):
+    root = tmp_path / "miniature"
+    write_seed_runs(root, "random", [20, 21, 22])
+    write_seed_runs(root, "simclr", [40, 41, 42])
+    write_seed_runs(root, "bug_far", [25, 26, 27])  # 15 points toward random, sd of the difference 0.8
+    write_seed_runs(root, "bug_near", [39, 41, 43])  # 0 points
+    write_seed_runs(root, "bug_up", [50, 51, 52])  # away from random: not what a broken objective does
+    summary = collect_results.summarize_seeds(root)
+    table, results = collect_results.compare_with_correct(
+        summary, [("bug_far", "simclr"), ("bug_near", "simclr"), ("bug_up", "simclr")])
+    assert results["bug_far"]["knn_top1"]["difference"] == pytest.approx(-15.0)
+    assert results["bug_far"]["knn_top1"]["sd"] == pytest.approx((2 * 1.0 / 3) ** 0.5)
+    assert [results[name]["detected"] for name in ("bug_far", "bug_near", "bug_up")] == [True, False, False]
+    assert "| bug_far | simclr | -15.0 ± 0.8 |" in table
+    with pytest.raises(collect_results.ResultsError, match="no seed results for missing"):
+        collect_results.compare_with_correct(summary, [("missing", "simclr")])

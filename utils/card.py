@@ -3,9 +3,11 @@
 Most failures to reproduce a published video-SSL number come from settings the number never stated:
 split 1 or the mean of three, how many videos of a data set copy were actually there, epochs, GPUs ×
 per-GPU batch, whether contrastive negatives were gathered across processes, finetuning or a linear
-probe, clips and crops at test time, which checkpoint. A card states them all, from the files the runs
-wrote and never typed by hand: the result's own configuration, the ``config.json`` of the finetuning
-and pretraining runs it descends from (found through the checkpoint paths), and the split CSVs.
+probe, clips and crops at test time, which checkpoint, and the precision each stage ran in (``--amp auto``
+is bf16 on some machines and fp32 on others, and bf16 features move R@k, kNN and probe figures slightly).
+A card states them all, from the files the runs wrote and never typed by hand: the result's own
+configuration, the ``config.json`` of the finetuning and pretraining runs it descends from (found through
+the checkpoint paths), and the split CSVs.
 
 ``write_card(results_path)`` writes ``card.json`` beside ``test_results.json`` or ``retrieval.json``;
 ``summary_line(card)`` is its one-line form for the results table.
@@ -20,6 +22,8 @@ from utils.atomic import write_text
 
 CARD_NAME = "card.json"
 EVAL_CLIPS, EVAL_CROPS = 10, 1  # dataset.video_dataset.NUM_EVAL_CLIPS, one centre crop
+# what each resolved --amp mode computes in (utils.engine prints the same names; this module stays free of torch)
+PRECISIONS = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -53,8 +57,24 @@ def _listed_videos(config: dict, kind: str) -> int | None:
         return None
 
 
+def precision(config: dict) -> str:
+    """The precision a run computed in: the entry scripts record ``--amp`` as resolved on their device."""
+    amp = config.get("amp")
+    if amp is None:
+        return "not recorded"
+    return PRECISIONS.get(amp, f"--amp {amp} (not resolved when recorded)")
+
+
 def _clip(config: dict) -> dict:
-    return {key: config.get(key) for key in ("num_frames", "stride", "size")}
+    # runs from before --clip-input saw RGB
+    return {**{key: config.get(key) for key in ("num_frames", "stride", "size")},
+            "input": config.get("clip_input") or "rgb"}
+
+
+def _budget(config: dict) -> dict:
+    """Epochs, and the optimizer steps they came to (recorded since --steps; None before)."""
+    resolved = config.get("resolved") or {}
+    return {"epochs": resolved.get("epochs", config.get("epochs")), "steps": resolved.get("steps")}
 
 
 def _batches(config: dict) -> dict:
@@ -84,8 +104,8 @@ def _pretraining(config: dict, git: dict, checkpoint_epoch: int | None) -> dict:
             else config.get("mode"))
     return {"model": model, "mode": mode, "net": config.get("net"),
             "base_width": config.get("base_width"), "dataset": config.get("dataset"), "split": config.get("split"),
-            "epochs": config.get("epochs"), "checkpoint_epoch": checkpoint_epoch, **_batches(config),
-            "negatives": negatives(config), "sync_bn": config.get("sync_bn"),
+            **_budget(config), "checkpoint_epoch": checkpoint_epoch, **_batches(config),
+            "negatives": negatives(config), "sync_bn": config.get("sync_bn"), "precision": precision(config),
             # IIC's sampler takes consecutive frames whatever --stride says (dataset.video_dataset.build_dataset)
             "clip": {**_clip(config), **({"stride": 1} if model == "iic" else {})},
             "videos": {"listed": _listed_videos(config, "train"),
@@ -99,8 +119,9 @@ def _finetuning(config: dict, git: dict, checkpoint_epoch: int | None) -> dict:
     return {"what": "linear probe (backbone frozen)" if probe else "all layers",
             "batch_norm": "frozen (eval mode)" if probe else
             ("synchronised across processes" if config.get("sync_bn") else "batch statistics of each process"),
-            "dataset": config.get("dataset"), "split": config.get("split"), "epochs": config.get("epochs"),
+            "dataset": config.get("dataset"), "split": config.get("split"), **_budget(config),
             "checkpoint_epoch": checkpoint_epoch, **_batches(config), "clip": _clip(config),
+            "precision": precision(config),  # validation too
             "videos": {"listed": _listed_videos(config, "train"), "train_used": resolved.get("train_videos"),
                        "validation_hold_out": resolved.get("val_videos")},
             "seed": config.get("seed"), "revision": git}
@@ -125,7 +146,8 @@ def build_card(results_path: str | Path) -> dict:
             "protocol": "frozen features: retrieval, kNN and linear probe (train split = gallery, test = queries)",
             "layer": results.get("layer"), "clips": EVAL_CLIPS, "crops": EVAL_CROPS,
             "aggregation": "mean feature over the clips of a video", "level": "video",
-            "knn": results.get("knn"), "merge": results.get("merge_modality") if results.get("merge") else None}
+            "knn": results.get("knn"), "merge": results.get("merge_modality") if results.get("merge") else None,
+            "precision": precision(config)}
         evaluated = {"train_listed": _listed_videos(config, "train"), "train_used": results.get("num_gallery"),
                      "test_listed": _listed_videos(config, "test"), "test_used": results.get("num_queries")}
         pretrain_ckpt, pretrain_epoch = results.get("checkpoint"), results.get("checkpoint_epoch")
@@ -135,7 +157,7 @@ def build_card(results_path: str | Path) -> dict:
         card["evaluation"] = {
             "protocol": "finetuned classifier, 10-clip test", "clips": EVAL_CLIPS, "crops": EVAL_CROPS,
             "aggregation": f"mean of the {results.get('aggregate', 'softmax')} over the clips of a video",
-            "level": "video", "tested_split": results.get("split")}
+            "level": "video", "tested_split": results.get("split"), "precision": precision(config)}
         evaluated = {"test_listed": _listed_videos(config, "test") if results.get("split") == "test" else None,
                      "test_used": results.get("num_videos")}
         finetune = _run_config(results.get("checkpoint"), results.get("checkpoint_config"))
@@ -199,20 +221,22 @@ def summary_line(card: dict) -> str:
         parts.append(f"no pretraining (random weights, seed {pre['seed']})")
     elif pre:
         parts.append(f"pretrained {pre['model']} {pre['mode']} {pre['net']} on {pre['dataset']} "
-                     f"({_videos(pre['videos'])} videos), {pre['epochs']} epochs, "
+                     f"({_videos(pre['videos'])} videos), {_budget_text(pre)}, "
                      f"{pre['processes']} × {pre['per_process_batch']} = {pre['global_batch']} per step, "
                      f"negatives: {pre['negatives']}, clip {_clip_text(pre['clip'])}, "
-                     f"checkpoint after epoch {_count(pre['checkpoint_epoch'])}")
+                     f"checkpoint after epoch {_count(pre['checkpoint_epoch'])}, {_precision_text(pre)}")
     else:
         parts.append(_unrecorded_source(card))
     if ft:
         parts.append(f"finetuned {ft['what']} ({ft['videos']['train_used']} videos, BN {ft['batch_norm']}), "
-                     f"{ft['epochs']} epochs, {ft['processes']} × {ft['per_process_batch']} = {ft['global_batch']}, "
-                     f"clip {_clip_text(ft['clip'])}, checkpoint after epoch {_count(ft['checkpoint_epoch'])}")
+                     f"{_budget_text(ft)}, {ft['processes']} × {ft['per_process_batch']} = {ft['global_batch']}, "
+                     f"clip {_clip_text(ft['clip'])}, checkpoint after epoch {_count(ft['checkpoint_epoch'])}, "
+                     f"{_precision_text(ft)}")
     ev = card["evaluation"]
     tested = videos.get("test_used")
     parts.append(f"{ev['protocol']} on {tested}{'' if videos.get('test_listed') in (None, tested) else ' of ' + str(videos['test_listed'])} "
-                 f"test videos, {ev['clips']} clips × {ev['crops']} centre crop, clip {_clip_text(card['clip'])}")
+                 f"test videos, {ev['clips']} clips × {ev['crops']} centre crop, clip {_clip_text(card['clip'])}, "
+                 f"{_precision_text(ev)}")
     seeds = card.get("seeds") or []
     parts.append(f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds)) or 'unknown'}")
     rev = card["revision"]
@@ -230,10 +254,23 @@ def _unrecorded_source(card: dict) -> str:
     if source in (None, "none") and card.get("finetuning"):
         return "no pretraining (random initialisation)"
     if source == "no-learning reference":
-        return "no learning (the per-channel colour statistics of each clip)"
+        what = {"colour-stats": "the per-channel colour statistics of each clip",
+                "motion-stats": "the optical-flow statistics of each clip"}.get(checkpoint, checkpoint)
+        return f"no learning ({what})"
     return (f"weights from {checkpoint} ({source}); no configuration of the run that wrote them was found, so "
             "its settings are unknown")
 
 
+def _budget_text(stage: dict) -> str:
+    steps = stage.get("steps")
+    return f"{stage['epochs']} epochs" + (f" ({steps} steps)" if steps else "")
+
+
+def _precision_text(stage: dict) -> str:
+    recorded = stage.get("precision")  # absent from the cards written before it was recorded
+    return "precision not recorded" if recorded in (None, "not recorded") else f"in {recorded}"
+
+
 def _clip_text(clip: dict) -> str:
-    return f"{clip.get('num_frames')}×{clip.get('size')}², stride {clip.get('stride')}"
+    text = f"{clip.get('num_frames')}×{clip.get('size')}², stride {clip.get('stride')}"
+    return text if clip.get("input", "rgb") == "rgb" else f"{text}, {clip['input']} input"

@@ -238,7 +238,7 @@ class Checkpointer:
     """
 
     # flags that may change between a run and its resumption without a warning
-    RESUMABLE_CHANGES = frozenset({"resume", "output_dir", "epochs", "dry_run", "log_every", "save_freq",
+    RESUMABLE_CHANGES = frozenset({"resume", "output_dir", "epochs", "steps", "dry_run", "log_every", "save_freq",
                                    "save_every_iters", "workers", "local_rank", "data_root", "frame_root", "csv_dir",
                                    "video_root", "max_bad_videos", "resolved"})
     REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "iteration", "global_step", "rng")

@@ -366,8 +366,14 @@ def plot_retrieval_examples(query_frames: list[np.ndarray], neighbour_frames: li
 
 
 def embed_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
-    """2-D embedding for a scatter plot: t-SNE when scikit-learn is present (PCA otherwise or for < 5 points)."""
-    if len(features) >= 5:
+    """2-D embedding for a scatter plot: t-SNE when scikit-learn is present (PCA otherwise, for < 5 points, and for
+    features that are all alike)."""
+    centred = features - features.mean(axis=0)
+    spread = float(np.abs(centred).max()) if centred.size else 0.0
+    # scikit-learn 1.9's Barnes-Hut t-SNE crashes the process (a segfault) on identical or vanishingly close points,
+    # the features of a collapsed network; t-SNE does not depend on the scale, so it sees them scaled to 1.
+    # (A NaN spread goes on to scikit-learn, which names non-finite input in its error.)
+    if len(features) >= 5 and spread != 0:
         try:
             from sklearn.manifold import TSNE
             from threadpoolctl import threadpool_limits
@@ -375,10 +381,9 @@ def embed_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
             # Small sets run single-threaded: OpenMP threads spinning next to torch's took 100x longer.
             with threadpool_limits(1 if len(features) < 1000 else None, user_api="openmp"):
                 return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-                    features), "t-SNE"
+                    centred / spread), "t-SNE"
         except ImportError:
             pass
-    centred = features - features.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     points = centred @ vt[:2].T  # (N, <=2)
     return np.pad(points, ((0, 0), (0, 2 - points.shape[1]))), "PCA"

@@ -72,6 +72,10 @@ def add_training_args(parser: argparse.ArgumentParser, *, title: str, epochs: in
 
     group = parser.add_argument_group(title)
     group.add_argument("--epochs", type=int, default=epochs, help="number of epochs" + note("epochs"))
+    group.add_argument("--steps", type=int, default=0,
+                       help="train for this many optimizer steps instead of --epochs (0: --epochs): as many epochs as "
+                            "they need, the last one cut short, so that data sets of any size train the same amount "
+                            "(--schedule and --warmup-epochs stay in epochs)")
     group.add_argument("--batch-size", type=int, default=batch_size,
                        help="clips per process; the global batch is this × processes" + note("batch_size"))
     group.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="sgd is the published one")
@@ -86,10 +90,10 @@ def add_training_args(parser: argparse.ArgumentParser, *, title: str, epochs: in
     group.add_argument("--warmup-epochs", type=int, default=0,
                        help="linear warm-up of the learning rate over this many epochs")
     group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                       help="mixed precision: auto = bf16 on Ampere or newer GPUs and on CPUs with AVX512-BF16/AMX, "
-                            "fp16 on older GPUs, fp32 elsewhere; bf16 (slower than fp32 on CPUs without "
-                            "AVX512-BF16/AMX); fp16 (CUDA only, with loss scaling); none = fp32. Losses are "
-                            "computed in fp32")
+                       help="mixed precision: auto = bf16 on Ampere or newer GPUs, fp16 on older GPUs, fp32 on every "
+                            "CPU (oneDNN's bf16 Conv3d gradients are wrong on AVX-512 CPUs: docs/gpu.md); bf16 "
+                            "(refused on a CPU where they are wrong); fp16 (CUDA only, with loss scaling); none = "
+                            "fp32. Losses are computed in fp32")
     group.add_argument("--seed", type=int, default=0,
                        help="seeds the model, the data order and every augmentation (same seed = same run)")
     group.add_argument("--output-dir", default=output_dir,
@@ -112,7 +116,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, title: str, epochs: in
 def check_training_args(args: argparse.Namespace, minimums: dict[str, int] | None = None) -> None:
     """Range checks of the add_training_args flags (and of the script's own integer flags in ``minimums``), and
     whether this run may write into --output-dir (nothing is written yet, so that --dry-run checks it too)."""
-    minimums = {"epochs": 1, "batch_size": 1, "warmup_epochs": 0, "save_every_iters": 0, "max_iters_per_epoch": 0,
+    minimums = {"epochs": 1, "steps": 0, "batch_size": 1, "warmup_epochs": 0, "save_every_iters": 0, "max_iters_per_epoch": 0,
                 "log_every": 1, **(minimums or {})}
     for flag, minimum in minimums.items():
         if getattr(args, flag) < minimum:

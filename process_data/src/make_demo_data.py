@@ -3,7 +3,8 @@
     python process_data/src/make_demo_data.py --out DIR [--classes ...] [--videos-per-class N] [--seed S]
 
 writes ``DIR/videos/<Class>/v_<Class>_gGG_cCC.avi`` and UCF101-format split files (CRLF line endings)
-``DIR/splits/{classInd.txt,trainlist01.txt,testlist01.txt}``. As in UCF101, videos come in 25 groups
+``DIR/splits/{classInd.txt,trainlist01.txt,testlist01.txt}``, and the arrow-of-time pairs of classes in
+``DIR/splits/arrow_of_time_pairs.txt``. As in UCF101, videos come in 25 groups
 and the first 7 groups are the test split (28 %).
 
 The statistics follow METHOD.md section 1.4 (version 2), because a self-supervised method learns what
@@ -68,6 +69,8 @@ CLASSES = {
 NUM_GROUPS = 25
 TEST_GROUPS = range(1, 8)
 FOURCC = {"avi": "MJPG", "mp4": "mp4v"}
+# the arrow-of-time pairs, one "Forward Backward" line each, beside the split files
+PAIRS_FILE = "arrow_of_time_pairs.txt"
 # OpenCV hue (0..180) around which each scene family's colours lie; blobs take any hue.
 SCENE_HUES = {"sky": 105, "grass": 55, "tiles": 15, "stripes": 150, "blobs": None}
 
@@ -372,7 +375,22 @@ def generate(out: Path, classes: list[str], videos_per_class: int, seed: int, si
     _write_lines(out / "splits" / "classInd.txt", [f"{i} {c}" for i, c in enumerate(classes, start=1)])
     _write_lines(out / "splits" / "trainlist01.txt", train)
     _write_lines(out / "splits" / "testlist01.txt", test)
+    pairs = arrow_of_time_pairs(classes)
+    if pairs:  # for the miniature's direction accuracy (paper_scripts/collect_results.py --direction-pairs)
+        _write_lines(out / "splits" / PAIRS_FILE, [" ".join(pair) for pair in pairs])
     return [job[0] for job in jobs]
+
+
+def arrow_of_time_pairs(classes: list[str]) -> list[tuple[str, str]]:
+    """The (forward, backward) pairs among ``classes``: a class and its rendering played backwards."""
+    forward = {(spec.motion, spec.scene, spec.shape): name for name, spec in CLASSES.items() if not spec.reverse}
+    pairs = []
+    for name in classes:
+        spec = CLASSES[name]
+        partner = forward.get((spec.motion, spec.scene, spec.shape))
+        if spec.reverse and partner in classes:
+            pairs.append((partner, name))
+    return pairs
 
 
 def get_args_parser() -> argparse.ArgumentParser:
