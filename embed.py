@@ -6,32 +6,42 @@
 
 ``--videos`` is a folder, searched recursively for video files (the extensions of dataset/layout.py's
 VIDEO_EXTENSIONS, any container FFmpeg reads), or a text file of video paths, one per line (relative paths
-relative to the current folder). Each video gives ``--clips`` evenly spaced centre clips (the 10-clip test's
-positions, METHOD.md §7); its feature is the mean of the clips' backbone features (``--layer pool``: global
-average, ``conv5``: the last feature map max-pooled (1, 2, 2) and flattened). The clip shape (frames, size,
-resize) is the checkpoint's unless given. Any checkpoint of train_ssl.py or finetune.py, loaded strictly.
+relative to the current folder). The videos' root is that folder, or for a list the current folder: every
+video is named by its path relative to the root (absolute when outside it), so that a video given twice, once
+by an absolute and once by a relative path, is embedded once, and a folder moved elsewhere still resumes.
 
-Output ``--out`` (an .npz): ``features`` (N, D) float32, ``paths`` (N,) as given or found, ``num_frames``
-(N,), ``fps`` (N,) (NaN where the container states none), and ``config`` (JSON: checkpoint, layer, clip
-shape). A video that cannot be read is listed in ``failures.txt`` next to ``--out`` (``path<TAB>reason``)
-and the others are still embedded. ``--neighbours K`` also writes ``neighbours.csv`` next to ``--out``:
-each video's K most cosine-similar other videos, ``video,rank,neighbour,cosine``.
+Each video gives ``--clips`` evenly spaced centre clips (the 10-clip test's positions, METHOD.md §7); its
+feature is the mean of the clips' backbone features (``--layer pool``: global average, ``conv5``: the last
+feature map max-pooled (1, 2, 2) and flattened). The clip shape (frames, size, resize) is the checkpoint's
+unless given. Any checkpoint of train_ssl.py or finetune.py, loaded strictly.
 
-Resumable: every ``--save-every`` videos each process writes what it has to a hidden partial file beside
-``--out`` (atomically); at the end the first process merges them into ``--out`` (atomically) and removes
-them. Rerunning with the same ``--out`` skips the videos already in ``--out`` or in partial files of a killed
-run, and retries the failed ones. Under torchrun each process embeds every W-th of the videos left to do,
-so each video is embedded exactly once.
+Output ``--out`` (an .npz): ``features`` (N, D) float32, ``paths`` (N,) relative to ``root`` (the
+videos' root, absolute), ``num_frames`` (N,), ``fps`` (N,) (NaN where the container states none), and
+``config`` (JSON: the settings that decide a feature, among them the SHA-256 of the backbone's weights, and
+the checkpoint's path). A video that cannot be read is listed in ``failures.txt`` next to ``--out``
+(``path<TAB>reason``, the path as opened) and the others are still embedded; when none can be read, the run
+fails and writes no ``--out``. ``--neighbours K`` also writes ``neighbours.csv`` next to ``--out``: each
+video's K most cosine-similar other videos, ``video,rank,neighbour,cosine`` (paths as in ``paths``).
+
+Resumable: every ``--save-every`` videos, and when SIGTERM or Ctrl-C stops it, each process writes what it
+has to a hidden partial file beside ``--out`` (atomically); ``--out`` itself is written only at the end, when
+the first process merges them into it (atomically) and removes them. Rerunning with the same ``--out`` skips
+the videos already in ``--out`` or in the partial files of a stopped run, and retries the failed ones; it
+refuses an ``--out`` made from other weights or with another feature-changing setting (the same weights
+under another checkpoint path are the same). Under torchrun each process embeds every W-th of the videos left
+to do, so each video is embedded exactly once.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +59,8 @@ from model.classifier import (add_backbone_args, backbone_state, checkpoint_conf
 from retrieve import DATA_FALLBACKS, LAYERS, video_features
 from utils.atomic import write_text
 from utils.cli import launch, run_cli
-from utils.distributed import add_distributed_args, barrier, get_rank, get_world_size
-from utils.engine import add_inference_amp_arg, autocast, quiet_worker, select_amp
+from utils.distributed import add_distributed_args, barrier, default_workers, get_rank, get_world_size
+from utils.engine import TrainingInterrupted, add_inference_amp_arg, autocast, quiet_worker, select_amp
 from utils.evaluation import inherit_flags
 from utils.logging import config_to_dict
 from utils.progress import progress_bar
@@ -58,13 +68,14 @@ from utils.run_dir import check_writable
 
 FAILURES_NAME = "failures.txt"
 NEIGHBOURS_NAME = "neighbours.csv"
-# what must match between a run and the --out it resumes: features of other settings would not compare
-CONFIG_KEYS = ("ckpt", "init_from", "net", "base_width", "layer", "clips", "num_frames", "stride", "size", "resize",
-               "resize_quirk", "clip_input")
+# what must match between a run and the --out it resumes, every setting that changes a feature: the weights
+# (by content, see weights_digest), the backbone, the clips, and the precision (--amp as resolved on the device)
+CONFIG_KEYS = ("weights", "net", "base_width", "layer", "clips", "num_frames", "stride", "size", "resize",
+               "resize_quirk", "clip_input", "amp")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Embed every video of a folder or list with a pretrained backbone",
+    parser = argparse.ArgumentParser(description="Embed every video of a folder or list with a pretrained backbone",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("embedding")
     group.add_argument("--ckpt", default=None,
@@ -86,7 +97,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="also write neighbours.csv: each video's K nearest videos by cosine similarity "
                             "(0: none)")
     group.add_argument("--batch-size", type=int, default=4, help="videos per batch (each is --clips clips)")
-    group.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (video decoders)")
+    group.add_argument("--workers", type=int, default=default_workers(),
+                       help="DataLoader worker processes (video decoders); default: this node's cores per process, "
+                            "less one, at most 8")
     add_inference_amp_arg(group)
     group.add_argument("--save-every", type=int, default=256,
                        help="videos between the partial saves that a rerun resumes from")
@@ -112,22 +125,33 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- the videos
 
-def list_videos(source: str | os.PathLike) -> list[str]:
-    """The video paths of ``--videos``: a folder's video files (recursively, sorted), or a list file's lines."""
+def video_key(path: str | os.PathLike, root: Path) -> str:
+    """The name of a video in the results: its absolute, normalised path relative to ``root`` (an absolute
+    ``root``), or that absolute path when it lies outside. Lexical: a symbolic link is not followed out of the
+    root."""
+    absolute = Path(os.path.normpath(root / path))
+    return absolute.relative_to(root).as_posix() if absolute.is_relative_to(root) else absolute.as_posix()
+
+
+def list_videos(source: str | os.PathLike) -> tuple[Path, list[str]]:
+    """(the videos' root, their names relative to it) for ``--videos``: a folder (the root) and its video files,
+    recursively and sorted; or a list file's lines, relative to the current folder (the root). Each video once."""
     source = Path(source)
     if source.is_dir():
-        found = sorted(str(p) for p in source.rglob("*") if is_video_file(p.name) and p.is_file())
+        root = Path(os.path.abspath(source))
+        found = sorted(video_key(p, root) for p in root.rglob("*") if is_video_file(p.name) and p.is_file())
         if not found:
             raise ValueError(f"--videos {source} holds no video file (searched recursively for ."
                              f"{', .'.join(VIDEO_EXTENSIONS)})")
-        return found
+        return root, found
     if not source.is_file():
         raise FileNotFoundError(f"--videos {source}: no such folder or list file")
+    root = Path.cwd()
     lines = [line.strip() for line in source.read_text(errors="replace").splitlines()]
-    paths = list(dict.fromkeys(line for line in lines if line and not line.startswith("#")))
+    paths = list(dict.fromkeys(video_key(line, root) for line in lines if line and not line.startswith("#")))
     if not paths:
         raise ValueError(f"--videos {source} is an empty list: give one video path per line")
-    return paths
+    return root, paths
 
 
 class VideoClips(Dataset):
@@ -166,11 +190,21 @@ class VideoClips(Dataset):
 # ---------------------------------------------------------------- results on disk
 
 def _partial_files(out: Path) -> list[Path]:
-    return sorted(out.parent.glob(f".{out.name}.rank*.npz"))
+    """What a stopped run left beside ``out``: the processes' partial files and their earlier merge."""
+    return sorted(out.parent.glob(f".{out.name}.rank*.npz")) + [p for p in [_earlier_path(out)] if p.is_file()]
 
 
 def _partial_path(out: Path, rank: int) -> Path:
     return out.parent / f".{out.name}.rank{rank}.npz"
+
+
+def _earlier_path(out: Path) -> Path:
+    """Where a restarted run keeps the partial files of the runs before it: each process rewrites its own."""
+    return out.parent / f".{out.name}.earlier.npz"
+
+
+def start_over_hint(out: Path) -> str:
+    return f"to start over, delete {out} and the hidden .{out.name}.* files beside it, or choose another --out"
 
 
 def save_npz(path: Path, **arrays) -> None:
@@ -183,9 +217,15 @@ def save_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
-def load_results(path: Path, config: dict) -> dict[str, np.ndarray] | None:
+def _setting(key: str, value) -> str:
+    if value is None:
+        return "not recorded"
+    return f"sha256 {value[:12]}" if key == "weights" else str(value)
+
+
+def load_results(path: Path, config: dict, out: Path) -> dict[str, np.ndarray] | None:
     """The arrays of an earlier --out or partial file (None when absent); ValueError when it was made with
-    other settings, whose features would not compare with this run's."""
+    other weights or settings, whose features would not compare with this run's."""
     if not path.is_file():
         return None
     try:
@@ -196,9 +236,12 @@ def load_results(path: Path, config: dict) -> dict[str, np.ndarray] | None:
         raise ValueError(f"{path} is not a features file of embed.py ({error}); choose another --out") from None
     changed = {k: (made_with.get(k), config[k]) for k in CONFIG_KEYS if made_with.get(k) != config[k]}
     if changed:
-        differences = ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in changed.items())
-        raise ValueError(f"{path} was made with other settings ({differences}): use the same flags to resume it, "
-                         "or choose another --out")
+        differences = ", ".join(f"{k}: {_setting(k, a)} there, {_setting(k, b)} now" for k, (a, b) in changed.items())
+        weights = (f" (there from {made_with.get('checkpoint')}, now from {config['checkpoint']})"
+                   if "weights" in changed else "")
+        raise ValueError(f"{path} was made with other weights or settings ({differences}){weights}, and its "
+                         f"features would not compare with this run's: to resume it, use the same checkpoint and "
+                         f"flags; {start_over_hint(out)}")
     return arrays
 
 
@@ -237,28 +280,53 @@ def write_neighbours(path: Path, features: np.ndarray, paths: np.ndarray, k: int
 
 # ---------------------------------------------------------------- the run
 
-def _fold(out: Path, config: dict, order: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Merge --out and the partial files beside it into --out (atomically), then remove the partial files;
-    returns the merged arrays and the failures ({path: reason}) of the partial files not embedded since."""
+def _fold(out: Path, config: dict, order: list[str], final: bool) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Merge --out and the partial files beside it; returns the merged arrays and the failures ({path: reason})
+    of the partial files not embedded since. ``final``: into --out (atomically, when it holds a row), then the
+    partial files are removed; else only the partial files of the processes into the earlier-runs file, which
+    is what a restarted run reads, as each process rewrites its own partial file."""
     partials = _partial_files(out)
-    parts = [r for r in [load_results(out, config)] + [load_results(p, config) for p in partials] if r is not None]
-    merged = merge(parts, order)
+    loaded = {p: r for p in [out, *partials] if (r := load_results(p, config, out)) is not None}
+    merged = merge(list(loaded.values()), order)
     failures = {}
-    for part in parts:
+    for part in loaded.values():
         failures.update(zip(part.get("failed_paths", np.array([])).tolist(),
                             part.get("failed_reasons", np.array([])).tolist()))
     for path in merged["paths"].tolist():
         failures.pop(path, None)
-    if partials or not out.is_file():
-        save_npz(out, **merged, config=np.array(json.dumps(config)))
-    for partial in partials:
+    if final:
+        if partials and len(merged["paths"]):
+            save_npz(out, **merged, root=np.array(config["root"]), config=np.array(json.dumps(config)))
+        stale = partials
+    else:
+        stale = [p for p in partials if p != _earlier_path(out)]
+        if stale:
+            earlier = merge([loaded[p] for p in partials if p in loaded], order)
+            save_npz(_earlier_path(out), **earlier, failed_paths=np.array(list(failures), dtype=str),
+                     failed_reasons=np.array(list(failures.values()), dtype=str), config=np.array(json.dumps(config)))
+    for partial in stale:
         partial.unlink(missing_ok=True)
     return merged, failures
 
 
-def resolved_config(args: argparse.Namespace) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-            ((k, getattr(args, k)) for k in CONFIG_KEYS)}
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's tensors (names, dtypes, shapes, bytes): the same weights give the same digest
+    whichever file or path they came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolved_config(args: argparse.Namespace, weights: str | None = None, root: Path | None = None) -> dict:
+    """The settings compared on a resume (CONFIG_KEYS), and, for the record, the checkpoint and the root."""
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+              ((k, getattr(args, k)) for k in CONFIG_KEYS if k != "weights")}
+    checkpoint = args.ckpt if args.ckpt is not None else args.init_from
+    return {"weights": weights, **config, "checkpoint": os.path.abspath(checkpoint),
+            "root": None if root is None else str(root)}
 
 
 def main(args: argparse.Namespace) -> dict | None:
@@ -281,93 +349,121 @@ def main(args: argparse.Namespace) -> dict | None:
     resolve_backbone_args(args, ckpt)
     inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
     args.resize = list(args.resize)
-    paths = list_videos(args.videos)
-    return launch(args, get_args_parser(), lambda device: _embed(args, device, ckpt, paths, out),
+    root, paths = list_videos(args.videos)
+    return launch(args, get_args_parser(), lambda device: _embed(args, device, ckpt, root, paths, out),
                   saved_in=f"the config array of {out}",
-                  dry_run_config=lambda: {**config_to_dict(args), "videos_found": len(paths)})
+                  dry_run_config=lambda: {**config_to_dict(args), "root": str(root), "videos_found": len(paths)})
 
 
-def _embed(args: argparse.Namespace, device: torch.device, ckpt: dict, paths: list[str], out: Path) -> dict:
+def _embed(args: argparse.Namespace, device: torch.device, ckpt: dict, root: Path, paths: list[str],
+           out: Path) -> dict:
     args.amp = select_amp(args.amp, device)
     rank, world = get_rank(), get_world_size()
-    config = resolved_config(args)
     backbone, _ = build_backbone(args.net, args.base_width)
     if args.init_from is not None:
         loaded, kind = init_from(backbone, args.init_from, args.net)["loaded_tensors"], "VCOP-family checkpoint"
     else:
         loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
         kind = backbone_state(ckpt, args.ckpt)[1]
+    config = resolved_config(args, weights_digest(backbone), root)
     backbone.to(device).eval()
-    if rank == 0:  # what a killed run left in partial files goes into --out first: each rank rewrites its own
-        _fold(out, config, paths)
+    if rank == 0:  # what a stopped run left in partial files is set aside first: each rank rewrites its own
+        _fold(out, config, paths, final=False)
     barrier()
-    earlier = load_results(out, config)
-    done = set(earlier["paths"].tolist()) if earlier is not None else set()
+    earlier = merge([r for r in [load_results(p, config, out) for p in [out, _earlier_path(out)]] if r is not None],
+                    paths)
+    done = set(earlier["paths"].tolist())
     todo = [p for p in paths if p not in done]
     mine = todo[rank::world]
     if rank == 0:
         print(f"loaded {loaded} backbone tensors from {args.ckpt or args.init_from} ({kind}); "
-              f"{len(paths)} videos, {len(paths) - len(todo)} already embedded in {out}, {len(todo)} to do"
-              + (f" over {world} processes" if world > 1 else ""), flush=True)
-    embedded, failures = _embed_shard(args, device, backbone, mine, _partial_path(out, rank), config)
+              f"{len(paths)} videos under {root}, {len(paths) - len(todo)} already embedded in {out}, "
+              f"{len(todo)} to do" + (f" over {world} processes" if world > 1 else ""), flush=True)
+    embedded, failures = _embed_shard(args, device, backbone, root, mine, _partial_path(out, rank), config)
     print(f"rank {rank}: embedded {embedded} videos, {len(failures)} failed", flush=True)
     barrier()
     if rank != 0:
         return {"embedded": embedded, "failed": len(failures)}
-    merged, all_failures = _fold(out, config, paths)
+    merged, all_failures = _fold(out, config, paths, final=True)
     failures_file = out.parent / FAILURES_NAME
     if all_failures:
-        write_text(failures_file, "".join(f"{p}\t{r}\n" for p, r in all_failures.items()))
+        write_text(failures_file, "".join(f"{root / p}\t{r}\n" for p, r in all_failures.items()))
     else:
         failures_file.unlink(missing_ok=True)
-    if args.neighbours and len(merged["paths"]) > 1:
-        write_neighbours(out.parent / NEIGHBOURS_NAME, merged["features"], merged["paths"], args.neighbours)
+    if not len(merged["paths"]):
+        first, reason = next(iter(all_failures.items()))
+        raise ValueError(f"none of the {len(paths)} videos could be read, so nothing was written to {out}; the "
+                         f"reasons are in {failures_file} (the first: {root / first}: {reason})")
+    neighbours = ""
+    if args.neighbours:
+        if len(merged["paths"]) > 1:
+            write_neighbours(out.parent / NEIGHBOURS_NAME, merged["features"], merged["paths"], args.neighbours)
+            neighbours = f"; neighbours in {out.parent / NEIGHBOURS_NAME}"
+        else:
+            (out.parent / NEIGHBOURS_NAME).unlink(missing_ok=True)
+            neighbours = "; no neighbours.csv: --neighbours needs at least 2 embedded videos"
     print(f"{len(merged['paths'])} videos embedded in {out} ({merged['features'].shape[1]}-d features)"
-          + (f"; {len(all_failures)} failed, listed in {failures_file}" if all_failures else ""), flush=True)
+          + (f"; {len(all_failures)} failed, listed in {failures_file}" if all_failures else "") + neighbours,
+          flush=True)
     return {"embedded": embedded, "failed": len(all_failures), "total": len(merged["paths"])}
 
 
 @torch.no_grad()
-def _embed_shard(args, device, backbone, paths: list[str], partial: Path, config: dict) -> tuple[int, dict]:
-    """Embed ``paths``, saving what this process has to ``partial`` every --save-every videos and at the end;
-    returns (videos embedded, {path: reason} of those that failed)."""
-    dataset = VideoClips(paths, args.clips, args.num_frames, args.stride, args.size, args.resize, args.resize_quirk,
-                         args.clip_input)
+def _embed_shard(args, device, backbone, root: Path, paths: list[str], partial: Path,
+                 config: dict) -> tuple[int, dict]:
+    """Embed ``paths`` (relative to ``root``), saving what this process has to ``partial`` every --save-every
+    videos, at the end, and when SIGTERM or Ctrl-C stops it; returns (videos embedded, {path: reason} of those
+    that failed)."""
+    dataset = VideoClips([str(root / p) for p in paths], args.clips, args.num_frames, args.stride, args.size,
+                         args.resize, args.resize_quirk, args.clip_input)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, worker_init_fn=quiet_worker,
                         pin_memory=device.type == "cuda")
-    features, rows, num_frames, fps, failures = [], [], [], [], {}
+    batches: list[tuple[np.ndarray, list[int], list[int], list[float]]] = []  # one append per batch: a signal
+    failures: dict[str, str] = {}                                               # never finds half a batch
     saved = 0
 
+    def count() -> int:
+        return sum(len(rows) for _, rows, _, _ in batches)
+
     def save() -> None:
-        save_npz(partial, features=np.concatenate(features) if features else np.zeros((0, 0), np.float32),
-                 paths=np.array([paths[i] for i in rows], dtype=str), num_frames=np.array(num_frames, np.int64),
-                 fps=np.array(fps, np.float64), failed_paths=np.array(list(failures), dtype=str),
+        done = list(batches)
+        save_npz(partial, features=np.concatenate([f for f, *_ in done]) if done else np.zeros((0, 0), np.float32),
+                 paths=np.array([paths[i] for _, rows, _, _ in done for i in rows], dtype=str),
+                 num_frames=np.array([n for *_, frames, _ in done for n in frames], np.int64),
+                 fps=np.array([f for *_, rates in done for f in rates], np.float64),
+                 failed_paths=np.array(list(failures), dtype=str),
                  failed_reasons=np.array(list(failures.values()), dtype=str), config=np.array(json.dumps(config)))
 
     bar = progress_bar(len(paths), desc="embed", unit="video", leave=False) if get_rank() == 0 else None
-    for batch in loader:
-        ok = [i for i, error in enumerate(batch["error"]) if not error]
-        for i, error in enumerate(batch["error"]):
-            if error:
-                failures[paths[int(batch["index"][i])]] = error
-        if ok:
-            clips = to_network_input(batch["clips"][ok].to(device, non_blocking=True), args.clip_input)
-            with autocast(args.amp, device):
-                out = video_features(backbone, clips, args.layer, merge=False)  # (B, D)
-            features.append(out.float().cpu().numpy())
-            rows += [int(batch["index"][i]) for i in ok]
-            num_frames += [int(batch["num_frames"][i]) for i in ok]
-            fps += [float(batch["fps"][i]) for i in ok]
+    try:
+        for batch in loader:
+            ok = [i for i, error in enumerate(batch["error"]) if not error]
+            for i, error in enumerate(batch["error"]):
+                if error:
+                    failures[paths[int(batch["index"][i])]] = error
+            if ok:
+                clips = to_network_input(batch["clips"][ok].to(device, non_blocking=True), args.clip_input)
+                with autocast(args.amp, device):
+                    out = video_features(backbone, clips, args.layer, merge=False)  # (B, D)
+                batches.append((out.float().cpu().numpy(), [int(batch["index"][i]) for i in ok],
+                                 [int(batch["num_frames"][i]) for i in ok], [float(batch["fps"][i]) for i in ok]))
+            if bar is not None:
+                bar.update(len(batch["error"]))
+            if count() + len(failures) - saved >= args.save_every:
+                save()
+                saved = count() + len(failures)
+    except (TrainingInterrupted, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, TrainingInterrupted) else int(signal.SIGINT)
+        save()
+        raise TrainingInterrupted(signum, f"after {count()} videos; what this process embedded is saved in "
+                                          f"{partial}: run the same command again to continue from it",
+                                  saved=True) from None
+    finally:
         if bar is not None:
-            bar.update(len(batch["error"]))
-        if len(rows) + len(failures) - saved >= args.save_every:
-            save()
-            saved = len(rows) + len(failures)
-    if bar is not None:
-        bar.close()
+            bar.close()
     if paths:
         save()
-    return len(rows), failures
+    return count(), failures
 
 
 if __name__ == "__main__":

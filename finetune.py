@@ -43,7 +43,7 @@ RESULTS_NAME = "finetune_results.json"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Finetune or linear-probe a pretrained video backbone",
+    parser = argparse.ArgumentParser(description="Finetune or linear-probe a pretrained video backbone",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = add_training_args(
         parser, title="finetuning", epochs=100, batch_size=16, lr=0.05, weight_decay=1e-3, schedule=[30, 60, 80],

@@ -49,7 +49,7 @@ NUM_NEIGHBOURS_SHOWN = 5
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Video retrieval with the features of a pretrained backbone",
+    parser = argparse.ArgumentParser(description="Video retrieval with the features of a pretrained backbone",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("retrieval")
     group.add_argument("--ckpt", default=None,
@@ -84,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--dry-run", action="store_true",
                        help="print the resolved configuration as JSON and exit without reading data")
     add_backbone_args(parser)
-    add_data_args(parser)
+    add_data_args(parser, training=False)
     # stride 4 is DualVar's retrieval setting (METHOD.md §2); the clip size follows the checkpoint
     parser.set_defaults(stride=4, num_frames=None, size=None, resize=None, clip_input=None)
     for action in parser._actions:

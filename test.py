@@ -41,7 +41,7 @@ DATA_FALLBACKS = {"num_frames": 16, "stride": 2, "size": 112, "resize": [128, 17
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("10-clip action-recognition test of a finetuned classifier",
+    parser = argparse.ArgumentParser(description="10-clip action-recognition test of a finetuned classifier",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("test")
     group.add_argument("--ckpt", required=True, help="finetune.py checkpoint (best.pth or checkpoint.pth)")
@@ -58,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--dry-run", action="store_true",
                        help="print the resolved configuration as JSON and exit without reading data")
     add_backbone_args(parser)
-    add_data_args(parser)
+    add_data_args(parser, training=False)
     parser.set_defaults(num_frames=None, stride=None, size=None, resize=None, clip_input=None)
     for action in parser._actions:  # say where the geometry defaults come from
         if action.dest in DATA_FALLBACKS:

@@ -20,6 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 FRAME_TEMPLATE = "image_{:05d}.jpg"
 _FRAME_RE = re.compile(r"image_(\d{5})\.jpg")
@@ -99,8 +100,33 @@ class VideoRecord:
     label: int = -1  # -1: unlabelled (e.g. a pretraining-only CSV with two columns)
 
     def path(self, frame_root: str | os.PathLike | None) -> Path:
+        """The row's frame folder or video file under ``frame_root`` (the video root for a video row); a video
+        that is missing there may be found under another video extension (`video_file`)."""
         p = Path(self.frame_dir)
-        return p if p.is_absolute() or frame_root is None else Path(frame_root) / p
+        p = p if p.is_absolute() or frame_root is None else Path(frame_root) / p
+        return video_file(p) if is_video_file(p) else p
+
+
+def video_file(path: Path) -> Path:
+    """``path`` when it exists; else the one file beside it with the same name and another video extension,
+    such as the copy that process_data/src/reencode_videos.py writes of ``v.avi`` as ``v.mp4``, so that a CSV
+    written from the originals reads the copies; else ``path``. LayoutError when several files could be it."""
+    if path.is_file():
+        return path
+    found: dict[tuple[int, int], Path] = {}  # by inode: a case-insensitive file system finds v.mp4 as v.MP4 too
+    for extension in VIDEO_EXTENSIONS:
+        for candidate in (path.with_suffix(f".{extension}"), path.with_suffix(f".{extension.upper()}")):
+            try:
+                stat = candidate.stat()
+            except OSError:
+                continue
+            if S_ISREG(stat.st_mode):
+                found.setdefault((stat.st_dev, stat.st_ino), candidate)
+    if len(found) > 1:
+        names = ", ".join(sorted(p.name for p in found.values()))
+        raise LayoutError(f"{path} does not exist, and {len(found)} files beside it could stand for it ({names}): "
+                          "keep one, or name the file in the CSV")
+    return next(iter(found.values()), path)
 
 
 def read_split_csv(path: str | os.PathLike) -> list[VideoRecord]:

@@ -443,7 +443,9 @@ def _fraction(text: str) -> float:
     return value
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_data_args(parser: argparse.ArgumentParser, training: bool = True) -> argparse.ArgumentParser:
+    """The data flags; without ``training`` (the scripts that only evaluate) not those that only training reads,
+    which keep their defaults."""
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="demo",
                        help=f"registered dataset ({', '.join(REGISTRY)}) or the path of a CSV folder "
@@ -461,9 +463,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="video files of a CSV written by process_data/src/write_csv.py --source video (rows "
                             "<Class>/<video>.mp4); default <data-root>/<dataset>/videos (a CSV folder: its sibling "
                             "videos)")
-    group.add_argument("--max-bad-videos", type=_fraction, default=DEFAULT_MAX_BAD_VIDEOS,
-                       help="training replaces a video that fails to decode by another of its class and names "
-                            "it on stderr; it stops once more than this fraction of the split's videos has failed")
+    if training:
+        group.add_argument("--max-bad-videos", type=_fraction, default=DEFAULT_MAX_BAD_VIDEOS,
+                           help="training replaces a video that fails to decode by another of its class and names "
+                                "it on stderr; it stops once more than this fraction of the split's videos has failed")
     group.add_argument("--split", type=int, default=1, help="official split number k (split0k CSVs)")
     group.add_argument("--val-size", type=_val_size, default=None,
                        help="videos held out of the train split for validation (seed 666): a count, or a "
@@ -481,11 +484,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="frames are resized to H x W before cropping")
     group.add_argument("--resize-quirk", action="store_true",
                        help="resize to W x H instead, as the authors' code really did (faithful reproduction)")
-    group.add_argument("--per-frame-jitter", action="store_true",
-                       help="draw colour-jitter factors per frame instead of once per clip")
-    group.add_argument("--no-hflip", action="store_true",
-                       help="never mirror finetuning clips: for classes that a mirror image turns into each "
-                            "other (the demo's MoveLeft / MoveRight, clockwise / anticlockwise)")
+    if training:
+        group.add_argument("--per-frame-jitter", action="store_true",
+                           help="draw colour-jitter factors per frame instead of once per clip")
+        group.add_argument("--no-hflip", action="store_true",
+                           help="never mirror finetuning clips: for classes that a mirror image turns into each "
+                                "other (the demo's MoveLeft / MoveRight, clockwise / anticlockwise)")
+    else:
+        parser.set_defaults(max_bad_videos=DEFAULT_MAX_BAD_VIDEOS, per_frame_jitter=False, no_hflip=False)
     group.add_argument("--workers", type=int, default=default_workers(),
                        help="DataLoader worker processes per process; default: this node's cores per process, less "
                             "one, at most 8")

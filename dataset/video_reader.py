@@ -114,6 +114,15 @@ def _fps(stream) -> float | None:
     return float(rate) if rate else None
 
 
+def shortfall(decoded: int, declared: int) -> str:
+    """Why ``decoded`` frames are too few for a container that declares ``declared`` ('' when they are not), the
+    one rule by which frame extraction and write_csv.py --source video call a video truncated: counts in
+    headers may be off by a frame or two, so only a shortfall beyond max(2, 2 %) counts."""
+    if declared and declared - decoded > max(2, 0.02 * declared):
+        return f"truncated video: {decoded} of the {declared} frames its container declares could be decoded"
+    return ""
+
+
 def count_decoded_frames(path: Path) -> int:
     """Decode every frame of the video and count them (VideoReadError when decoding fails)."""
     container, stream = _open(path)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dataset.clip_input import frame_differences
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.backbones import BACKBONES, VCOP_FAMILY_NETS, build_backbone, load_vcop_backbone
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, why_unreadable
 
 # Where each kind of checkpoint of this project keeps its backbone (first match wins). A new method
 # adds its prefix here. MoCo's `key_encoder.backbone.*` (the momentum encoder) never matches.
@@ -138,9 +138,9 @@ def read_state_dict(path: str | Path, flag: str = "--init-from") -> dict[str, to
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several unrelated types for foreign or truncated files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{flag} {path}: cannot read it as a tensors-only checkpoint ({reason}); load it "
-                              "yourself and torch.save its state dict alone") from e
+        raise CheckpointError(f"{flag} {path}: cannot read it as a tensors-only checkpoint ({why_unreadable(e)}); "
+                              "if it is a checkpoint you trust, load it yourself and torch.save its state dict "
+                              "alone") from None
     for key in STATE_DICT_KEYS:
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
@@ -156,10 +156,11 @@ def init_from(backbone: nn.Module, path: str | Path, net: str) -> dict:
     if net not in VCOP_FAMILY_NETS:
         raise ValueError(f"--init-from loads VCOP-family checkpoints, whose backbones are --net "
                          f"{', '.join(VCOP_FAMILY_NETS)}; --net {net} is not one of them")
+    state = read_state_dict(path)  # its errors name the flag and the file
     try:
-        report = load_vcop_backbone(backbone, read_state_dict(path))
+        report = load_vcop_backbone(backbone, state)
     except CheckpointError as error:
-        raise CheckpointError(f"--init-from {path}: {error}") from error
+        raise CheckpointError(f"--init-from {path}: {error}") from None
     print(f"loaded {report['loaded_tensors']} backbone tensors from {path} (VCOP-family layout, prefix "
           f"{report['prefix']!r}; {report['ignored_tensors']} other tensors left out)", flush=True)
     return report

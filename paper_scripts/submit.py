@@ -36,13 +36,18 @@ SBATCH_SIGNAL = "USR1"  # the plain sbatch script's; submitit uses its own (USR2
 BASE_PORT = 20000
 
 
-def parse_time(text: str) -> int:
-    """Slurm's [D-]HH:MM:SS as minutes (rounded up)."""
+def time_limit_s(text: str) -> int:
+    """Slurm's [D-]HH:MM:SS in seconds."""
     match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d\d):(\d\d)", text)
     if not match:
         raise ValueError(f"--time {text!r}: give HH:MM:SS or D-HH:MM:SS (e.g. 24:00:00)")
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return days * 1440 + hours * 60 + minutes + (seconds > 0)
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def parse_time(text: str) -> int:
+    """Slurm's [D-]HH:MM:SS as minutes (rounded up)."""
+    return -(-time_limit_s(text) // 60)
 
 
 def launcher_commands(mode: str, exp: str, world_size: int, extra: list[str] = ()) -> tuple[list[list[str]], list[str]]:
@@ -140,8 +145,15 @@ class ClusterJob:
         self.next_command = len(self.commands)
 
 
-def slurm_task(job: ClusterJob) -> None:
-    """A task of the plain sbatch script: the distributed environment from Slurm's, requeue with scontrol."""
+def progress_file(log_dir: Path) -> Path:
+    """Where the plain sbatch job keeps the index of the command to continue at: a requeued job keeps its id,
+    and its tasks start this script afresh (under submitit, the pickled ClusterJob carries it instead)."""
+    return log_dir / f".next_command.{os.environ['SLURM_JOB_ID']}"
+
+
+def slurm_task(job: ClusterJob, log_dir: Path) -> None:
+    """A task of the plain sbatch script: the distributed environment from Slurm's, requeue with scontrol, the
+    commands from the one it was in (``progress_file``)."""
     for ours, slurm in (("RANK", "SLURM_PROCID"), ("WORLD_SIZE", "SLURM_NTASKS"), ("LOCAL_RANK", "SLURM_LOCALID")):
         if slurm not in os.environ:
             raise ValueError(f"--slurm-task runs inside `srun` of a Slurm job, but {slurm} is not set")
@@ -150,7 +162,15 @@ def slurm_task(job: ClusterJob) -> None:
         if needed not in os.environ:
             raise ValueError(f"--slurm-task: {needed} is not set; the sbatch script of --print-sbatch exports it")
 
+    progress = progress_file(log_dir)
+    if progress.is_file():
+        job.next_command = int(progress.read_text())
+
     def requeue() -> None:
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        tmp = progress.with_name(progress.name + ".tmp")  # renamed: a job killed meanwhile never reads half
+        tmp.write_text(f"{job.next_command}\n")
+        os.replace(tmp, progress)
         subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=True)
 
     def exit_for_requeue(number, frame):
@@ -159,6 +179,8 @@ def slurm_task(job: ClusterJob) -> None:
         sys.exit(0)
 
     job.run(getattr(signal, f"SIG{SBATCH_SIGNAL}"), requeue, exit_for_requeue)
+    if os.environ["RANK"] == "0" and job.next_command == len(job.commands):
+        progress.unlink(missing_ok=True)
 
 
 def sbatch_script(args: argparse.Namespace, tasks_per_node: int, log_dir: Path) -> str:
@@ -188,13 +210,15 @@ def sbatch_script(args: argparse.Namespace, tasks_per_node: int, log_dir: Path) 
               'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
               f"export MASTER_PORT=$(( {BASE_PORT} + SLURM_JOB_ID % 20000 ))",
               f"cd {shlex.quote(str(REPO))}",
-              f"srun python paper_scripts/submit.py {' '.join(flags)} --slurm-task{extra}", ""]
+              f"srun {shlex.quote(sys.executable)} paper_scripts/submit.py {' '.join(flags)} --log-dir "
+              f"{shlex.quote(str(log_dir))} --slurm-task{extra}", ""]
     return "\n".join(lines)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        "Submit paper_scripts/<mode>/<exp>.sh to Slurm through submitit (or print a plain sbatch script)",
+        description="Submit paper_scripts/<mode>/<exp>.sh to Slurm through submitit (or print a plain sbatch "
+                    "script)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--exp", required=True, help="experiment of common.sh's table (a launcher's file name)")
     parser.add_argument("--mode", required=True, choices=MODES, help="launcher folder; run: every mode in turn")
@@ -210,7 +234,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="submitit gives up after this many time-limit requeues (preemptions do not count)")
     parser.add_argument("--log-dir", default=None,
                         help="Slurm and submitit logs; default: OUTPUT_ROOT/slurm/<exp>-<mode>")
-    parser.add_argument("--print-sbatch", action="store_true", help="print a plain sbatch script and submit nothing")
+    parser.add_argument("--print-sbatch", action="store_true",
+                        help="print a plain sbatch script and submit nothing (its log folder is created now: Slurm "
+                             "does not create it)")
     parser.add_argument("--slurm-task", action="store_true", help=argparse.SUPPRESS)  # the sbatch script's tasks
     parser.add_argument("extra", nargs="*", help="after --: arguments appended to every command (e.g. --workers 8)")
     return parser
@@ -221,15 +247,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes < 1 or args.gpus_per_node < 0:
         raise ValueError(f"--nodes must be at least 1 and --gpus-per-node at least 0 (got {args.nodes}, "
                          f"{args.gpus_per_node})")
-    timeout_min = parse_time(args.time)
+    limit_s = time_limit_s(args.time)
+    if not 0 < args.signal_delay_s < limit_s:
+        raise ValueError(f"--signal-delay-s {args.signal_delay_s} must be positive and shorter than --time "
+                         f"{args.time} ({limit_s} s), or the job would be signalled before it does any work: give a "
+                         "longer --time or a shorter --signal-delay-s")
     tasks_per_node = max(args.gpus_per_node, 1)
     job = ClusterJob(*launcher_commands(args.mode, args.exp, args.nodes * tasks_per_node, args.extra))
-    if args.slurm_task:
-        slurm_task(job)
-        return 0
     output_root = Path(os.environ.get("OUTPUT_ROOT", REPO / "output")).resolve()
     log_dir = Path(args.log_dir or output_root / "slurm" / f"{args.exp}-{args.mode}").resolve()
+    if args.slurm_task:
+        slurm_task(job, log_dir)
+        return 0
     if args.print_sbatch:
+        log_dir.mkdir(parents=True, exist_ok=True)  # Slurm opens the --output file there before the script runs
         print(sbatch_script(args, tasks_per_node, log_dir), end="")
         return 0
     if shutil.which("sbatch") is None:
@@ -239,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     executor = submitit.AutoExecutor(folder=log_dir, cluster="slurm", slurm_max_num_timeout=args.max_requeues)
     executor.update_parameters(
         name=f"{args.exp}-{args.mode}", nodes=args.nodes, tasks_per_node=tasks_per_node,
-        gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, timeout_min=timeout_min,
+        gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, timeout_min=parse_time(args.time),
         slurm_signal_delay_s=args.signal_delay_s,
         **{f"slurm_{k}": v for k, v in (("partition", args.partition), ("account", args.account)) if v})
     submitted = executor.submit(job)

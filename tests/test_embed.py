@@ -1,7 +1,9 @@
 """embed.py: features for a folder of videos, failures listed, atomic and resumable, sharded under torchrun."""
 
 import csv
+import json
 import os
+import signal
 import re
 import shutil
 import subprocess
@@ -15,6 +17,9 @@ import torch
 import embed
 from model.backbones import build_backbone
 from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.cli import _stop_now, describe
+from utils.distributed import default_workers
+from utils.engine import TrainingInterrupted
 from video_fixtures import smooth_frames, write_h264
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,8 +76,8 @@ def test_embeds_a_folder_lists_failures_and_writes_neighbours(videos, ckpt, tmp_
     out = tmp_path / "features.npz"
     run(ckpt, videos, out, "--neighbours", "2")
     result = load(out)
-    names = [Path(p).relative_to(videos).as_posix() for p in result["paths"]]
-    assert names == ["a/one.mp4", "a/two.mp4", "b/deep/three.mkv", "b/four.mp4", "b/one_copy.mp4"]
+    assert result["paths"].tolist() == ["a/one.mp4", "a/two.mp4", "b/deep/three.mkv", "b/four.mp4", "b/one_copy.mp4"]
+    assert str(result["root"]) == str(videos)
     assert result["features"].shape == (5, 32) and np.isfinite(result["features"]).all()
     assert result["num_frames"].tolist() == [30, 20, 26, 36, 30] and result["fps"].tolist() == [25.0] * 5
     failures = (tmp_path / "failures.txt").read_text().splitlines()
@@ -82,14 +87,15 @@ def test_embeds_a_folder_lists_failures_and_writes_neighbours(videos, ckpt, tmp_
     with open(tmp_path / "neighbours.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 5 * 2 and all(r["video"] != r["neighbour"] for r in rows)
-    first = [r for r in rows if r["video"] == str(videos / "a" / "one.mp4") and r["rank"] == "1"][0]
-    assert first["neighbour"] == str(videos / "b" / "one_copy.mp4") and float(first["cosine"]) == pytest.approx(1)
+    first = [r for r in rows if r["video"] == "a/one.mp4" and r["rank"] == "1"][0]
+    assert first["neighbour"] == "b/one_copy.mp4" and float(first["cosine"]) == pytest.approx(1)
     # a list file gives the same features for the paths it names, in its order
     listing = tmp_path / "list.txt"
-    listing.write_text(f"{result['paths'][3]}\n\n{result['paths'][1]}\n")
+    listing.write_text(f"{videos / result['paths'][3]}\n\n{videos / result['paths'][1]}\n")
     run(ckpt, listing, tmp_path / "listed.npz")
     listed = load(tmp_path / "listed.npz")
-    assert listed["paths"].tolist() == [result["paths"][3], result["paths"][1]]
+    assert str(listed["root"]) == os.getcwd()
+    assert [str(Path(os.getcwd(), p)) for p in listed["paths"]] == [str(videos / result["paths"][i]) for i in (3, 1)]
     np.testing.assert_allclose(listed["features"], result["features"][[3, 1]], rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "failures.txt").exists() or "broken" in (tmp_path / "failures.txt").read_text()
 
@@ -106,9 +112,10 @@ def test_a_killed_run_resumes_with_the_videos_left_and_a_rerun_embeds_nothing(vi
         return real(*a, **k)
     monkeypatch.setattr(embed, "video_features", dies_at_the_third_batch)
     out = tmp_path / "features.npz"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match="continue"):
         run(ckpt, videos, out, "--batch-size", "1", "--save-every", "1")
-    assert len(load(out)["paths"]) == 0 and len(embed._partial_files(out)) == 1  # 2 videos in the partial file
+    assert not out.exists()  # nothing that looks like a result
+    assert len(load(embed._partial_files(out)[0])["paths"]) == 2
 
     calls.clear()
     monkeypatch.setattr(embed, "video_features", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -121,8 +128,13 @@ def test_a_killed_run_resumes_with_the_videos_left_and_a_rerun_embeds_nothing(vi
     calls.clear()
     run(ckpt, videos, out)
     assert calls == [] and load(out)["paths"].tolist() == whole["paths"].tolist()
-    with pytest.raises(ValueError, match=r"made with other settings \(layer: pool there, conv5 now\)"):
+    with pytest.raises(ValueError, match=r"made with other weights or settings \(layer: pool there, conv5 now\).*"
+                                         r"to start over, delete"):
         run(ckpt, videos, out, "--layer", "conv5")
+    amp = json.loads(str(load(out)["config"]))["amp"]  # --amp auto, as resolved on this machine
+    other = "none" if amp == "bf16" else "bf16"
+    with pytest.raises(ValueError, match=rf"\(amp: {amp} there, {other} now\)"):
+        run(ckpt, videos, out, "--amp", other)
 
 
 def test_strict_checkpoint_loading_flags_and_dry_run(videos, ckpt, tmp_path, capsys):
@@ -172,3 +184,105 @@ def test_two_processes_under_torchrun_embed_each_video_exactly_once(videos, ckpt
     assert result["paths"].tolist() == whole["paths"].tolist()  # each once, in folder order
     np.testing.assert_allclose(result["features"], whole["features"], rtol=1e-5, atol=1e-6)
     assert "broken.mp4" in (tmp_path / "failures.txt").read_text()
+
+
+def counting(monkeypatch):
+    """Patch embed.video_features to count its calls (one per batch); returns the list of calls."""
+    calls, real = [], embed.video_features
+    monkeypatch.setattr(embed, "video_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_resume_is_keyed_on_the_weights_not_on_the_checkpoint_path(videos, ckpt, reference, tmp_path, monkeypatch,
+                                                                   one_torch_thread):
+    """Other weights at the same path are refused; the same weights under another path (relative, or a copy)
+    resume."""
+    checkpoint = tmp_path / "model.pth"
+    shutil.copy(ckpt, checkpoint)
+    out = tmp_path / "features.npz"
+    run(checkpoint, videos, out)
+    calls = counting(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    run(Path("model.pth"), videos, out)  # relative: the same checkpoint
+    shutil.copy(ckpt, tmp_path / "copy.pth")
+    run(tmp_path / "copy.pth", videos, out)
+    assert calls == [] and load(out)["paths"].tolist() == reference["paths"].tolist()
+
+    state = torch.load(ckpt, weights_only=True)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_checkpoint(state, checkpoint)  # retrained: other weights, same file name
+    with pytest.raises(ValueError) as refused:
+        run(checkpoint, videos, out)
+    message = str(refused.value)
+    assert "\n" not in message and re.search(r"weights: sha256 [0-9a-f]{12} there, sha256 [0-9a-f]{12} now", message)
+    assert f"to start over, delete {out}" in message
+    assert calls == [] and load(out)["paths"].tolist() == reference["paths"].tolist()
+
+
+def test_a_video_given_twice_by_different_paths_is_embedded_once(videos, ckpt, tmp_path, monkeypatch,
+                                                                 one_torch_thread):
+    monkeypatch.chdir(videos.parent)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{videos / 'a' / 'one.mp4'}\nvideos/a/one.mp4\n./videos/b/../a/two.mp4\n"
+                       f"{videos / 'a' / 'two.mp4'}\n")
+    out = tmp_path / "features.npz"
+    run(ckpt, listing, out, "--neighbours", "1")
+    assert load(out)["paths"].tolist() == ["videos/a/one.mp4", "videos/a/two.mp4"]
+    with open(tmp_path / "neighbours.csv", newline="") as f:
+        assert [(r["video"], r["neighbour"]) for r in csv.DictReader(f)] == [
+            ("videos/a/one.mp4", "videos/a/two.mp4"), ("videos/a/two.mp4", "videos/a/one.mp4")]
+
+
+def test_a_moved_folder_resumes(videos, ckpt, reference, tmp_path, monkeypatch, one_torch_thread):
+    first = tmp_path / "first"
+    shutil.copytree(videos, first)
+    out = tmp_path / "features.npz"
+    run(ckpt, first, out)
+    first.rename(tmp_path / "moved")
+    calls = counting(monkeypatch)
+    run(ckpt, tmp_path / "moved", out)
+    result = load(out)
+    assert calls == [] and result["paths"].tolist() == reference["paths"].tolist()
+    np.testing.assert_allclose(result["features"], reference["features"], rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_keeps_what_was_embedded_and_says_the_rerun_continues(videos, ckpt, reference, tmp_path,
+                                                                      monkeypatch, one_torch_thread):
+    real, calls = embed.video_features, []
+
+    def sigterm_at_the_second_batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            _stop_now(signal.SIGTERM, None)  # what run_cli's SIGTERM handler does
+        return real(*a, **k)
+    monkeypatch.setattr(embed, "video_features", sigterm_at_the_second_batch)
+    out = tmp_path / "features.npz"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run(ckpt, videos, out, "--batch-size", "1", "--save-every", "100")
+    message, status = describe(stopped.value)
+    assert status == 128 + signal.SIGTERM and "start over" not in message
+    assert message.startswith("stopped by SIGTERM after 1 videos")
+    assert "run the same command again to continue" in message
+    assert not out.exists()  # no --out until every video is done
+    monkeypatch.setattr(embed, "video_features", real)
+    calls = counting(monkeypatch)
+    run(ckpt, videos, out, "--batch-size", "1")
+    assert len(calls) == 4 and load(out)["paths"].tolist() == reference["paths"].tolist()
+
+
+def test_a_run_where_no_video_can_be_read_fails_and_one_video_has_no_neighbours(videos, ckpt, tmp_path, capsys):
+    listing = tmp_path / "broken.txt"
+    listing.write_text(f"{videos / 'b' / 'broken.mp4'}\n")
+    out = tmp_path / "features.npz"
+    with pytest.raises(ValueError, match=r"none of the 1 videos could be read, so nothing was written to .*; the "
+                                         r"reasons are in .*failures.txt \(the first: .*broken.mp4: cannot open"):
+        run(ckpt, listing, out)
+    assert not out.exists() and "broken.mp4" in (tmp_path / "failures.txt").read_text()
+    listing.write_text(f"{videos / 'a' / 'two.mp4'}\n")
+    run(ckpt, listing, out, "--neighbours", "5")
+    assert "no neighbours.csv: --neighbours needs at least 2 embedded videos" in capsys.readouterr().out
+    assert not (tmp_path / "neighbours.csv").exists()
+
+
+def test_workers_default_like_the_other_scripts():
+    assert embed.get_args_parser().get_default("workers") == default_workers()

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import embed
 import finetune
 import retrieve
 import test as test_script
@@ -62,7 +63,7 @@ def test_launch_prints_one_configuration_line_and_works_in_the_claimed_folder(ca
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"configuration: flags that differ from the defaults: --epochs 3 --output-dir {out} ")
-    assert f"(every flag in {out / 'config.json'}; git " in lines[0]
+    assert f"(every flag goes to {out / 'config.json'}; git " in lines[0]
 
 
 def test_launch_stops_the_processes_when_the_work_fails(calls, tmp_path):
@@ -94,3 +95,16 @@ def test_every_entry_script_ends_through_launch(script, monkeypatch):
     with pytest.raises(StopIteration):
         script.main(args)
     assert seen["parser"].prog == parser.prog and "runs/x" in seen["saved_in"]
+
+
+@pytest.mark.parametrize("script", [train_ssl, finetune, test_script, retrieve, embed])
+def test_usage_names_the_program_and_only_the_flags_it_reads(script, capsys):
+    parser = script.get_args_parser()
+    assert parser.description and parser.description not in parser.format_usage()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--no-such-flag"])
+    error = capsys.readouterr().err
+    assert error.startswith(f"usage: {parser.prog} ") and parser.description not in error
+    training_only = {"--max-bad-videos", "--per-frame-jitter", "--no-hflip"}
+    listed = {flag for action in parser._actions for flag in action.option_strings}
+    assert training_only.isdisjoint(listed) == (script in (test_script, retrieve, embed))

@@ -269,6 +269,17 @@ def test_dry_run_refuses_what_the_real_run_refuses(flags, refusal, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_run_that_fails_before_it_starts_records_no_kind(tmp_path):
+    """A --dataset that does not exist: the folder must not then refuse a run of another kind."""
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--dataset '.*nowhere' is neither"):
+        train_ssl.main(train_ssl.parse_args(["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(out),
+                                             "--device", "cpu"]))
+    assert out.is_dir() and not (out / RUN_KIND_NAME).exists() and not (out / "config.json").exists()
+    with claim_output_dir(out, {"kind": "finetune", "model": "classifier", "net": "r3d"}):
+        pass
+
+
 def test_dry_run_refuses_an_output_dir_of_another_kind(tmp_path):
     with claim_output_dir(tmp_path, PRETRAIN):
         pass
@@ -287,6 +298,40 @@ def test_checkpoint_read_errors_give_the_scripts_own_fix(tmp_path):
             ["--ckpt", str(pickled), "--output-dir", str(tmp_path / "out")]))
     assert "pass another --ckpt" in str(error.value)
     assert "--resume" not in str(error.value) and "weights_only=False" not in str(error.value)
+
+
+@pytest.mark.parametrize("content", [b"e" + bytes(range(256)) * 4, b"\x80\x02garbage" * 50, "pickled"])
+def test_an_unreadable_init_from_file_is_named_once_without_torchs_advice(content, tmp_path):
+    from model.classifier import init_from
+    path = tmp_path / "release.pth"
+    if content == "pickled":
+        torch.save({"state_dict": {}, "payload": object()}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError) as error:
+        init_from(build_backbone("r3d", 4)[0], path, "r3d")
+    message = str(error.value)
+    assert message.count(str(path)) == 1 and message.count("--init-from") == 1 and "\n" not in message
+    assert "weights_only" not in message and not re.search(r"\(\d+\)|'\d+'|operand", message), message
+    assert "cannot read it as a tensors-only checkpoint (it " in message
+
+
+def test_process_data_tools_name_an_output_folder_they_cannot_write(tiny_demo, tmp_path, capsys):
+    """One line and exit status 2, not an OSError traceback: a file in the way here (a read-only folder takes the
+    same path, but the tests may run as root, who writes there anyway)."""
+    import extract_frame
+    import write_csv
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert write_csv.main(["--dataset", "ucf101", "--frame-root", str(tiny_demo / "frames"), "--split-dir",
+                           str(tiny_demo / "splits"), "--out-dir", str(blocked / "csv")]) == 2
+    assert extract_frame.main(["--video-root", str(tiny_demo / "videos"), "--frame-root", str(blocked / "frames"),
+                               "--workers", "1"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [f"write_csv.py: error: --out-dir {blocked / 'csv'} is not writable (Not a directory): choose "
+                      "a folder you can write to, or fix its permissions",
+                      f"extract_frame.py: error: --frame-root {blocked / 'frames'} is not writable (Not a directory): "
+                      "choose a folder you can write to, or fix its permissions"]
 
 
 def test_one_line_messages_keep_control_characters_visible():

@@ -56,21 +56,65 @@ def test_commands_come_from_the_launcher_table_for_every_process():
 
 
 def test_print_sbatch_gives_a_plain_requeueing_script(capsys, tmp_path):
+    logs = tmp_path / "logs"
     assert submit.main(["--exp", "simclr_clip_r21d_ucf101", "--mode", "finetune", "--nodes", "2", "--gpus-per-node",
                         "4", "--partition", "gpu", "--account", "lab", "--time", "1-02:00:00", "--log-dir",
-                        str(tmp_path), "--print-sbatch", "--", "--workers", "8"]) == 0
+                        str(logs), "--print-sbatch", "--", "--workers", "8"]) == 0
     script = capsys.readouterr().out
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --time=1-02:00:00", "#SBATCH --partition=gpu", "#SBATCH --account=lab",
                  "#SBATCH --requeue", f"#SBATCH --signal={submit.SBATCH_SIGNAL}@180",
-                 f"#SBATCH --output={tmp_path}/%x-%j.out"):
+                 f"#SBATCH --output={logs}/%x-%j.out"):
         assert line in script.splitlines()
-    assert script.rstrip().endswith("--exp simclr_clip_r21d_ucf101 --mode finetune --nodes 2 --gpus-per-node 4 "
-                                     "--slurm-task -- --workers 8")
+    assert logs.is_dir()  # Slurm opens the output file there before the script runs, and creates no folder
+    assert script.rstrip().endswith(f"srun {sys.executable} paper_scripts/submit.py --exp simclr_clip_r21d_ucf101 "
+                                     f"--mode finetune --nodes 2 --gpus-per-node 4 --log-dir {logs} --slurm-task -- "
+                                     "--workers 8")
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert submit.parse_time("1-02:00:30") == 26 * 60 + 1
     with pytest.raises(ValueError, match="--time '90'"):
         submit.parse_time("90")
+    with pytest.raises(ValueError, match=r"--signal-delay-s 600 must be positive and shorter than --time 00:02:00 "
+                                         r"\(120 s\)"):
+        submit.main(["--exp", "demo", "--mode", "run", "--time", "00:02:00", "--signal-delay-s", "600",
+                     "--print-sbatch"])
+    assert submit.get_args_parser().format_usage().startswith("usage: ")
+    assert "Submit" not in submit.get_args_parser().format_usage()  # the program's name, not its description
+
+
+def test_a_requeued_plain_sbatch_job_continues_with_the_command_it_was_in(tmp_path, monkeypatch, capsys):
+    """Two commands; the second stops at the signal (Preempted) the first time. The requeued job, a fresh
+    `submit.py --slurm-task` process with the same SLURM_JOB_ID, must not run the first one again."""
+    ran = tmp_path / "ran.txt"
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    first.write_text(f"open({str(ran)!r}, 'a').write('first\\n')\n")
+    second.write_text(f"open({str(ran)!r}, 'a').write('second\\n')\n"
+                      f"import os\nfrom utils import preemption\n"
+                      f"if open({str(ran)!r}).read().count('second') == 1:\n"
+                      "    raise preemption.Preempted('stopped on request')\n")
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.txt'}\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}")
+    # slurm_task sets RANK, WORLD_SIZE and LOCAL_RANK itself: set here, monkeypatch removes them after the test
+    for name, value in (("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1"), ("SLURM_LOCALID", "0"), ("SLURM_JOB_ID", "42"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29999"), ("RANK", "0"), ("WORLD_SIZE", "1"),
+                        ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    from utils import preemption
+    monkeypatch.setattr(preemption, "_enabled", False)  # run() enables it: undone when the test ends
+    monkeypatch.setattr(preemption, "_requested", False)
+    monkeypatch.setattr(submit, "launcher_commands", lambda *a: ([[str(first)], [str(second)]], []))
+    monkeypatch.chdir(tmp_path)  # run() changes into the repository
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    args = ["--exp", "demo", "--mode", "run", "--gpus-per-node", "0", "--log-dir", str(tmp_path / "logs"),
+            "--slurm-task"]
+    assert submit.main(args) == 0  # stopped in the second command and requeued
+    assert (tmp_path / "scontrol.txt").read_text() == "requeue 42\n"
+    assert submit.main(args) == 0  # the requeued job
+    assert ran.read_text().splitlines() == ["first", "second", "second"]
+    assert not list((tmp_path / "logs").iterdir())  # done: nothing left to continue
 
 
 def task_pids(folder: Path) -> list[int]:

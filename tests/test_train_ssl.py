@@ -94,7 +94,7 @@ def test_the_configuration_is_one_line_of_changed_flags(uninterrupted):
     lines = [line for line in PRINTED["uninterrupted"].splitlines() if line.startswith("configuration")]
     assert len(lines) == 1 and "--epochs 2" in lines[0] and "--lr 0.05" in lines[0]
     assert "--save-freq" not in lines[0] and "--weight-decay" not in lines[0]  # at their defaults
-    assert f"every flag in {uninterrupted / 'config.json'}" in lines[0]
+    assert f"every flag goes to {uninterrupted / 'config.json'}" in lines[0]
     assert '"lr":' not in PRINTED["uninterrupted"]  # no JSON dump
     # not a terminal: the progress bar prints plain lines, no carriage-return updates
     assert "\r" not in PRINTED["uninterrupted"] and "epoch 1: 3/3 (100%)" in PRINTED["uninterrupted"]

@@ -4,8 +4,10 @@ import csv
 import os
 import shutil
 
+import av
 import pytest
 
+import extract_frame
 import write_csv
 from dataset.layout import read_split_csv
 from video_fixtures import smooth_frames, write_h264
@@ -131,3 +133,30 @@ def test_video_index_matches_stems_case_and_kinetics_ids(tmp_path):
     (tmp_path / "Air Drumming" / "def.mp4").write_bytes(b"")
     index = write_csv.FrameIndex(tmp_path, videos=True)
     assert index.find("Air Drumming/def_000002_000012") == "Air Drumming/def.mp4"  # a Kinetics id alone
+
+
+def test_a_truncated_avi_is_refused_by_the_rule_of_extract_frame(tiny_demo, tmp_path, capsys, monkeypatch):
+    """One rule for both tools: the demo's AVI cut to 60 % is truncated for write_csv.py as for extract_frame.py,
+    with the same reason, not a row with its shortened count."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = tmp_path / "videos"
+    shutil.copytree(tiny_demo / "videos" / "Bounce", root / "Bounce")
+    truncated = sorted((root / "Bounce").iterdir())[0]
+    with av.open(str(truncated)) as container:  # cut where a frame starts: what is left decodes without an error
+        starts = [packet.pos for packet in container.demux(video=0) if packet.size]
+    truncated.write_bytes(truncated.read_bytes()[:starts[int(len(starts) * 0.6)]])
+    rel = truncated.relative_to(root).as_posix()
+
+    assert run(root, tmp_path / "csv") == 1
+    reason = report_rows(tmp_path / "csv")[rel]["problem"]
+    assert reason.startswith("truncated video: ") and reason.endswith(" (download it again)")
+    assert f"{rel} ({reason})" in capsys.readouterr().out
+    assert extract_frame.main(["--video-root", str(root), "--frame-root", str(tmp_path / "frames"),
+                               "--workers", "1"]) == 1
+    failures = (tmp_path / "frames" / extract_frame.FAILURES_FILE).read_text().splitlines()
+    assert failures == [f"{truncated}\t{reason}"]
+
+    assert run(root, tmp_path / "allowed", "--allow-missing") == 0
+    rows = [r.frame_dir for split in ("train", "test") for r in read_split_csv(tmp_path / "allowed" /
+                                                                               f"{split}_split01.csv")]
+    assert rel not in rows and len(rows) == len(list(root.rglob("*.avi"))) - 1

@@ -124,13 +124,18 @@ def load_checkpoint(path: str | os.PathLike, fix: str = "check the path, or dele
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several unrelated types for truncated or foreign files
-        if "weights only load failed" in str(e).lower():
-            # torch's own advice (weights_only=False) would run whatever code the file carries
-            why = "it holds Python objects that a safe load refuses, so this project did not write it"
-        else:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            why = f"{type(e).__name__}: {reason}; it is truncated, corrupt or not a checkpoint of this project"
-        raise CheckpointError(f"cannot read checkpoint {path} ({why}): {fix}") from None
+        raise CheckpointError(f"cannot read checkpoint {path} ({why_unreadable(e)}): {fix}") from None
+
+
+def why_unreadable(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one clause, without torch's advice to pass
+    ``weights_only=False`` (which would run whatever code the file carries) or its unpickler's opcodes."""
+    text = str(error)
+    if "Unsupported global" in text:
+        return "it holds Python objects that a safe load refuses"
+    # torch's zip reader says what is wrong (a missing central directory: a truncated file) in its first sentence
+    detail = text.strip().splitlines()[0].split(". ")[0] if isinstance(error, RuntimeError) and text.strip() else ""
+    return "it is truncated, corrupt or not a PyTorch checkpoint" + (f": {detail}" if detail else "")
 
 
 def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:

@@ -148,7 +148,7 @@ def configuration_line(args: argparse.Namespace, parser: argparse.ArgumentParser
                 if git["commit"] else "no git revision")
     changed = changed_flags(args, parser)
     return (f"configuration: {'flags that differ from the defaults: ' + changed if changed else 'the defaults'} "
-            f"(every flag in {saved_in}; {revision})")
+            f"(every flag goes to {saved_in}; {revision})")
 
 
 def launch(args: argparse.Namespace, parser: argparse.ArgumentParser, work: Callable[[torch.device], Result], *,

@@ -90,10 +90,25 @@ def _stop_requested_anywhere(local: int | None) -> int | None:
 def quiet_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: a Ctrl-C or a scheduler's SIGTERM reaches every process of the job, but only
     the training process may act on it (a worker that dies of it would break the save at the next iteration
-    boundary); the worker is stopped by its parent. Also drops inherited output-folder locks."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    boundary). So the worker ignores SIGINT, and SIGTERM from anyone but its parent; a SIGTERM from the parent
+    ends it at once: that is how the parent's exit stops the workers it did not shut down itself (multiprocessing
+    terminates its daemon children, then joins them; a worker that ignored that would hang the parent's exit,
+    as after an error raised inside a worker). Also drops inherited output-folder locks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):  # not on macOS, where no scheduler signals the job: SIGTERM ends the worker
+        # Blocked here, the SIGTERM waits for the thread below, which learns who sent it; the threads that the
+        # decoders start later inherit the block.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_exit_on_parents_sigterm, args=(os.getppid(),), name="sigterm-from-parent",
+                         daemon=True).start()
     close_inherited_locks()
+
+
+def _exit_on_parents_sigterm(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    # status 0: the parent asked for it; torch's SIGCHLD handler in the parent reports any other status as a crash
+    os._exit(0)
 
 
 def add_inference_amp_arg(group) -> None:

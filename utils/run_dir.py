@@ -24,9 +24,9 @@ import os
 import re
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
+from utils.atomic import cannot_write
 from utils.distributed import all_reduce_mean, is_dist, is_main_process
 
 LOCK_NAME = "run.lock"
@@ -54,13 +54,10 @@ def check_writable(output_dir: str | os.PathLike, flag: str = "--output-dir", cr
             raise OutputDirError(f"{flag} {path} cannot be created or written ({existing} is not a writable "
                                  f"folder): choose a folder you can write to")
         return path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise OutputDirError(f"{flag} {path} is not writable ({e.strerror}): choose a folder you can write to, "
-                             f"or fix its permissions") from None
+    reason = cannot_write(path)
+    if reason:
+        raise OutputDirError(f"{flag} {path} is not writable ({reason}): choose a folder you can write to, "
+                             f"or fix its permissions")
     return path
 
 
@@ -190,10 +187,13 @@ def claim_output_dir(output_dir: str | os.PathLike, kind: dict):
     files. A collective under torchrun: rank 0 claims, every rank raises if it failed."""
     lock = OutputDirLock(output_dir)
     error = None
+    kind_file = Path(output_dir) / RUN_KIND_NAME
+    recorded_here = False
     if is_main_process():
         try:
             check_writable(output_dir)
             lock.acquire()
+            recorded_here = not kind_file.is_file()
             check_run_kind(output_dir, kind)
             removed = remove_stale_temporaries(output_dir)
             if removed:
@@ -208,5 +208,11 @@ def claim_output_dir(output_dir: str | os.PathLike, kind: dict):
         raise error
     try:
         yield
+    except BaseException:
+        # a run that failed before it wrote config.json (a --dataset that does not exist, ...) did nothing here: a
+        # kind recorded by it would refuse a run of another kind into a folder that holds nothing
+        if recorded_here and not (Path(output_dir) / "config.json").is_file():
+            kind_file.unlink(missing_ok=True)
+        raise
     finally:
         lock.release()

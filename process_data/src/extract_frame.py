@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import cv2  # noqa: E402
 
 from dataset.layout import VIDEO_EXTENSIONS, count_frames, frame_name  # noqa: E402
-from dataset.video_reader import to_rgb  # noqa: E402
+from dataset.video_reader import shortfall, to_rgb  # noqa: E402
+from utils.atomic import cannot_write  # noqa: E402
 from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
 from utils.progress import progress_bar  # noqa: E402
 
@@ -183,14 +184,6 @@ def declared_frames(video: Path) -> int:
             return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) if capture.isOpened() else 0
         finally:
             capture.release()
-
-
-def shortfall(decoded: int, declared: int) -> str:
-    """Why ``decoded`` frames are too few for a container that declares ``declared`` ('' when they are not):
-    counts in headers may be off by a frame or two, so only a shortfall beyond max(2, 2 %) counts."""
-    if declared and declared - decoded > max(2, 0.02 * declared):
-        return f"truncated video: {decoded} of the {declared} frames its container declares could be decoded"
-    return ""
 
 
 def _frames_pyav(video: Path):
@@ -438,7 +431,11 @@ def main(argv=None) -> int:
     if args.dry_run:
         return _dry_run(args, len(jobs))
     size = tuple(args.size) if args.size else None
-    args.frame_root.mkdir(parents=True, exist_ok=True)
+    reason = cannot_write(args.frame_root)
+    if reason:
+        print(f"extract_frame.py: error: --frame-root {args.frame_root} is not writable ({reason}): choose a folder "
+              "you can write to, or fix its permissions", file=sys.stderr)
+        return 2
     failures_path = args.frame_root / FAILURES_FILE
     # A final folder with frames in it is complete: it is only ever created by renaming a finished one.
     extracted = [count_frames(job.out_dir) > 0 and job.out_dir not in redo for job in jobs]

@@ -7,7 +7,9 @@ short side scaled to ``--short-side`` (150 as DualVar's Kinetics frames, 240 as 
 keeps the size; dimensions rounded to even, as 4:2:0 needs), a keyframe every ``--keyint`` frames, B-frames
 that no frame references (so that a reader skips those it does not need), no audio.
 Every decoded frame is written once, in order, at the source's average rate, so frame i of the copy is frame i
-of the source: a CSV written from the sources (write_csv.py --source video) keeps its frame counts.
+of the source: a CSV written from the sources (write_csv.py --source video) reads the copies with --video-root O
+(a row names ``<rel>.avi``, say: the reader takes ``<rel>.mp4`` when no ``.avi`` is there, dataset/layout.py's
+``video_file``). Two sources that would share a copy (``a.avi`` and ``a.mp4``) are refused before any work.
 
 Why: a video read by frame index is decoded from the keyframe before the first needed frame, and encoders
 place keyframes every 250 frames or so by default, which for a 10 s clip is the whole clip. A dense keyframe
@@ -62,15 +64,19 @@ def reencode(source: Path, target: Path, short_side: int, keyint: int, crf: int)
             for frame in container.decode(stream):
                 if encoder is None:
                     height, width = output_size(frame.height, frame.width, short_side)
+                    # a full-range source (Motion-JPEG, as the demo's AVIs) stays full range: converted to
+                    # limited range, the demo's copies came out 6 to 9 levels of 255 off, brighter
+                    pix_fmt = "yuvj420p" if frame.format.name.startswith("yuvj") or frame.color_range == 2 \
+                        else "yuv420p"
                     encoder = output.add_stream("libx264", rate=Fraction(rate).limit_denominator(100000))
-                    encoder.height, encoder.width, encoder.pix_fmt = height, width, "yuv420p"
+                    encoder.height, encoder.width, encoder.pix_fmt = height, width, pix_fmt
                     encoder.codec_context.gop_size = keyint
                     # keyframes exactly every keyint frames: no scene-cut keyframes in between, none fewer
                     # b-pyramid off: no B-frame is a reference, so a reader skips the B-frames it does not need
                     # (FFmpeg's skip_frame NONREF, dataset/video_reader.py): 56 % of the frames instead of 39 %
                     encoder.options = {"crf": str(crf), "keyint_min": str(keyint), "sc_threshold": "0",
                                        "x264-params": "b-pyramid=none"}
-                scaled = frame.reformat(width=encoder.width, height=encoder.height, format="yuv420p",
+                scaled = frame.reformat(width=encoder.width, height=encoder.height, format=encoder.pix_fmt,
                                         interpolation="AREA")
                 # frames numbered in order at the output rate: frame i of the copy is the i-th decoded frame
                 scaled.pts, scaled.time_base = frames, Fraction(1) / encoder.codec_context.framerate
@@ -97,7 +103,8 @@ def _job(job: tuple[Path, Path, int, int, int]) -> tuple[str, str]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Write seek-friendly H.264 copies (short side, dense keyframes) of the "
-                                            "videos under --video-root to --out-root, same relative paths, .mp4.")
+                                            "videos under --video-root to --out-root, same relative paths, .mp4.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--video-root", type=Path, required=True,
                    help="folder of videos, searched recursively for ." + ", .".join(VIDEO_EXTENSIONS))
     p.add_argument("--out-root", type=Path, required=True, help="where the copies go (same relative paths, .mp4)")
@@ -107,7 +114,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyint", type=int, default=16,
                    help="frames between keyframes: a sample decodes at most this many frames before a needed one")
     p.add_argument("--crf", type=int, default=20, help="libx264 constant rate factor (lower: better, larger)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="videos encoded in parallel")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="videos encoded in parallel (at most 8 by default)")
     p.add_argument("--dry-run", action="store_true", help="print the configuration and the video count as JSON")
     return p
 
@@ -126,6 +134,16 @@ def main(argv=None) -> int:
         return 2
     sources = sorted(p for p in args.video_root.rglob("*") if is_video_file(p.name) and p.is_file())
     targets = [args.out_root / p.relative_to(args.video_root).with_suffix(".mp4") for p in sources]
+    by_target: dict[Path, list[Path]] = {}
+    for source, target in zip(sources, targets):
+        by_target.setdefault(target, []).append(source)
+    clashes = {target: vs for target, vs in by_target.items() if len(vs) > 1}
+    if clashes:
+        target, vs = next(iter(clashes.items()))
+        print(f"reencode_videos.py: error: {len(clashes)} copies would be written from several videos, e.g. {target} "
+              f"from {', '.join(map(str, vs))}: keep one video per <folder>/<name> (rename or move the others)",
+              file=sys.stderr)
+        return 2
     if args.dry_run:
         print(json.dumps({**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                           "videos": len(sources)}, indent=2))

@@ -24,7 +24,8 @@ the container's count when the demuxer confirms it (MP4, AVI), else every frame 
 (``--count-frames`` counts always); ``O/video_frames.tsv`` says which, per file. Probing runs over
 ``--workers`` processes and is cached in ``$XDG_CACHE_HOME/vssl/video_probe/`` (by file size and
 modification time), so a rerun opens no video again. A video that cannot be opened or decoded is listed with
-the reason, like a missing one.
+the reason, like a missing one, and so is a truncated one: fewer decodable frames than its container declares,
+beyond max(2, 2 %), extract_frame.py's rule (dataset/video_reader.py's ``shortfall``).
 
 Frame folders (and video files) are matched case-insensitively and with spaces equal to underscores (UCF101's
 ``HandstandPushups`` folder holds ``v_HandStandPushups_*``; Kinetics folders spell "air drumming" either
@@ -53,8 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataset.layout import (VideoRecord, count_frames, is_video_file, write_class_index,  # noqa: E402
                             write_split_csv)
-from dataset.video_reader import VideoInfo, VideoReadError, probe  # noqa: E402
-from utils.atomic import write_text  # noqa: E402
+from dataset.video_reader import VideoInfo, VideoReadError, probe, shortfall  # noqa: E402
+from utils.atomic import cannot_write, write_text  # noqa: E402
 
 REPORT_NAMES = 20  # names printed per problem kind; the rest are counted
 PROBE_REPORT = "video_frames.tsv"
@@ -365,8 +366,9 @@ def match_split(name: str, videos: list[tuple[str, int]], index: FrameIndex,
             num_frames = count_frames(index.frame_root / frame_dir)
         else:
             info = probes[frame_dir]
-            if isinstance(info, str):
-                report.unreadable.append(f"{frame_dir} ({info})")
+            problem = info if isinstance(info, str) else truncation(info)
+            if problem:
+                report.unreadable.append(f"{frame_dir} ({problem})")
                 continue
             num_frames = info.num_frames
             if num_frames:
@@ -448,6 +450,12 @@ def probe_videos(video_root: Path, videos: list[str], workers: int, count: bool 
     return results, len(jobs)
 
 
+def truncation(info: VideoInfo) -> str:
+    """Why a probed video is truncated, by extract_frame.py's rule ('' when it is not)."""
+    short = shortfall(info.num_frames, info.declared)
+    return f"{short} (download it again)" if short else ""
+
+
 def write_probe_report(path: Path, probes: dict[str, VideoInfo | str]) -> None:
     """``video, num_frames, source, declared, fps, problem`` per probed video, tab-separated, sorted."""
     lines = ["video\tnum_frames\tsource\tdeclared\tfps\tproblem"]
@@ -456,7 +464,7 @@ def write_probe_report(path: Path, probes: dict[str, VideoInfo | str]) -> None:
             lines.append(f"{rel}\t\t\t\t\t{' '.join(info.split())}")
         else:
             fps = "" if info.fps is None else f"{info.fps:g}"
-            lines.append(f"{rel}\t{info.num_frames}\t{info.source}\t{info.declared}\t{fps}\t")
+            lines.append(f"{rel}\t{info.num_frames}\t{info.source}\t{info.declared}\t{fps}\t{truncation(info)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n")
@@ -538,6 +546,10 @@ def main(argv=None) -> int:
         if args.workers < 1:
             raise SplitFileError(f"--workers must be at least 1, got {args.workers}")
         lists = parse_split_lists(args)
+        reason = cannot_write(args.out_dir, create=False)  # no folder is left behind when no CSV is written
+        if reason:
+            raise SplitFileError(f"--out-dir {args.out_dir} is not writable ({reason}): choose a folder you can "
+                                 "write to, or fix its permissions")
     except SplitFileError as e:
         print(f"write_csv.py: error: {e}", file=sys.stderr)
         return 2
