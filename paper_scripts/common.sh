@@ -106,11 +106,13 @@ DEMO_FINETUNE_GLOBAL_BATCH=16
 DEMO_FINETUNE_STRIDE=$DEMO_STRIDE
 DEMO_IIC_FINETUNE_STRIDE=2
 # The miniature's methods: name -> train_ssl.py flags; "random" (no pretraining) is the no-learning reference.
-# The *_bug runs plant a known learning bug (train_ssl.py --plant-bug), for run/miniature_mutants.sh.
+# dualvar_negative: the shuffle-rank variant of this project (--sr-variant negative, run/miniature_sr_variants.sh);
+# the *_bug runs plant a known learning bug (train_ssl.py --plant-bug), for run/miniature_mutants.sh.
 declare -A MINI_METHOD_FLAGS=(
   [simclr]="--model simclr --mode clip"
   [dualvar]="--model simclr --mode clip-sr-tc"
   [iic]="--model iic --intra-neg repeat --modality res"
+  [dualvar_negative]="--model simclr --mode clip-sr-tc --sr-variant negative"
   [simclr_positive_bug]="--model simclr --mode clip --plant-bug positive-other-video"
   [dualvar_sr_bug]="--model simclr --mode clip-sr-tc --plant-bug sr-wrong-permutation"
   [dualvar_tc_bug]="--model simclr --mode clip-sr-tc --plant-bug tc-other-video"

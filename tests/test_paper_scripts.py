@@ -20,7 +20,7 @@ ENTRY_SCRIPTS = ("train_ssl.py", "finetune.py", "test.py", "retrieve.py")
 TABLE = collect_results.read_experiment_table()
 DEMO_DATA_SCRIPTS = ("process_data/src/make_demo_data.py", "process_data/src/extract_frame.py",
                      "process_data/src/write_csv.py")
-MINIATURE_LAUNCHERS = ("miniature", "miniature_mutants", "miniature_calibration")
+MINIATURE_LAUNCHERS = ("miniature", "miniature_mutants", "miniature_calibration", "miniature_sr_variants")
 REFERENCES = ("colour-stats", "motion-stats")
 MODE_OF_SCRIPT = {"train_ssl.py": "pretrain", "finetune.py": "finetune", "test.py": "test",
                   "retrieve.py": "test_retrieval"}
@@ -240,6 +240,18 @@ def test_mutants_plant_each_bug_in_the_miniature_recipe_and_compare_with_the_cor
     assert compare[:3] == ["simclr_positive_bug=simclr", "dualvar_sr_bug=dualvar", "dualvar_tc_bug=dualvar"]
     assert flag(collect, "--out") == str(tmp_path / "out" / "miniature" / "mutants.md")
     collect_results.get_args_parser().parse_args(collect)
+
+
+def test_sr_variants_compare_the_published_term_with_the_negative_variant_in_one_recipe(tmp_path):
+    commands = [split_entry(cmd) for cmd in printed_commands("run", "miniature_sr_variants", tmp_path, SEEDS="0")]
+    pretrains = {flag(a, "--output-dir").split("/")[-3]: a for s, a in commands if s == "train_ssl.py"}
+    assert sorted(pretrains) == ["dualvar", "dualvar_negative", "simclr"]
+    assert flag(pretrains["dualvar_negative"], "--sr-variant") == "negative"
+    assert "--sr-variant" not in pretrains["dualvar"]  # the published default
+    drop = lambda a: [x for x in a if x not in ("--sr-variant", "negative") and "/dualvar" not in x]  # noqa: E731
+    assert drop(pretrains["dualvar_negative"]) == drop(pretrains["dualvar"])
+    collect = next(args for script, args in commands if script == "paper_scripts/collect_results.py")
+    assert flag(collect, "--out").endswith("miniature/sr_variants.md")
 
 
 def test_calibration_runs_no_self_supervised_method(tmp_path):
