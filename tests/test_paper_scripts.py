@@ -161,7 +161,7 @@ def test_demo_is_one_seed_of_the_miniature(tmp_path, exp, method):
     assert [args[args.index("--pretrain") + 1] for args in finetunes] == [
         "none", str(tmp_path / "out" / "demo" / method / "seed0" / "pretrain" / "checkpoint.pth")]
     for args in finetunes:
-        assert args.count("--stride") == 1 and args[args.index("--stride") + 1] == "4"
+        assert args.count("--stride") == 1 and args[args.index("--stride") + 1] == recipe_value("DEMO_STRIDE") == "8"
     miniature = [split_entry(cmd) for cmd in printed_commands("run", "miniature", tmp_path, SEEDS="0",
                                                               MINI_METHODS=f"random {method}", MINI_SUPERVISED="0")]
     def rename(args):
