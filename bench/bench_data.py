@@ -32,10 +32,9 @@ process, one thread: the figures are per core.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
-import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,13 +48,13 @@ import torch
 import torchvision.transforms.functional as TVF
 from PIL import Image, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset import sampling  # noqa: E402
 from dataset import video_dataset as vd  # noqa: E402
 from dataset.layout import VideoRecord, count_frames, frame_name  # noqa: E402
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from timing import alternate_clocks, ratio, spread  # noqa: E402
+from bench.timing import alternate_clocks, ratio, spread  # noqa: E402
 
 CLIP_LEN, STRIDE, SIZE, RESIZE = 16, 4, 112, (128, 171)
 
@@ -154,9 +153,6 @@ def make_video_content(work: Path, short_side: int, videos: int) -> tuple[Path, 
     ``short_side`` (16:9, 300 frames at 30 fps, libx264 defaults)."""
     import av
     scripts = Path(__file__).resolve().parents[1] / "process_data" / "src"
-    sys.path.insert(0, str(scripts))
-    import extract_frame
-    import reencode_videos
     written = work / f"videos_{short_side}"
     height, width = short_side, int(round(short_side * 16 / 9)) // 2 * 2
     for v in range(videos):
@@ -171,12 +167,13 @@ def make_video_content(work: Path, short_side: int, videos: int) -> tuple[Path, 
     reencoded = work / f"reencoded_{short_side}"
     intra = work / f"intra_{short_side}"
     frames = work / f"frames_{short_side}"
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
-        for root, keyint in ((reencoded, "16"), (intra, "1")):
-            reencode_videos.main(["--video-root", str(written), "--out-root", str(root), "--short-side", "0",
-                                  "--keyint", keyint, "--workers", "1"])
-        extract_frame.main(["--video-root", str(written), "--frame-root", str(frames), "--short-side", "0",
-                            "--workers", "1"])
+    commands = [["reencode_videos.py", "--video-root", str(written), "--out-root", str(root), "--short-side", "0",
+                 "--keyint", keyint, "--workers", "1"] for root, keyint in ((reencoded, "16"), (intra, "1"))]
+    commands.append(["extract_frame.py", "--video-root", str(written), "--frame-root", str(frames), "--short-side", "0",
+                     "--workers", "1"])
+    for script, *flags in commands:
+        subprocess.run([sys.executable, str(scripts / script), *flags], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
     return written, reencoded, intra, frames
 
 

@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils import evaluation  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternate, ratio  # noqa: E402
+from bench.timing import alternate, ratio  # noqa: E402
 
 SHAPES = {  # train videos, queries, feature width, classes
     "ucf101": (9537, 3783, 512, 101),

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset.video_dataset import VideoFrameDataset  # noqa: E402
 from dataset.layout import read_split_csv  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
@@ -37,8 +38,7 @@ from retrieve import video_features  # noqa: E402
 from utils.distributed import usable_cores  # noqa: E402
 from utils.evaluation import run_inference  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternate, ratio  # noqa: E402
+from bench.timing import alternate, ratio  # noqa: E402
 
 
 def make_demo(work: Path, videos_per_class: int) -> Path:

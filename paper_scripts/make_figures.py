@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(REPO))
 
 from dataset.layout import LayoutError, count_frames, frame_name, read_class_index  # noqa: E402
 

@@ -7,9 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import extract_frame
-import make_demo_data
-import write_csv
+from process_data.src import extract_frame, make_demo_data, write_csv
 from dataset.video_dataset import add_data_args
 
 DEMO_CLASSES = ["MoveRight", "MoveLeft", "Bounce"]

@@ -1,14 +1,12 @@
 """Reproduction cards in the results tables: built from the runs' files, compared with the published settings."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "paper_scripts"))
-import collect_results  # noqa: E402
-from utils.card import build_card, summary_line  # noqa: E402
+from paper_scripts import collect_results
+from utils.card import build_card, summary_line
 
 EXP = "simclr_clip-sr-tc_r21d_ucf101"
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-import extract_flow
-import extract_frame
+from process_data.src import extract_flow, extract_frame
+from process_data.src.jobs import read_failures
 import finetune
 import retrieve
 import train_ssl
@@ -128,7 +128,7 @@ def test_corrupt_frames_are_listed_and_the_rest_processed(tmp_path, capsys):
     (frames / "Move" / "empty").mkdir()
     assert flow_main(frames, flow) == 1
     err = capsys.readouterr().err
-    failures = extract_frame.read_failures(flow / extract_flow.FLOW_FAILURES_FILE)
+    failures = read_failures(flow / extract_flow.FLOW_FAILURES_FILE)
     assert sorted(Path(k).name for k in failures) == ["bad", "empty"]
     assert "image_00003.jpg" in failures[str(frames.resolve() / "Move" / "bad")] and "image_00003.jpg" in err
     assert count_flow_frames(flow / "u" / "Move" / "good") == 4

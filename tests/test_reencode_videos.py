@@ -4,8 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-import reencode_videos
-import write_csv
+from process_data.src import reencode_videos, write_csv
 from conftest import tiny_demo_args
 from dataset.layout import LayoutError, read_split_csv, video_file
 from dataset.video_dataset import build_dataset

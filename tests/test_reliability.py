@@ -319,8 +319,7 @@ def test_an_unreadable_init_from_file_is_named_once_without_torchs_advice(conten
 def test_process_data_tools_name_an_output_folder_they_cannot_write(tiny_demo, tmp_path, capsys):
     """One line and exit status 2, not an OSError traceback: a file in the way here (a read-only folder takes the
     same path, but the tests may run as root, who writes there anyway)."""
-    import extract_frame
-    import write_csv
+    from process_data.src import extract_frame, write_csv
     blocked = tmp_path / "a_file"
     blocked.write_text("")
     assert write_csv.main(["--dataset", "ucf101", "--frame-root", str(tiny_demo / "frames"), "--split-dir",

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-import extract_frame
+from process_data.src import extract_frame
 from dataset.layout import (LayoutError, VideoRecord, flow_dir, frame_name, write_class_index,
                             write_split_csv)
 from dataset.transforms import IMAGENET_STD

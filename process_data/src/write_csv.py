@@ -50,7 +50,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataset.layout import (VideoRecord, count_frames, is_video_file, write_class_index,  # noqa: E402
                             write_split_csv)
