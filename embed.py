@@ -53,18 +53,19 @@ from dataset.clip_input import CLIP_INPUTS, frames_to_decode, to_network_input
 from dataset.layout import VIDEO_EXTENSIONS, is_video_file
 from dataset.transforms import ClipTransform
 from dataset.video_reader import VideoReadError, probe, read_video_frames
+from engine.interrupts import TrainingInterrupted
+from engine.launch import launch, run_cli
+from engine.output_dir import check_writable
 from model.backbones import build_backbone
 from model.classifier import (add_backbone_args, backbone_state, checkpoint_config, init_from, load_backbone,
                               read_checkpoint, resolve_backbone_args)
 from retrieve import DATA_FALLBACKS, LAYERS, video_features
 from utils.atomic import write_text
-from utils.cli import launch, run_cli
+from utils.config import config_to_dict, inherit_flags
 from utils.distributed import add_distributed_args, barrier, default_workers, get_rank, get_world_size
-from utils.engine import TrainingInterrupted, add_inference_amp_arg, autocast, quiet_worker, select_amp
-from utils.evaluation import inherit_flags
-from utils.logging import config_to_dict
+from utils.precision import add_inference_amp_arg, autocast, select_amp
 from utils.progress import progress_bar
-from utils.run_dir import check_writable
+from utils.workers import quiet_worker
 
 FAILURES_NAME = "failures.txt"
 NEIGHBOURS_NAME = "neighbours.csv"

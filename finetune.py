@@ -22,20 +22,22 @@ import torch
 
 from dataset.layout import LayoutError
 from dataset.video_dataset import add_data_args, build_dataset, require_labels
+from engine.checkpoint import Checkpointer
+from engine.launch import launch, run_cli
+from engine.loop import epoch_lengths, epoch_loader, iterations_per_epoch, train_one_epoch
+from engine.run_log import RunLogger
+from engine.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler, check_training_args,
+                             convert_sync_bn, seed_everything)
+from evaluation.inference import classify_videos, dataset_labels
+from evaluation.metrics import classification_report
 from model.backbones import set_grad_checkpointing
 from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
                               check_modality, checkpoint_config, classification_loss, init_from, load_backbone,
                               prepare_input, read_checkpoint, resolve_backbone_args, snapshot)
 from utils.atomic import write_text
-from utils.checkpoint import Checkpointer
-from utils.cli import launch, run_cli
+from utils.config import config_to_dict, inherit_flags
 from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist, is_main_process
-from utils.engine import (epoch_lengths, epoch_loader, iterations_per_epoch, make_grad_scaler, select_amp,
-                          train_one_epoch)
-from utils.evaluation import classification_report, classify_videos, dataset_labels, inherit_flags
-from utils.logging import RunLogger, config_to_dict
-from utils.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler,
-                            check_training_args, convert_sync_bn, seed_everything)
+from utils.precision import make_grad_scaler, select_amp
 
 LOSS_WEIGHTS = {"loss_ce": 1.0}
 BEST_NAME = "best.pth"

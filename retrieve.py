@@ -28,19 +28,20 @@ import torch
 import torch.nn.functional as F
 
 from dataset.video_dataset import add_data_args, build_dataset, require_labels
+from engine.card import write_card
+from engine.launch import launch, run_cli
+from engine.output_dir import check_writable
+from evaluation.inference import dataset_labels, run_inference
+from evaluation.metrics import RECALL_KS, centre_and_normalise, linear_probe, recall_and_knn, topk_accuracy
+from evaluation.plots import plot_embedding, plot_retrieval_examples
 from model.backbones import build_backbone
-from model.references import REFERENCES
 from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, init_from,
                               load_backbone, read_checkpoint, residual_view, resolve_backbone_args)
-from utils.cli import launch, run_cli
-from utils.distributed import add_distributed_args, is_main_process
-from utils.engine import add_inference_amp_arg, select_amp
-from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, linear_probe,
-                              plot_embedding, plot_retrieval_examples, recall_and_knn, run_inference, topk_accuracy)
+from model.references import REFERENCES
 from utils.atomic import write_text
-from utils.card import write_card
-from utils.logging import config_to_dict, git_revision
-from utils.run_dir import check_writable
+from utils.config import config_to_dict, git_revision, inherit_flags
+from utils.distributed import add_distributed_args, is_main_process
+from utils.precision import add_inference_amp_arg, select_amp
 
 LAYERS = ("pool", "conv5")
 MERGE_MODALITIES = ("res", "u", "v")

@@ -21,19 +21,20 @@ import torch
 
 from dataset.layout import LayoutError
 from dataset.video_dataset import add_data_args, build_dataset, require_labels
+from engine.card import write_card
+from engine.launch import launch, run_cli
+from engine.output_dir import check_writable
+from evaluation.inference import classify_videos, dataset_labels
+from evaluation.metrics import classification_report, ranked_classes
+from evaluation.plots import plot_confusion_matrix
 from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, check_modality, check_state_matches,
                               checkpoint_config, prepare_input, read_checkpoint, resolve_backbone_args,
                               strip_ddp_prefix)
-from utils.checkpoint import CheckpointError
-from utils.cli import launch, run_cli
-from utils.distributed import add_distributed_args, is_main_process
-from utils.engine import add_inference_amp_arg, select_amp
-from utils.evaluation import (classification_report, classify_videos, dataset_labels, inherit_flags,
-                              plot_confusion_matrix, ranked_classes)
 from utils.atomic import write_text
-from utils.card import write_card
-from utils.logging import config_to_dict, git_revision
-from utils.run_dir import check_writable
+from utils.checkpoint_io import CheckpointError
+from utils.config import config_to_dict, git_revision, inherit_flags
+from utils.distributed import add_distributed_args, is_main_process
+from utils.precision import add_inference_amp_arg, select_amp
 
 RESULTS_NAME = "test_results.json"
 # clip geometry: taken from the checkpoint's configuration unless given

@@ -20,18 +20,19 @@ from pathlib import Path
 import torch
 
 from dataset.video_dataset import add_data_args, build_dataset
+from engine.checkpoint import Checkpointer, unwrap
+from engine.launch import launch, run_cli
+from engine.loop import epoch_lengths, epoch_loader, iterations_per_epoch, train_one_epoch
+from engine.memory import check_fits, pretraining_memory
+from engine.run_log import RunLogger
+from engine.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler, check_training_args,
+                             convert_sync_bn, seed_everything)
 from model import add_method_args, build_method, method_sampler
 from model.backbones import set_grad_checkpointing
 from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
-from utils.checkpoint import Checkpointer, unwrap
-from utils.cli import launch, run_cli
+from utils.config import config_to_dict
 from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist
-from utils.engine import (epoch_lengths, epoch_loader, iterations_per_epoch, make_grad_scaler, select_amp,
-                          train_one_epoch)
-from utils.logging import RunLogger, config_to_dict
-from utils.memory_estimate import check_fits, pretraining_memory
-from utils.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler,
-                            check_training_args, convert_sync_bn, seed_everything)
+from utils.precision import make_grad_scaler, select_amp
 
 
 def get_args_parser(model: str | None = None) -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, Conv3DSimple
 from torchvision.models.video.s3d import S3D
 
-from utils.checkpoint import CheckpointError
+from utils.checkpoint_io import CheckpointError
 
 
 # ---------------------------------------------------------------- gradient checkpointing by stage

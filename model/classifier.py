@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dataset.clip_input import frame_differences
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.backbones import BACKBONES, VCOP_FAMILY_NETS, build_backbone, load_vcop_backbone
-from utils.checkpoint import CheckpointError, load_checkpoint, why_unreadable
+from utils.checkpoint_io import CheckpointError, load_checkpoint, why_unreadable
 
 # Where each kind of checkpoint of this project keeps its backbone (first match wins). A new method
 # adds its prefix here. MoCo's `key_encoder.backbone.*` (the momentum encoder) never matches.

@@ -24,12 +24,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dataset.video_dataset import add_data_args, build_dataset  # noqa: E402
+from engine.launch import run_cli  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
 from model.classifier import (add_backbone_args, checkpoint_config, load_backbone, read_checkpoint,  # noqa: E402
                               resolve_backbone_args)
 from utils.atomic import write_text  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
-from utils.evaluation import inherit_flags  # noqa: E402
+from utils.config import inherit_flags  # noqa: E402
 
 DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171], "clip_input": "rgb"}
 

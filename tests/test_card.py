@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.card import build_card, summary_line
 from paper_scripts import collect_results
-from utils.card import build_card, summary_line
 
 EXP = "simclr_clip-sr-tc_r21d_ucf101"
 

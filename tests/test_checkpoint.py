@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.checkpoint import (CHECKPOINT_NAME, CheckpointError, Checkpointer, get_rng_state, load_checkpoint,
-                              resolve_resume, save_checkpoint, set_rng_state)
+from engine.checkpoint import CHECKPOINT_NAME, Checkpointer, get_rng_state, resolve_resume, set_rng_state
+from utils.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def draw_everything():

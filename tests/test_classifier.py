@@ -6,14 +6,14 @@ import argparse
 import pytest
 import torch
 
+from dataset.clip_input import frame_differences
+from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
+from engine.training import build_optimizer
 from model import add_method_args, build_method
 from model.backbones import build_backbone
-from dataset.clip_input import frame_differences
-from model.classifier import (VideoClassifier, assert_unchanged, check_modality, load_backbone,
-                              prepare_input, residual_view, snapshot)
-from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.checkpoint import CheckpointError, save_checkpoint
-from utils.training import build_optimizer
+from model.classifier import (VideoClassifier, assert_unchanged, check_modality, load_backbone, prepare_input,
+                              residual_view, snapshot)
+from utils.checkpoint_io import CheckpointError, save_checkpoint
 
 
 def method(model="simclr", base_width=8):

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import embed
+from engine.interrupts import TrainingInterrupted
+from engine.launch import _stop_now, describe
 from model.backbones import build_backbone
-from utils.checkpoint import CheckpointError, save_checkpoint
-from utils.cli import _stop_now, describe
+from utils.checkpoint_io import CheckpointError, save_checkpoint
 from utils.distributed import default_workers
-from utils.engine import TrainingInterrupted
 from video_fixtures import smooth_frames, write_h264
 
 REPO = Path(__file__).resolve().parents[1]

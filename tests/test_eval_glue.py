@@ -18,10 +18,9 @@ import torch.nn as nn
 import finetune
 import retrieve
 from dataset import video_dataset as vd
-from dataset.layout import (VideoRecord, flow_frame_name, frame_name, read_split_csv, write_class_index,
-                            write_split_csv)
+from dataset.layout import VideoRecord, flow_frame_name, frame_name, read_split_csv, write_class_index, write_split_csv
+from evaluation.inference import classify_videos
 from model.backbones import build_backbone
-from utils.evaluation import classify_videos
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, METHOD.md §3
 STD = (0.229, 0.224, 0.225)

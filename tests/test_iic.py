@@ -17,7 +17,7 @@ from model.backbones import build_backbone
 from model.classifier import load_backbone
 from model.iic import MemoryBanks, normalize_imagenet, repeat_negative, residual_frames, shuffle_negative
 from utils import distributed
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint_io import load_checkpoint
 
 BATCH = 4
 NUM_VIDEOS = 15  # the tiny demo's train split

@@ -21,11 +21,12 @@ from conftest import tiny_demo_args, tiny_demo_flags
 from dataset import video_dataset
 from dataset.layout import LayoutError, read_split_csv
 from dataset.video_dataset import build_dataset
+from engine.checkpoint import CHECKPOINT_NAME, Checkpointer
+from engine.launch import describe, printable, run_cli
+from engine.output_dir import LOCK_NAME, OutputDirError, OutputDirLock, RUN_KIND_NAME, claim_output_dir
 from model.backbones import build_backbone
-from utils.checkpoint import CHECKPOINT_NAME, CheckpointError, Checkpointer, load_checkpoint, save_checkpoint
-from utils.cli import describe, printable, run_cli
-from utils.run_dir import (LOCK_NAME, RUN_KIND_NAME, OutputDirError, OutputDirLock, claim_output_dir,
-                           close_inherited_locks)
+from utils.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
+from utils.workers import close_inherited_locks
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("test_script", REPO / "test.py")  # not the stdlib `test`

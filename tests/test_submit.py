@@ -14,7 +14,7 @@ import torch
 
 from conftest import tiny_demo_flags
 from paper_scripts import submit
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint_io import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import torch
 
+from engine.output_dir import check_output_dir, run_kind
 from utils.distributed import is_dist
-from utils.engine import AMP_CHOICES
-from utils.run_dir import check_output_dir, run_kind
+from utils.precision import AMP_CHOICES
 
 
 def seed_everything(seed: int) -> None:

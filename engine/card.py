@@ -22,7 +22,7 @@ from utils.atomic import write_text
 
 CARD_NAME = "card.json"
 EVAL_CLIPS, EVAL_CROPS = 10, 1  # dataset.video_dataset.NUM_EVAL_CLIPS, one centre crop
-# what each resolved --amp mode computes in (utils.engine prints the same names; this module stays free of torch)
+# what each resolved --amp mode computes in (utils.precision prints the same names; this module stays free of torch)
 PRECISIONS = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 
 

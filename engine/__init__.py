@@ -1,0 +1,2 @@
+"""The run machinery of the entry scripts: the training loop, checkpoints and resume, output folders, launch
+and error reporting, run logs, reproduction cards and the memory estimate. It knows no method."""
