@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dataset.clip_input import MODALITIES
 from dataset.layout import LayoutError
 from dataset.video_dataset import add_data_args, build_dataset, require_labels
 from engine.checkpoint import Checkpointer
@@ -31,9 +32,9 @@ from engine.training import (add_sync_bn_arg, add_training_args, build_optimizer
 from evaluation.inference import classify_videos, dataset_labels
 from evaluation.metrics import classification_report
 from model.backbones import set_grad_checkpointing
-from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
-                              check_modality, checkpoint_config, classification_loss, init_from, load_backbone,
-                              prepare_input, read_checkpoint, resolve_backbone_args, snapshot)
+from model.classifier import (VideoClassifier, assert_unchanged, check_modality, classification_loss, prepare_input,
+                              snapshot)
+from model.weights import add_backbone_args, check_one_source, checkpoint_config, load_weights, read_source
 from utils.atomic import write_text
 from utils.config import config_to_dict, inherit_flags
 from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist, is_main_process
@@ -85,9 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     check_training_args(args, {"eval_batch_size": 1, "val_freq": 0})
-    if (args.pretrain is None) == (args.init_from is None):
-        raise ValueError("pass exactly one of --pretrain (a checkpoint of this project, or 'none') and --init-from "
-                         "(a VCOP-family checkpoint)")
+    check_one_source(args, "--pretrain", "a checkpoint of this project, or 'none'")
     if not 0 <= args.dropout < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     check_modality(args.modality)
@@ -108,16 +107,14 @@ class FinetuneCheckpointer(Checkpointer):
         self.best = ckpt.get("best", self.best)
 
 
-def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict | None) -> dict:
+def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict) -> dict:
     """Initialise the backbone from --pretrain or --init-from; returns what was loaded, for the configuration."""
-    if args.init_from is not None:
-        report = init_from(model.backbone, args.init_from, args.net)
-        return {"pretrain_kind": "VCOP-family checkpoint", "loaded_tensors": report["loaded_tensors"]}
-    if ckpt is None:
+    if args.init_from is None and not ckpt:
         print("--pretrain none: the backbone starts from random initialisation", flush=True)
         return {"pretrain_kind": "none", "loaded_tensors": 0}
-    loaded = load_backbone(model.backbone, args.pretrain, ckpt, args.net, args.base_width)
-    kind = backbone_state(ckpt, args.pretrain)[1]
+    loaded, kind = load_weights(model.backbone, args, ckpt, "--pretrain")
+    if args.init_from is not None:
+        return {"pretrain_kind": kind, "loaded_tensors": loaded}
     print(f"loaded {loaded} backbone tensors from {args.pretrain} ({kind})", flush=True)
     return {"pretrain_kind": kind, "loaded_tensors": loaded, "pretrain_epoch": ckpt.get("epoch")}
 
@@ -125,15 +122,14 @@ def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict
 def main(args: argparse.Namespace) -> dict | None:
     """Run the finetuning; returns the results written to finetune_results.json (None for --dry-run)."""
     check_args(args)
-    ckpt = None if args.pretrain in (None, "none") else read_checkpoint(args.pretrain, "--pretrain")
-    resolve_backbone_args(args, ckpt)
-    inherit_flags(args, checkpoint_config(ckpt) if ckpt is not None else {}, {"clip_input": "rgb"})
+    ckpt = read_source(args, "--pretrain", no_checkpoint=("none",))
+    inherit_flags(args, checkpoint_config(ckpt), {"clip_input": "rgb"})
     check_modality(args.modality, args.clip_input)
     return launch(args, get_args_parser(), lambda device: _finetune(args, device, ckpt),
                   saved_in=str(Path(args.output_dir) / "config.json"), claim_output=True)
 
 
-def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:
+def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     args.amp = select_amp(args.amp, device, training=True)
     # Without validation the hold-out would only be wasted, so it is trained on.
     train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality,
@@ -149,8 +145,8 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
 
     seed_everything(args.seed)  # same head initialisation on every rank
     linear_probe = args.train_what == "last"
-    classifier = VideoClassifier(args.net, args.base_width, train_set.num_classes, args.dropout,
-                                 frozen_backbone=linear_probe)
+    classifier = VideoClassifier.build(args.net, args.base_width, train_set.num_classes, args.dropout,
+                                       frozen_backbone=linear_probe)
     loaded = load_pretrained(classifier, args, ckpt)
     frozen_reference = snapshot(classifier.backbone) if linear_probe else None
     set_grad_checkpointing(classifier, args.grad_checkpoint)

@@ -35,7 +35,7 @@ from dataset.layout import read_split_csv  # noqa: E402
 from dataset.video_dataset import VideoFrameDataset  # noqa: E402
 from evaluation.inference import run_inference  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
-from retrieve import video_features  # noqa: E402
+from model.features import video_features  # noqa: E402
 from utils.distributed import usable_cores  # noqa: E402
 
 from bench.timing import alternate, ratio  # noqa: E402

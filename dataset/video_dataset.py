@@ -52,8 +52,7 @@ from torch.utils.data import Dataset
 from dataset import sampling
 from dataset.clip_input import CLIP_INPUTS, check_clip_input, frames_to_decode, to_network_input
 from dataset.layout import (FLOW_COMPONENTS, LayoutError, VideoRecord, count_flow_frames, count_frames,
-                            expected_flow_frames, flow_dir, flow_frame_name, frame_name, is_video_file,
-                            read_split_csv)
+                            expected_flow_frames, flow_dir, flow_frame_name, frame_name, is_video_file, read_split_csv)
 from dataset.local_dataset import REGISTRY, DatasetPaths, flow_command, resolve_dataset
 from dataset.transforms import ClipTransform, ViewParams, to_float_clips
 from dataset.video_reader import VideoReadError, read_video_frames
@@ -443,6 +442,20 @@ def _fraction(text: str) -> float:
     return value
 
 
+# The clip flags that the evaluation scripts take from the checkpoint's configuration unless given, and their values
+# where it records none (the defaults of add_data_args).
+CLIP_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171], "clip_input": "rgb"}
+
+
+def defaults_from_checkpoint(parser: argparse.ArgumentParser, fallbacks: dict) -> None:
+    """Make the flags of ``fallbacks`` default to the checkpoint's values (None until it is read), saying so in
+    --help."""
+    parser.set_defaults(**dict.fromkeys(fallbacks))
+    for action in parser._actions:
+        if action.dest in fallbacks:
+            action.help += f"; default: the checkpoint's value, else {fallbacks[action.dest]}"
+
+
 def add_data_args(parser: argparse.ArgumentParser, training: bool = True) -> argparse.ArgumentParser:
     """The data flags; without ``training`` (the scripts that only evaluate) not those that only training reads,
     which keep their defaults."""
@@ -471,16 +484,17 @@ def add_data_args(parser: argparse.ArgumentParser, training: bool = True) -> arg
     group.add_argument("--val-size", type=_val_size, default=None,
                        help="videos held out of the train split for validation (seed 666): a count, or a "
                             "fraction < 1; default 800 for real datasets, 0.2 for the demo and CSV folders")
-    group.add_argument("--num-frames", type=int, default=16, help="frames per clip (T) that the network sees")
-    group.add_argument("--clip-input", default="rgb", choices=CLIP_INPUTS,
+    group.add_argument("--num-frames", type=int, default=CLIP_FALLBACKS["num_frames"],
+                       help="frames per clip (T) that the network sees")
+    group.add_argument("--clip-input", default=CLIP_FALLBACKS["clip_input"], choices=CLIP_INPUTS,
                        help="what the network sees of a clip: rgb = its frames (the papers'); diff = the differences "
                             "of consecutive sampled frames, from T + 1 frames decoded and augmented as one clip "
                             "(dataset/clip_input.py; not for IIC, whose views are fixed)")
     group.add_argument("--stride", type=int, default=4,
                        help="temporal stride between clip frames (4 for DualVar pretraining, 2 for "
                             "finetuning and testing; IIC always uses 1)")
-    group.add_argument("--size", type=int, default=112, help="crop side in pixels")
-    group.add_argument("--resize", type=int, nargs=2, default=[128, 171], metavar=("H", "W"),
+    group.add_argument("--size", type=int, default=CLIP_FALLBACKS["size"], help="crop side in pixels")
+    group.add_argument("--resize", type=int, nargs=2, default=CLIP_FALLBACKS["resize"], metavar=("H", "W"),
                        help="frames are resized to H x W before cropping")
     group.add_argument("--resize-quirk", action="store_true",
                        help="resize to W x H instead, as the authors' code really did (faithful reproduction)")

@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.backbones import build_backbone
-from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_negative_loss, shuffle_rank_loss,
-                          shuffle_segments, slot_accuracy, temporal_coherent_loss)
+from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_negative_loss, shuffle_rank_loss, shuffle_segments,
+                          slot_accuracy, temporal_coherent_loss)
 from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, host_to_device, is_dist
 
 MODES = ("clip", "clip-sr", "clip-tc", "clip-sr-tc")

@@ -28,13 +28,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dataset.clip_input import frame_differences
+from dataset.clip_input import FLOW_MODALITIES, MODALITIES, frame_differences
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.backbones import build_backbone
 from utils.distributed import all_gather_no_grad, host_to_device
 
-MODALITIES = ("res", "rgb", "u", "v")
-FLOW_MODALITIES = ("u", "v")
 INTRA_NEGATIVES = ("repeat", "shuffle", "none")
 SHUFFLE_CHUNKS = 4
 

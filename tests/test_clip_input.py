@@ -100,7 +100,7 @@ def test_checkpoint_records_the_input_and_every_consumer_takes_it(tiny_demo, tmp
     gallery = np.load(tmp_path / "ret" / "features_train.npz")
     dataset = build_dataset(tiny_demo_args(tiny_demo, "--clip-input", "diff", "--stride", "2"), "trainval", "eval")
     from model.backbones import build_backbone
-    from model.classifier import load_backbone
+    from model.weights import load_backbone
     backbone, _ = build_backbone("r3d", 8)
     load_backbone(backbone, pretrain / "checkpoint.pth")
     backbone.eval()

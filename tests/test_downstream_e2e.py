@@ -218,7 +218,8 @@ def test_retrieve_scores_the_colour_statistics_reference(demo, tmp_path):
 
 def vcop_release(tmp_path, net: str = "r3d", base_width: int = 8) -> tuple[Path, dict]:
     """A VCOP-family checkpoint file as IIC-style code saves it: {'state_dict': DDP-prefixed tensors + a head}."""
-    from model.backbones import build_backbone, vcop_name
+    from model.backbones import build_backbone
+    from model.vcop import vcop_name
     backbone, channels = build_backbone(net, base_width)
     family = {vcop_name(k): v + 0.01 if v.is_floating_point() else v + 7 for k, v in backbone.state_dict().items()}
     path = tmp_path / "release.pth"
@@ -228,7 +229,7 @@ def vcop_release(tmp_path, net: str = "r3d", base_width: int = 8) -> tuple[Path,
 
 
 def test_finetune_and_retrieve_init_from_a_vcop_family_checkpoint(demo, tmp_path):
-    from model.backbones import vcop_name
+    from model.vcop import vcop_name
     path, family = vcop_release(tmp_path)
     results = finetune.main(finetune.get_args_parser().parse_args(
         data_flags(demo) + ["--init-from", str(path), "--net", "r3d", "--base-width", "8", "--output-dir",

@@ -151,7 +151,7 @@ def test_strict_checkpoint_loading_flags_and_dry_run(videos, ckpt, tmp_path, cap
 
 
 def test_init_from_a_vcop_family_release_gives_the_same_features(videos, ckpt, reference, tmp_path):
-    from model.backbones import vcop_name
+    from model.vcop import vcop_name
     state = torch.load(ckpt, weights_only=True)["model"]
     release = tmp_path / "release.pth"
     torch.save({"state_dict": {"module.base_network." + vcop_name(k.removeprefix("backbone.")): v

@@ -84,8 +84,8 @@ def test_every_entry_script_ends_through_launch(script, monkeypatch):
         raise StopIteration
 
     monkeypatch.setattr(script, "launch", fake_launch)
-    for name in ("read_checkpoint", "resolve_backbone_args", "check_writable", "inherit_flags", "check_modality",
-                 "checkpoint_config", "check_args"):
+    for name in ("read_source", "check_writable", "inherit_flags", "check_modality", "checkpoint_config",
+                 "check_args"):
         if hasattr(script, name):
             monkeypatch.setattr(script, name, lambda *a, **k: {})
     parser = script.get_args_parser()

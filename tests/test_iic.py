@@ -14,8 +14,8 @@ from conftest import run_gloo_processes, tiny_demo_args, tiny_demo_flags, train_
 from dataset.video_dataset import build_dataset
 from model import add_method_args, build_method
 from model.backbones import build_backbone
-from model.classifier import load_backbone
 from model.iic import MemoryBanks, normalize_imagenet, repeat_negative, residual_frames, shuffle_negative
+from model.weights import load_backbone
 from utils import distributed
 from utils.checkpoint_io import load_checkpoint
 

@@ -23,7 +23,7 @@ from dataset.layout import LayoutError, read_split_csv
 from dataset.video_dataset import build_dataset
 from engine.checkpoint import CHECKPOINT_NAME, Checkpointer
 from engine.launch import describe, printable, run_cli
-from engine.output_dir import LOCK_NAME, OutputDirError, OutputDirLock, RUN_KIND_NAME, claim_output_dir
+from engine.output_dir import LOCK_NAME, RUN_KIND_NAME, OutputDirError, OutputDirLock, claim_output_dir
 from model.backbones import build_backbone
 from utils.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from utils.workers import close_inherited_locks
@@ -303,7 +303,7 @@ def test_checkpoint_read_errors_give_the_scripts_own_fix(tmp_path):
 
 @pytest.mark.parametrize("content", [b"e" + bytes(range(256)) * 4, b"\x80\x02garbage" * 50, "pickled"])
 def test_an_unreadable_init_from_file_is_named_once_without_torchs_advice(content, tmp_path):
-    from model.classifier import init_from
+    from model.weights import init_from
     path = tmp_path / "release.pth"
     if content == "pickled":
         torch.save({"state_dict": {}, "payload": object()}, path)

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.backbones import build_backbone, load_vcop_backbone, vcop_name
+from model.backbones import build_backbone
+from model.vcop import load_vcop_backbone, vcop_name
 from utils.checkpoint_io import CheckpointError
 
 LAYOUTS = Path(__file__).resolve().parents[1].parent / "shared" / "docs" / "vcop_layouts"

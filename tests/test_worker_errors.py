@@ -64,7 +64,7 @@ def data(tmp_path_factory):
         write_split_csv(root / kind / "train_split01.csv", records)
         write_split_csv(root / kind / "test_split01.csv", records)
         write_class_index(root / kind / "ClassInd.txt", ["Class0", "Class1"])
-    model = VideoClassifier("r3d", 4, 2)
+    model = VideoClassifier.build("r3d", 4, 2)
     save_checkpoint({"model": model.state_dict(), "epoch": 1,
                      "config": {"net": "r3d", "base_width": 4, "num_frames": 8, "stride": 1, "size": 32,
                                 "resize": [36, 40], "pretrain": "none"}}, root / "finetuned.pth")
