@@ -15,6 +15,7 @@ import argparse
 
 import torch
 
+from model import build_method
 from model.backbones import build_backbone
 
 GIB = 2**30
@@ -68,23 +69,10 @@ def stage_activation_bytes(net: str, base_width: int, num_frames: int, size: int
 
 
 def clips_with_gradient(args: argparse.Namespace) -> int:
-    """Backbone passes per video that keep activations for backward (METHOD.md §5-6)."""
-    if args.model == "iic":
-        return 2  # view 1 and view 2; the intra-negative runs without gradient
-    with_sr = "sr" in args.mode.split("-")
-    if args.model == "moco":
-        return 1 + 2 * with_sr  # the query (A), and A' with its shuffled copy; keys (B) run without gradient
-    return (3 if with_sr else 2) + with_sr  # A, B (and A'), then the shuffled A'
-
-
-def clips_in_largest_pass(args: argparse.Namespace) -> int:
-    """Clips per video in the largest backbone call that gets gradients (what one recomputed stage holds)."""
-    with_sr = "sr" in args.mode.split("-")
-    if args.model == "iic":
-        return 1  # view 1 and view 2 run one after the other
-    if args.model == "moco":
-        return 2 if with_sr else 1  # A' with its shuffled copy; the query alone
-    return 3 if with_sr else 2  # A, B (and A') in one call
+    """Backbone passes per video that keep activations for backward, as the method of ``args`` states them
+    (METHOD.md §5-6)."""
+    with torch.device("meta"):
+        return build_method(args).clips_with_gradient
 
 
 def pretraining_memory(args: argparse.Namespace, method: torch.nn.Module, amp: str = "none") -> dict:
@@ -96,10 +84,10 @@ def pretraining_memory(args: argparse.Namespace, method: torch.nn.Module, amp: s
     stages = stage_activation_bytes(args.net, args.base_width, args.num_frames, args.size)
     kept_per_clip = sum(inputs for inputs, _ in stages) // halve
     recomputed_per_clip = max(saved for _, saved in stages) // halve
-    passes = clips_with_gradient(args)
+    passes = method.clips_with_gradient
     activations = {False: per_clip * passes * args.batch_size,
                    True: kept_per_clip * passes * args.batch_size
-                   + recomputed_per_clip * clips_in_largest_pass(args) * args.batch_size}
+                   + recomputed_per_clip * method.clips_in_largest_pass * args.batch_size}
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in method.parameters() if not p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in method.buffers())
