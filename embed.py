@@ -50,9 +50,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from dataset import sampling
 from dataset.clip_input import CLIP_INPUTS, frames_to_decode, to_network_input
+from dataset.flags import CLIP_FALLBACKS
 from dataset.layout import VIDEO_EXTENSIONS, is_video_file
 from dataset.transforms import ClipTransform
-from dataset.video_dataset import CLIP_FALLBACKS
 from dataset.video_reader import VideoReadError, probe, read_video_frames
 from engine.interrupts import TrainingInterrupted
 from engine.launch import launch, run_cli

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
+from dataset.build import build_dataset, require_labels
 from dataset.clip_input import MODALITIES
+from dataset.flags import add_data_args
 from dataset.layout import LayoutError
-from dataset.video_dataset import add_data_args, build_dataset, require_labels
+from dataset.recipes import EVAL, FINETUNE
 from engine.checkpoint import Checkpointer
 from engine.launch import launch, run_cli
 from engine.loop import epoch_lengths, epoch_loader, iterations_per_epoch, train_one_epoch
@@ -132,9 +134,9 @@ def main(args: argparse.Namespace) -> dict | None:
 def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     args.amp = select_amp(args.amp, device, training=True)
     # Without validation the hold-out would only be wasted, so it is trained on.
-    train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality,
+    train_set = build_dataset(args, "train" if args.val_freq else "trainval", FINETUNE, modality=args.modality,
                               uint8=True)
-    val_set = build_dataset(args, "val", "eval", modality=args.modality, uint8=True) if args.val_freq else []
+    val_set = build_dataset(args, "val", EVAL, modality=args.modality, uint8=True) if args.val_freq else []
     for dataset in (train_set, val_set) if args.val_freq else (train_set,):
         require_labels(dataset, "finetuning")
     if train_set.num_classes < 2:

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataset.build import build_dataset, require_labels
 from dataset.clip_input import FLOW_MODALITIES
-from dataset.video_dataset import CLIP_FALLBACKS, add_data_args, build_dataset, defaults_from_checkpoint, require_labels
+from dataset.flags import CLIP_FALLBACKS, add_data_args, defaults_from_checkpoint
+from dataset.recipes import EVAL
 from engine.card import write_card
 from engine.launch import launch, run_cli
 from engine.output_dir import check_writable
@@ -121,13 +123,13 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
         backbone, _ = build_backbone(args.net, args.base_width)
         loaded, kind = load_weights(backbone, args, ckpt)
     backbone.to(device).eval()
-    gallery_set = build_dataset(args, "trainval", "eval", modality="rgb", uint8=True)
-    query_set = build_dataset(args, "test", "eval", modality="rgb", uint8=True)
+    gallery_set = build_dataset(args, "trainval", EVAL, modality="rgb", uint8=True)
+    query_set = build_dataset(args, "test", EVAL, modality="rgb", uint8=True)
     for dataset in (gallery_set, query_set):
         require_labels(dataset, "retrieval")
     # a flow view 2 comes from datasets of flow clips (same rows, clip positions and crops)
     merge_flow = args.merge and args.merge_modality in FLOW_MODALITIES
-    flow_sets = [build_dataset(args, split, "eval", modality=args.merge_modality, uint8=True)
+    flow_sets = [build_dataset(args, split, EVAL, modality=args.merge_modality, uint8=True)
                  for split in ("trainval", "test")] if merge_flow else []
     if is_main_process():
         print(f"loaded {loaded} backbone tensors from {args.ckpt or args.init_from} ({kind}); "

@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataset.build import build_dataset, require_labels
 from dataset.clip_input import MODALITIES
+from dataset.flags import CLIP_FALLBACKS, add_data_args, defaults_from_checkpoint
 from dataset.layout import LayoutError
-from dataset.video_dataset import CLIP_FALLBACKS, add_data_args, build_dataset, defaults_from_checkpoint, require_labels
+from dataset.recipes import EVAL
 from engine.card import write_card
 from engine.launch import launch, run_cli
 from engine.output_dir import check_writable
@@ -96,7 +98,7 @@ def main(args: argparse.Namespace) -> dict | None:
 def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     args.amp = select_amp(args.amp, device)
     model = build_classifier(args, ckpt).to(device)
-    dataset = build_dataset(args, args.test_split, "eval", modality=args.modality, uint8=True)
+    dataset = build_dataset(args, args.test_split, EVAL, modality=args.modality, uint8=True)
     require_labels(dataset, "testing")
     num_classes = model.fc.out_features
     if dataset.num_classes != num_classes:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from dataset.video_dataset import add_data_args, build_dataset
+from dataset.build import build_dataset
+from dataset.flags import add_data_args
 from engine.checkpoint import Checkpointer, unwrap
 from engine.launch import launch, run_cli
 from engine.loop import epoch_lengths, epoch_loader, iterations_per_epoch, train_one_epoch
@@ -27,7 +28,7 @@ from engine.memory import check_fits, pretraining_memory
 from engine.run_log import RunLogger
 from engine.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler, check_training_args,
                              convert_sync_bn, seed_everything)
-from model import add_method_args, build_method, method_sampler
+from model import add_method_args, build_method, method_sampling
 from model.backbones import set_grad_checkpointing
 from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
 from utils.config import config_to_dict
@@ -85,7 +86,7 @@ def resolved_config(args: argparse.Namespace, method: torch.nn.Module) -> dict:
     config = config_to_dict(args)
     config["resolved"] = {
         "num_views": method.num_views,
-        "sampler": method_sampler(args),
+        "sampler": method_sampling(args).name,
         "loss_weights": dict(method.loss_weights),
         "backbone_parameters": sum(p.numel() for p in method.backbone.parameters()),
         "trainable_parameters": sum(p.numel() for p in method.parameters() if p.requires_grad),
@@ -117,7 +118,7 @@ def main(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace, device: torch.device) -> None:
     args.amp = select_amp(args.amp, device, training=True)
     # The training-set size sizes IIC's memory banks, so the dataset comes first.
-    dataset = build_dataset(args, "trainval", method_sampler(args), uint8=True)
+    dataset = build_dataset(args, "trainval", method_sampling(args), uint8=True)
     # Same seed on every rank for the initial weights and banks (DDP would broadcast rank 0's anyway) ...
     seed_everything(args.seed)
     method = build_method(args, num_videos=len(dataset)).to(device)

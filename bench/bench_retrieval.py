@@ -32,6 +32,7 @@ import torch
 if not __package__:  # run as a file: the repository root is not on the path yet
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset.layout import read_split_csv  # noqa: E402
+from dataset.recipes import EVAL  # noqa: E402
 from dataset.video_dataset import VideoFrameDataset  # noqa: E402
 from evaluation.inference import run_inference  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
@@ -74,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or make_demo(Path(tmp), videos_per_class=max(3, args.num_videos // 10 + 3))
         records = read_split_csv(data / "csv" / "train_split01.csv")[:args.num_videos]
-        dataset = VideoFrameDataset(records, data / "frames", "eval", stride=4, uint8=True)
+        dataset = VideoFrameDataset(records, data / "frames", EVAL, stride=4, uint8=True)
         device = torch.device(args.device)
         torch.manual_seed(0)
         backbone = build_backbone(args.net, args.base_width)[0].to(device).eval()

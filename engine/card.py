@@ -87,7 +87,7 @@ def _batches(config: dict) -> dict:
 def method_fields(config: dict) -> dict:
     """The mode, the source of the contrastive negatives and the clip settings of a pretraining run, as its method
     states them (``card_fields``); a run of no known method (the random-weights reference) names its mode only."""
-    from model import METHODS  # the methods, and torch, only where a card of a pretraining run is written
+    from model import METHODS
     processes = (config.get("resolved") or {}).get("world_size") or 1
     method = METHODS.get(config.get("model"))
     if method is None:

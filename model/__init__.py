@@ -7,7 +7,8 @@ metrics, and states what the run machinery needs to know of it: the backbone pas
 (`.clips_with_gradient`, `.clips_in_largest_pass`: engine/memory.py) and how a reproduction card names its
 mode and negatives (`card_fields`: engine/card.py). Adding one is one registry entry (plus its flags in
 `ARG_ADDERS`). DualVar's forward takes `batch["clips"]`; a method that needs other batch entries names them in
-`.batch_keys` and its dataset sampler in `.sampler` (IIC: `forward(clip, index)`).
+`.batch_keys` (IIC: `forward(clip, index)`); `sampling_for(args)` names the dataset items it trains on (a
+sampling recipe, dataset/recipes.py, declared next to the method).
 """
 
 import argparse
@@ -15,8 +16,9 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from dataset.recipes import SamplingRecipe
 from model.backbones import BACKBONES
-from model.dualvar import MoCoDualVar, SimCLRDualVar, add_dualvar_args, mode_terms
+from model.dualvar import MoCoDualVar, SimCLRDualVar, add_dualvar_args
 from model.iic import IIC, add_iic_args
 
 METHODS: dict[str, Callable[..., nn.Module]] = {
@@ -50,9 +52,6 @@ def build_method(args: argparse.Namespace, num_videos: int | None = None) -> nn.
     return METHODS[args.model].from_args(args, num_videos=num_videos)
 
 
-def method_sampler(args: argparse.Namespace) -> str:
-    """The dataset sampler ``args.model`` trains on, known before the method is built (METHOD.md §2)."""
-    fixed = getattr(METHODS.get(args.model), "sampler", None)
-    if fixed is not None:
-        return fixed
-    return "dualvar" if "sr" in mode_terms(args.mode) else "two_view"
+def method_sampling(args: argparse.Namespace) -> SamplingRecipe:
+    """The sampling recipe ``args.model`` trains on, known before the method is built (METHOD.md §2)."""
+    return METHODS[args.model].sampling_for(args)

@@ -17,12 +17,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dataset.recipes import SamplingRecipe, View
 from model.backbones import build_backbone
 from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_negative_loss, shuffle_rank_loss, shuffle_segments,
                           slot_accuracy, temporal_coherent_loss)
 from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, host_to_device, is_dist
 
 MODES = ("clip", "clip-sr", "clip-tc", "clip-sr-tc")
+CROP_ONLY_P = 0.2  # view A skips colour jitter and blur with this probability (METHOD.md §3)
+# The items DualVar trains on (METHOD.md §2-3): clips A and B of a video at independent centres, reversed together
+# with probability 0.5, their frames decoded once; view A only cropped with probability CROP_ONLY_P, B and A′ (A's
+# frames augmented again) always fully augmented. The modes without shuffle-rank take A and B only.
+_A, _B, _A_PRIME = View(0, "pretrain", CROP_ONLY_P), View(1, "pretrain"), View(0, "pretrain")
+DUALVAR_SAMPLING = SamplingRecipe("dualvar", "pair", views=(_A, _B, _A_PRIME), num_clips=2, stacked=True,
+                                  resize_once=True, method="DualVar")
+TWO_VIEW_SAMPLING = SamplingRecipe("two_view", "pair", views=(_A, _B), num_clips=2, stacked=True, resize_once=True,
+                                   method="DualVar")
 # published: METHOD.md §5.1, the paper's term, which an order-blind network can satisfy (docs/pretraining.md);
 # negative: a variant of this project, the shuffled clip is the negative of each slot (losses.shuffle_negative_loss)
 SR_VARIANTS = ("published", "negative")
@@ -174,6 +184,11 @@ class DualVarBase(nn.Module):
     # the flags of add_dualvar_args that the constructor takes, under their Python names
     ARGS = ("mode", "temperature", "tc_temperature", "theta", "rank_clamp", "n_series", "series_dim", "embed_dim",
             "clip_loss_weight", "sr_loss_weight", "tc_loss_weight", "derangement", "sr_variant", "plant_bug")
+
+    @staticmethod
+    def sampling_for(args: argparse.Namespace) -> SamplingRecipe:
+        """The dataset items the flags' mode trains on: A, B and A′ with shuffle-rank, else A and B."""
+        return DUALVAR_SAMPLING if "sr" in mode_terms(args.mode) else TWO_VIEW_SAMPLING
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, num_videos: int | None = None) -> "DualVarBase":

@@ -29,11 +29,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dataset.clip_input import FLOW_MODALITIES, MODALITIES, frame_differences
+from dataset.recipes import SamplingRecipe, View
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.backbones import build_backbone
 from utils.distributed import all_gather_no_grad, host_to_device
 
 INTRA_NEGATIVES = ("repeat", "shuffle", "none")
+# The items IIC trains on (METHOD.md §6): one clip of consecutive frames from a random start, cropped only, in
+# [0, 1] (the views are made from it: its residual frames, intra-negatives); with a flow modality the same frames'
+# flow beside it, under the same crop.
+IIC_SAMPLING = SamplingRecipe("iic", "consecutive", views=(View(augment="crop"),), normalized=False, stride=1,
+                              flow="beside", fixed_input="IIC's views (RGB and its residual)", method="IIC")
 SHUFFLE_CHUNKS = 4
 
 
@@ -184,7 +190,6 @@ class IIC(nn.Module):
     the keywords are the flags of ``add_iic_args`` under their Python names, with the published values as defaults.
     """
 
-    sampler = "iic"
     num_views = 2
     # what a training step keeps for backward (engine/memory.py): per video, view 1 and view 2 (the
     # intra-negative runs without gradient), one after the other
@@ -218,6 +223,10 @@ class IIC(nn.Module):
         self.banks = MemoryBanks(names, num_videos or 0, self.encoder.out_channels, bank_momentum)
         self.loss_weights = {"loss_view1": 1.0, "loss_view2": 1.0}
 
+    @staticmethod
+    def sampling_for(args: argparse.Namespace) -> SamplingRecipe:
+        return IIC_SAMPLING
+
     @classmethod
     def from_args(cls, args: argparse.Namespace, num_videos: int | None = None) -> "IIC":
         """The method of train_ssl.py's flags, with memory banks of ``num_videos`` rows (0 or None: empty banks,
@@ -236,7 +245,8 @@ class IIC(nn.Module):
     def card_fields(config: dict, processes: int) -> dict:
         """How a run's card (engine/card.py) names the mode and the negatives; IIC samples consecutive frames."""
         return {"mode": f"intra-negative {config.get('intra_neg')}, view 2 {config.get('modality')}",
-                "negatives": f"memory banks, {config.get('bank_k')} rows drawn per sample", "clip": {"stride": 1}}
+                "negatives": f"memory banks, {config.get('bank_k')} rows drawn per sample",
+                "clip": {"stride": IIC_SAMPLING.stride}}
 
     def view2(self, clip: torch.Tensor, flow: torch.Tensor | None) -> torch.Tensor:
         if self.modality in FLOW_MODALITIES:

@@ -144,7 +144,8 @@ def init_from(backbone: nn.Module, path: str | Path, net: str) -> dict:
     return report
 
 
-def check_one_source(args: argparse.Namespace, flag: str = "--ckpt", ours: str = "a checkpoint of this project") -> None:
+def check_one_source(args: argparse.Namespace, flag: str = "--ckpt",
+                     ours: str = "a checkpoint of this project") -> None:
     """Exactly one of ``flag`` (a checkpoint of this project: ``ours``) and --init-from."""
     if (getattr(args, flag.lstrip("-").replace("-", "_")) is None) == (args.init_from is None):
         raise ValueError(f"pass exactly one of {flag} ({ours}) and --init-from (a VCOP-family checkpoint)")

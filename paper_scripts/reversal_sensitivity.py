@@ -23,7 +23,9 @@ if not __package__:  # run as a file: the repository root is not on the path yet
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dataset.video_dataset import CLIP_FALLBACKS, add_data_args, build_dataset, defaults_from_checkpoint  # noqa: E402
+from dataset.build import build_dataset  # noqa: E402
+from dataset.flags import CLIP_FALLBACKS, add_data_args, defaults_from_checkpoint  # noqa: E402
+from dataset.recipes import EVAL  # noqa: E402
 from engine.launch import run_cli  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
 from model.weights import add_backbone_args, checkpoint_config, load_weights, read_source  # noqa: E402
@@ -60,7 +62,7 @@ def main(args: argparse.Namespace) -> dict:
     backbone, _ = build_backbone(args.net, args.base_width)
     load_weights(backbone, args, ckpt)
     backbone.eval()
-    dataset = build_dataset(args, "test", "eval", modality="rgb")
+    dataset = build_dataset(args, "test", EVAL, modality="rgb")
     count = min(args.num_videos, len(dataset)) if args.num_videos > 0 else len(dataset)
     rows = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))  # every class, not the first
     middle = [dataset[int(i)]["clips"] for i in rows]  # each (10, 3, T, H, W), T + 1 frames for differences

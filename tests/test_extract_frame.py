@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from process_data.src import extract_frame
 from dataset.layout import count_frames
+from process_data.src import extract_frame
 from process_data.src.extract_frame import FAILURES_FILE, main, output_size
 from process_data.src.jobs import TMP_SUFFIX, read_failures
 from process_data.src.make_demo_data import generate
@@ -204,7 +204,7 @@ def test_scripts_run_from_any_directory_without_torch(videos, tmp_path):
 
 def test_redo_replaces_a_folder_that_a_training_run_found_corrupt(videos, tmp_path, capsys):
     from dataset.layout import LayoutError
-    from dataset.video_dataset import read_frames
+    from dataset.frame_reader import read_frames
 
     root = copy_videos(videos, tmp_path)
     frames = tmp_path / "frames"

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import RECIPES
+from dataset.build import build_dataset
 from utils import precision
 from utils.precision import check_amp, resolve_amp, select_amp
 
@@ -351,11 +353,11 @@ def test_uint8_clips_become_the_float_clips_on_the_device(tiny_demo, sampler, to
     """Byte clips give the float clips of before: exactly (to float rounding) where no colour work is done (IIC's
     [0, 1] crops, the centre crops of evaluation), within half a byte step after jitter and blur."""
     from conftest import tiny_demo_args
-    from dataset.video_dataset import build_dataset
+    from dataset.build import build_dataset
     args = tiny_demo_args(tiny_demo)
     split = "test" if sampler == "eval" else "trainval"
-    floats = _batch(build_dataset(args, split, sampler))
-    shipped = build_dataset(args, split, sampler, uint8=True)
+    floats = _batch(build_dataset(args, split, RECIPES[sampler]))
+    shipped = build_dataset(args, split, RECIPES[sampler], uint8=True)
     raw = _batch(shipped)
     key = "clip" if sampler in ("iic", "finetune") else "clips"
     assert raw[key].dtype == torch.uint8 and raw[key].element_size() * 4 == floats[key].element_size()
@@ -369,13 +371,12 @@ def test_uint8_clips_become_the_float_clips_on_the_device(tiny_demo, sampler, to
 def test_uint8_flow_clips_stay_in_zero_one(tmp_path, sampler, modality):
     import numpy as np
 
-    from dataset import video_dataset as vd
     from test_flow import hand_made_args, hand_made_set
     hand_made_set(tmp_path, lambda y, x, t: 3 * x + 2 * y, lambda y, x, t: 60 + 2 * x, lambda y, x, t: 10 + 0 * x + t)
     args = hand_made_args(tmp_path)
     split = "test" if sampler == "eval" else "trainval"
-    floats = vd.build_dataset(args, split, sampler, modality=modality)[0]
-    shipped = vd.build_dataset(args, split, sampler, modality=modality, uint8=True)
+    floats = build_dataset(args, split, RECIPES[sampler], modality=modality)[0]
+    shipped = build_dataset(args, split, RECIPES[sampler], modality=modality, uint8=True)
     batch = shipped.to_device({k: torch.as_tensor(v)[None] for k, v in shipped[0].items()}, CPU)
     for key in set(floats) & {"clip", "clips", "flow"}:
         np.testing.assert_allclose(batch[key][0].numpy(), floats[key].numpy(), rtol=0, atol=1e-6)

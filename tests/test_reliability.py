@@ -17,10 +17,10 @@ import torch
 import finetune
 import retrieve
 import train_ssl
-from conftest import tiny_demo_args, tiny_demo_flags
-from dataset import video_dataset
+from conftest import RECIPES, tiny_demo_args, tiny_demo_flags
+from dataset import frame_counts
+from dataset.build import build_dataset
 from dataset.layout import LayoutError, read_split_csv
-from dataset.video_dataset import build_dataset
 from engine.checkpoint import CHECKPOINT_NAME, Checkpointer
 from engine.launch import describe, printable, run_cli
 from engine.output_dir import LOCK_NAME, RUN_KIND_NAME, OutputDirError, OutputDirLock, claim_output_dir
@@ -192,16 +192,16 @@ def test_a_frame_folder_that_disagrees_with_the_csv_stops_the_run_at_its_start(t
     frames = tmp_path / "frames"
     shutil.copytree(tiny_demo / "frames", frames)
     args = tiny_demo_args(tiny_demo, "--frame-root", str(frames))
-    build_dataset(args, "trainval", "finetune")  # consistent: lists every folder once, and caches the counts
-    monkeypatch.setattr(video_dataset, "count_frames", lambda folder: pytest.fail(f"{folder} listed again"))
-    build_dataset(args, "trainval", "finetune")  # unchanged folders: one stat each, no listing
+    build_dataset(args, "trainval", RECIPES["finetune"])  # consistent: lists every folder once, and caches the counts
+    monkeypatch.setattr(frame_counts, "count_frames", lambda folder: pytest.fail(f"{folder} listed again"))
+    build_dataset(args, "trainval", RECIPES["finetune"])  # unchanged folders: one stat each, no listing
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     short = frames / read_split_csv(tiny_demo / "csv" / "train_split01.csv")[4].frame_dir
     (short / "image_00016.jpg").unlink()
     with pytest.raises(LayoutError, match=rf"1 of 15 frame folders do not hold .* e.g. {short}: 15 on disk, 16 in the "
                                           r"CSV\. .*write_csv\.py.*--redo "):
-        build_dataset(args, "trainval", "finetune")
+        build_dataset(args, "trainval", RECIPES["finetune"])
 
 
 # ---------------------------------------------------------------- 7. one line, not a traceback

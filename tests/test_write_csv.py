@@ -4,8 +4,7 @@ from pathlib import Path
 import pytest
 
 from dataset.layout import read_class_index, read_split_csv
-from process_data.src.write_csv import (FrameIndex, main, parse_folder, parse_hmdb51, parse_kinetics,
-                                        parse_ucf101)
+from process_data.src.write_csv import FrameIndex, main, parse_folder, parse_hmdb51, parse_kinetics, parse_ucf101
 
 # the official split files live in the shared folder beside the repository: <repo>/../shared/data/splits
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "splits"

@@ -10,9 +10,9 @@ t + 1) is the motion from RGB frame t to t + 1 on grayscale frames, a one-frame 
 zero-motion frame. Algorithm: TV-L1 (``cv2.optflow.DualTVL1OpticalFlow_create``, opencv-contrib) when
 available, else Farnebäck; the choice is printed. Each component is clipped to [-B, B] pixels (B =
 ``--flow-bound``, 20) and mapped linearly to 0..255 (128 = no motion; u > 128 = moving right, v > 128 =
-moving down). Resumable, through the job runner it shares with extract_frame.py (jobs.py): a video whose u and v folders both hold
-the expected number of frames is skipped, anything else is redone, and both components are written
-under temporary names and renamed when complete. Unreadable frames fail that video only, listed in
+moving down). Resumable, through the job runner it shares with extract_frame.py (jobs.py): a video whose u
+and v folders both hold the expected number of frames is skipped, anything else is redone, and both components
+are written under temporary names and renamed when complete. Unreadable frames fail that video only, listed in
 ``O/flow_failures.txt``; the exit status is 1 when any video failed.
 """
 
