@@ -167,10 +167,14 @@ class Checkpointer:
                                    "video_root", "max_bad_videos", "resolved"})
     REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "iteration", "global_step", "rng")
 
-    def __init__(self, output_dir, model, optimizer, scheduler=None, scaler=None, config: dict | None = None):
+    def __init__(self, output_dir, model, optimizer, scheduler=None, scaler=None, config: dict | None = None,
+                 extra: dict[str, dict] | None = None):
+        """``extra``: named dicts of the run's own (finetuning's best validation so far) that every checkpoint keeps
+        beside the training state and a resume restores in place."""
         self.output_dir = Path(output_dir)
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.config = config or {}
+        self.extra = extra or {}
 
     @property
     def latest_path(self) -> Path:
@@ -188,6 +192,7 @@ class Checkpointer:
             "config": self.config,
             "run_kind": run_kind(self.config),
             "rng": gather_rng_states(),
+            **{name: dict(value) for name, value in self.extra.items()},
         }
 
     def save(self, epoch: int, iteration: int, global_step: int, copy_name: str | None = None) -> None:
@@ -199,7 +204,11 @@ class Checkpointer:
                 save_checkpoint(state, self.output_dir / copy_name)
 
     def restore_extra(self, ckpt: dict) -> None:
-        """Hook for subclasses whose ``state`` adds entries: restore them from a loaded checkpoint."""
+        """Restore the ``extra`` dicts from a loaded checkpoint (those it holds)."""
+        for name, value in self.extra.items():
+            if name in ckpt:
+                value.clear()
+                value.update(ckpt[name])
 
     @contextlib.contextmanager
     def naming_last_good(self):

@@ -191,6 +191,7 @@ class IIC(nn.Module):
     """
 
     num_views = 2
+    PUBLISHED_RECIPE = PUBLISHED_RECIPE  # train_ssl.py's training defaults under --model iic (engine/pretraining.py)
     # what a training step keeps for backward (engine/memory.py): per video, view 1 and view 2 (the
     # intra-negative runs without gradient), one after the other
     clips_with_gradient, clips_in_largest_pass = 2, 1

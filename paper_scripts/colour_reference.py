@@ -24,10 +24,10 @@ import torch.nn.functional as F  # noqa: E402
 from dataset.build import build_dataset  # noqa: E402
 from engine.launch import run_cli  # noqa: E402
 from engine.loop import epoch_loader, iterations_per_epoch  # noqa: E402
+from engine.pretraining import parse_args  # noqa: E402
 from model import method_sampling  # noqa: E402
 from model.losses import nt_xent  # noqa: E402
 from model.references import ColourStatistics  # noqa: E402
-from train_ssl import parse_args  # noqa: E402
 from utils.atomic import write_text  # noqa: E402
 from utils.config import config_to_dict  # noqa: E402
 

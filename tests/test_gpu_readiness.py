@@ -637,6 +637,7 @@ def test_pretraining_ddp_does_not_broadcast_buffers(tiny_demo, tmp_path, monkeyp
     """IIC's banks and MoCo's queue are identical on every rank by construction: no 59 MB broadcast per step."""
     import train_ssl
     from conftest import tiny_demo_flags
+    from engine import training
 
     class Wrapped(Exception):
         pass
@@ -649,6 +650,7 @@ def test_pretraining_ddp_does_not_broadcast_buffers(tiny_demo, tmp_path, monkeyp
 
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", fake_ddp)
     monkeypatch.setattr(train_ssl, "is_dist", lambda: True)
+    monkeypatch.setattr(training, "is_dist", lambda: True)  # where the run is wrapped
     args = train_ssl.parse_args([*tiny_demo_flags(tiny_demo), "--model", "iic", "--net", "r3d", "--base-width", "8",
                                  "--batch-size", "2", "--output-dir", str(tmp_path / "run")])
     with pytest.raises(Wrapped):
