@@ -105,8 +105,8 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     ``save_every_iters``-th iteration except the last (the caller saves at the end of the epoch).
     Raises NonFiniteLossError before the update of the first iteration whose loss is not finite.
     Under ``stop_at_iteration_boundary``, a stop signal makes it save after the current iteration (or at once,
-    when it came between epochs) and raise TrainingInterrupted; a stop that ``paper_scripts/submit.py``
-    requested (`utils.preemption`) makes it save and raise `preemption.Preempted`.
+    when it came between epochs) and raise TrainingInterrupted; a stop that a launcher requested
+    (`utils.preemption`) makes it save and raise `preemption.Preempted`.
     """
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     stop = stop_requested_anywhere(pending_signal())
