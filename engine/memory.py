@@ -23,13 +23,17 @@ MARGIN = 1.25  # for what the estimate leaves out (see the module docstring)
 HALF_PRECISION = ("bf16", "fp16")
 
 
-def saved_activation_bytes(net: str, base_width: int, num_frames: int, size: int) -> int:
-    """Bytes autograd saves for backward in one training-mode forward of one (3, T, size, size) fp32 clip,
-    parameters excluded, each storage counted once."""
+def _meta_backbone(net: str, base_width: int, num_frames: int, size: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The backbone in training mode and one (1, 3, T, size, size) fp32 clip, on the meta device."""
     with torch.device("meta"):
         backbone, _ = build_backbone(net, base_width)
         clip = torch.empty(1, 3, num_frames, size, size)
-    parameters = {p.untyped_storage()._cdata for p in backbone.parameters()}
+    return backbone.train(), clip
+
+
+def _saved_bytes(module: torch.nn.Module, x: torch.Tensor, parameters: set[int]) -> tuple[torch.Tensor, int]:
+    """``module(x)`` and the bytes autograd saves for its backward, the storages of ``parameters`` excluded and
+    every storage counted once."""
     saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -38,32 +42,27 @@ def saved_activation_bytes(net: str, base_width: int, num_frames: int, size: int
             saved[storage._cdata] = storage.nbytes()
         return tensor
 
-    backbone.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        backbone(clip)
-    return sum(saved.values())
+        out = module(x)
+    return out, sum(saved.values())
+
+
+def saved_activation_bytes(net: str, base_width: int, num_frames: int, size: int) -> int:
+    """Bytes autograd saves for backward in one training-mode forward of one (3, T, size, size) fp32 clip,
+    parameters excluded, each storage counted once."""
+    backbone, clip = _meta_backbone(net, base_width, num_frames, size)
+    return _saved_bytes(backbone, clip, {p.untyped_storage()._cdata for p in backbone.parameters()})[1]
 
 
 def stage_activation_bytes(net: str, base_width: int, num_frames: int, size: int) -> list[tuple[int, int]]:
     """Per backbone stage (model.backbones ``stages``) of one training-mode forward of one (3, T, size, size) fp32
     clip: (bytes of the stage's input, bytes autograd saves inside the stage), parameters excluded."""
-    with torch.device("meta"):
-        backbone, _ = build_backbone(net, base_width)
-        x = torch.empty(1, 3, num_frames, size, size)
+    backbone, x = _meta_backbone(net, base_width, num_frames, size)
     parameters = {p.untyped_storage()._cdata for p in backbone.parameters()}
-    backbone.train()
     stages = []
     for stage in backbone.stages():
-        saved: dict[int, int] = {}
-
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
-            storage = tensor.untyped_storage()
-            if storage._cdata not in parameters:
-                saved[storage._cdata] = storage.nbytes()
-            return tensor
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            out = stage(x)
-        stages.append((x.untyped_storage().nbytes(), sum(saved.values())))
+        out, saved = _saved_bytes(stage, x, parameters)
+        stages.append((x.untyped_storage().nbytes(), saved))
         x = out
     return stages
 
