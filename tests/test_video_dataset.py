@@ -110,6 +110,37 @@ def test_items_are_a_pure_function_of_seed_epoch_index(data):
     assert not torch.equal(first, other_seed[0]["clips"])
 
 
+def test_each_recipe_draws_in_the_order_its_views_are_listed(data):
+    """An item is the recipe read in order from the item's generator: the clips' frame indices, then for each view
+    its crop-only coin (DualVar's A only) and its transform's draws. Written out by hand for every recipe, so that a
+    reading of the recipes that draws one number more, or in another order, changes the items."""
+    args = make_args(data / "csv", stride=2)
+    for name in ("dualvar", "two_view", "iic", "finetune", "eval"):
+        ds = build_dataset(args, "test", RECIPES[name])
+        for epoch, index in ((0, 0), (1, 2)):
+            ds.set_epoch(epoch)
+            item = ds[index]
+            rng = np.random.default_rng([3, epoch, index])
+            record, T = ds.records[index], 4
+            load = lambda indices: ds.frames(record, indices)  # noqa: E731
+            if name in ("dualvar", "two_view"):
+                idx_a, idx_b = sampling.dualvar_clip_pair(NUM_FRAMES, rng, T, 2)
+                frames_a, frames_b = load(idx_a), load(idx_b)
+                view_a = (ds.crop_only if rng.random() < 0.2 else ds.full)(frames_a, rng)
+                expected = [view_a, ds.full(frames_b, rng)] + ([ds.full(frames_a, rng)] if name == "dualvar" else [])
+                assert torch.equal(item["clips"], torch.stack(expected)), (name, epoch, index)
+            elif name == "iic":
+                indices = sampling.iic_clip_indices(NUM_FRAMES, rng, T)
+                assert torch.equal(item["clip"], ds.crop(load(indices), rng)), (name, epoch, index)
+            elif name == "finetune":
+                indices = sampling.finetune_clip_indices(NUM_FRAMES, rng, T, 2)
+                assert torch.equal(item["clip"], ds.finetune(load(indices), rng)), (name, epoch, index)
+            else:
+                indices = sampling.eval_clip_indices(NUM_FRAMES, T, 2, 10)
+                expected = torch.stack([ds.eval(load(clip), rng) for clip in indices])
+                assert torch.equal(item["clips"], expected), (name, epoch, index)
+
+
 def test_each_distinct_frame_is_decoded_and_resized_once_and_views_share_them(data, monkeypatch):
     ds = vd.VideoFrameDataset([VideoRecord("MoveLeft/v_MoveLeft_g01_c01", NUM_FRAMES, 0)], data / "frames",
                               RECIPES["dualvar"], num_frames=4, size=16, resize=(20, 26))
