@@ -50,21 +50,22 @@ from torch.utils.data import DataLoader, Dataset
 
 from dataset import sampling
 from dataset.clip_input import CLIP_INPUTS, frames_to_decode, to_network_input
+from dataset.flags import CLIP_FALLBACKS
 from dataset.layout import VIDEO_EXTENSIONS, is_video_file
 from dataset.transforms import ClipTransform
 from dataset.video_reader import VideoReadError, probe, read_video_frames
+from engine.interrupts import TrainingInterrupted
+from engine.launch import launch, run_cli
+from engine.output_dir import check_writable
 from model.backbones import build_backbone
-from model.classifier import (add_backbone_args, backbone_state, checkpoint_config, init_from, load_backbone,
-                              read_checkpoint, resolve_backbone_args)
-from retrieve import DATA_FALLBACKS, LAYERS, video_features
+from model.features import LAYERS, video_features
+from model.weights import add_backbone_args, check_one_source, checkpoint_config, load_weights, read_source
 from utils.atomic import write_text
-from utils.cli import launch, run_cli
+from utils.config import config_to_dict, inherit_flags
 from utils.distributed import add_distributed_args, barrier, default_workers, get_rank, get_world_size
-from utils.engine import TrainingInterrupted, add_inference_amp_arg, autocast, quiet_worker, select_amp
-from utils.evaluation import inherit_flags
-from utils.logging import config_to_dict
+from utils.precision import add_inference_amp_arg, autocast, select_amp
 from utils.progress import progress_bar
-from utils.run_dir import check_writable
+from utils.workers import quiet_worker
 
 FAILURES_NAME = "failures.txt"
 NEIGHBOURS_NAME = "neighbours.csv"
@@ -104,13 +105,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--save-every", type=int, default=256,
                        help="videos between the partial saves that a rerun resumes from")
     group.add_argument("--num-frames", type=int, default=None,
-                       help=f"frames per clip; default: the checkpoint's, else {DATA_FALLBACKS['num_frames']}")
+                       help=f"frames per clip; default: the checkpoint's, else {CLIP_FALLBACKS['num_frames']}")
     group.add_argument("--stride", type=int, default=4, help="temporal stride between a clip's frames")
     group.add_argument("--size", type=int, default=None,
-                       help=f"crop side; default: the checkpoint's, else {DATA_FALLBACKS['size']}")
+                       help=f"crop side; default: the checkpoint's, else {CLIP_FALLBACKS['size']}")
     group.add_argument("--resize", type=int, nargs=2, default=None, metavar=("H", "W"),
                        help=f"frames are resized to H x W before the centre crop; default: the checkpoint's, else "
-                            f"{DATA_FALLBACKS['resize']}")
+                            f"{CLIP_FALLBACKS['resize']}")
     group.add_argument("--clip-input", default=None, choices=CLIP_INPUTS,
                        help="rgb = the frames; diff = differences of consecutive sampled frames "
                             "(dataset/clip_input.py); default: the checkpoint's, else rgb")
@@ -341,13 +342,10 @@ def main(args: argparse.Namespace) -> dict | None:
     if out.suffix != ".npz":
         raise ValueError(f"--out {out} must end in .npz (np.savez would add the suffix)")
     check_writable(out.parent, flag="the folder of --out", create=False)
-    if (args.ckpt is None) == (args.init_from is None):
-        raise ValueError("pass exactly one of --ckpt (a checkpoint of this project) and --init-from (a VCOP-family "
-                         "checkpoint)")
+    check_one_source(args)
     # a foreign checkpoint records no configuration: the flags and their fallbacks decide
-    ckpt = read_checkpoint(args.ckpt) if args.ckpt is not None else {}
-    resolve_backbone_args(args, ckpt)
-    inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
+    ckpt = read_source(args)
+    inherit_flags(args, checkpoint_config(ckpt), CLIP_FALLBACKS)
     args.resize = list(args.resize)
     root, paths = list_videos(args.videos)
     return launch(args, get_args_parser(), lambda device: _embed(args, device, ckpt, root, paths, out),
@@ -360,11 +358,7 @@ def _embed(args: argparse.Namespace, device: torch.device, ckpt: dict, root: Pat
     args.amp = select_amp(args.amp, device)
     rank, world = get_rank(), get_world_size()
     backbone, _ = build_backbone(args.net, args.base_width)
-    if args.init_from is not None:
-        loaded, kind = init_from(backbone, args.init_from, args.net)["loaded_tensors"], "VCOP-family checkpoint"
-    else:
-        loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
-        kind = backbone_state(ckpt, args.ckpt)[1]
+    loaded, kind = load_weights(backbone, args, ckpt)
     config = resolved_config(args, weights_digest(backbone), root)
     backbone.to(device).eval()
     if rank == 0:  # what a stopped run left in partial files is set aside first: each rank rewrites its own

@@ -20,22 +20,24 @@ from pathlib import Path
 
 import torch
 
+from dataset.build import build_dataset, require_labels
+from dataset.clip_input import MODALITIES
+from dataset.flags import add_data_args
 from dataset.layout import LayoutError
-from dataset.video_dataset import add_data_args, build_dataset, require_labels
+from dataset.recipes import EVAL, FINETUNE
+from engine.launch import launch, run_cli
+from engine.loop import epoch_lengths, iterations_per_epoch
+from engine.training import add_sync_bn_arg, add_training_args, check_training_args, fit, seed_everything
+from evaluation.inference import classify_videos, dataset_labels
+from evaluation.metrics import classification_report
 from model.backbones import set_grad_checkpointing
-from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, assert_unchanged, backbone_state,
-                              check_modality, checkpoint_config, classification_loss, init_from, load_backbone,
-                              prepare_input, read_checkpoint, resolve_backbone_args, snapshot)
+from model.classifier import (VideoClassifier, assert_unchanged, check_modality, classification_loss, prepare_input,
+                              snapshot)
+from model.weights import add_backbone_args, check_one_source, checkpoint_config, load_weights, read_source
 from utils.atomic import write_text
-from utils.checkpoint import Checkpointer
-from utils.cli import launch, run_cli
-from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist, is_main_process
-from utils.engine import (epoch_lengths, epoch_loader, iterations_per_epoch, make_grad_scaler, select_amp,
-                          train_one_epoch)
-from utils.evaluation import classification_report, classify_videos, dataset_labels, inherit_flags
-from utils.logging import RunLogger, config_to_dict
-from utils.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler,
-                            check_training_args, convert_sync_bn, seed_everything)
+from utils.config import config_to_dict, inherit_flags
+from utils.distributed import add_distributed_args, get_world_size, is_main_process
+from utils.precision import select_amp
 
 LOSS_WEIGHTS = {"loss_ce": 1.0}
 BEST_NAME = "best.pth"
@@ -83,39 +85,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     check_training_args(args, {"eval_batch_size": 1, "val_freq": 0})
-    if (args.pretrain is None) == (args.init_from is None):
-        raise ValueError("pass exactly one of --pretrain (a checkpoint of this project, or 'none') and --init-from "
-                         "(a VCOP-family checkpoint)")
+    check_one_source(args, "--pretrain", "a checkpoint of this project, or 'none'")
     if not 0 <= args.dropout < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     check_modality(args.modality)
 
 
-class FinetuneCheckpointer(Checkpointer):
-    """A Checkpointer whose checkpoints also record the best validation result so far, so that a
-    resumed run keeps choosing best.pth against the right record."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.best = {"val_top1": float("-inf"), "epoch": -1}
-
-    def state(self, epoch: int, iteration: int, global_step: int) -> dict:
-        return {**super().state(epoch, iteration, global_step), "best": dict(self.best)}
-
-    def restore_extra(self, ckpt: dict) -> None:
-        self.best = ckpt.get("best", self.best)
-
-
-def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict | None) -> dict:
+def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict) -> dict:
     """Initialise the backbone from --pretrain or --init-from; returns what was loaded, for the configuration."""
-    if args.init_from is not None:
-        report = init_from(model.backbone, args.init_from, args.net)
-        return {"pretrain_kind": "VCOP-family checkpoint", "loaded_tensors": report["loaded_tensors"]}
-    if ckpt is None:
+    if args.init_from is None and not ckpt:
         print("--pretrain none: the backbone starts from random initialisation", flush=True)
         return {"pretrain_kind": "none", "loaded_tensors": 0}
-    loaded = load_backbone(model.backbone, args.pretrain, ckpt, args.net, args.base_width)
-    kind = backbone_state(ckpt, args.pretrain)[1]
+    loaded, kind = load_weights(model.backbone, args, ckpt, "--pretrain")
+    if args.init_from is not None:
+        return {"pretrain_kind": kind, "loaded_tensors": loaded}
     print(f"loaded {loaded} backbone tensors from {args.pretrain} ({kind})", flush=True)
     return {"pretrain_kind": kind, "loaded_tensors": loaded, "pretrain_epoch": ckpt.get("epoch")}
 
@@ -123,45 +106,36 @@ def load_pretrained(model: VideoClassifier, args: argparse.Namespace, ckpt: dict
 def main(args: argparse.Namespace) -> dict | None:
     """Run the finetuning; returns the results written to finetune_results.json (None for --dry-run)."""
     check_args(args)
-    ckpt = None if args.pretrain in (None, "none") else read_checkpoint(args.pretrain, "--pretrain")
-    resolve_backbone_args(args, ckpt)
-    inherit_flags(args, checkpoint_config(ckpt) if ckpt is not None else {}, {"clip_input": "rgb"})
+    ckpt = read_source(args, "--pretrain", no_checkpoint=("none",))
+    inherit_flags(args, checkpoint_config(ckpt), {"clip_input": "rgb"})
     check_modality(args.modality, args.clip_input)
     return launch(args, get_args_parser(), lambda device: _finetune(args, device, ckpt),
                   saved_in=str(Path(args.output_dir) / "config.json"), claim_output=True)
 
 
-def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None) -> dict:
+def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     args.amp = select_amp(args.amp, device, training=True)
     # Without validation the hold-out would only be wasted, so it is trained on.
-    train_set = build_dataset(args, "train" if args.val_freq else "trainval", "finetune", modality=args.modality,
+    train_set = build_dataset(args, "train" if args.val_freq else "trainval", FINETUNE, modality=args.modality,
                               uint8=True)
-    val_set = build_dataset(args, "val", "eval", modality=args.modality, uint8=True) if args.val_freq else []
+    val_set = build_dataset(args, "val", EVAL, modality=args.modality, uint8=True) if args.val_freq else []
     for dataset in (train_set, val_set) if args.val_freq else (train_set,):
         require_labels(dataset, "finetuning")
     if train_set.num_classes < 2:
         raise LayoutError(f"--dataset {args.dataset}: finetuning needs labelled videos of at least 2 classes "
                           f"(found {train_set.num_classes} classes); check ClassInd.txt and the CSV labels")
-    iters = iterations_per_epoch(train_set, args.batch_size, args.max_iters_per_epoch)
-    lengths = epoch_lengths(iters, args.epochs, args.steps)
+    lengths = epoch_lengths(iterations_per_epoch(train_set, args.batch_size, args.max_iters_per_epoch), args.epochs,
+                            args.steps)  # for the configuration; fit trains them
 
     seed_everything(args.seed)  # same head initialisation on every rank
     linear_probe = args.train_what == "last"
-    classifier = VideoClassifier(args.net, args.base_width, train_set.num_classes, args.dropout,
-                                 frozen_backbone=linear_probe)
+    classifier = VideoClassifier.build(args.net, args.base_width, train_set.num_classes, args.dropout,
+                                       frozen_backbone=linear_probe)
     loaded = load_pretrained(classifier, args, ckpt)
     frozen_reference = snapshot(classifier.backbone) if linear_probe else None
     set_grad_checkpointing(classifier, args.grad_checkpoint)
     classifier.to(device)
-    seed_everything(args.seed + 1_000 * get_rank())  # one dropout stream per rank
 
-    model = classifier = convert_sync_bn(classifier, args.sync_bn, device)
-    if is_dist():
-        model = torch.nn.parallel.DistributedDataParallel(
-            classifier, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(classifier, args)
-    scheduler = build_scheduler(optimizer, args)
-    scaler = make_grad_scaler(args.amp, device)
     config = config_to_dict(args)
     config["resolved"] = {
         **loaded, "num_classes": train_set.num_classes, "class_names": train_set.class_names,
@@ -170,52 +144,35 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
         "global_batch_size": args.batch_size * get_world_size(),
         "trainable_parameters": sum(p.numel() for p in classifier.parameters() if p.requires_grad),
     }
-    checkpointer = FinetuneCheckpointer(args.output_dir, model, optimizer, scheduler, scaler, config)
-    start = checkpointer.resume(args.resume)
-    logger = RunLogger(args.output_dir, purge_step=start.global_step + 1 if start.path else None)
-    logger.start(config)
-    if logger.enabled:
-        where = f"resuming from {start.path} at epoch {start.epoch}" if start.path else "starting afresh"
-        print(f"{where}; {len(train_set)} training / {len(val_set)} validation videos, {iters} iterations per "
-              f"epoch, {get_world_size()} process(es) on {device}", flush=True)
 
     def forward(m: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         batch = train_set.to_device(batch, device)
         clips = prepare_input(batch["clip"], args.modality)  # (B, 3, T, H, W)
         return classification_loss(m(clips), batch["label"].to(device, non_blocking=True))
 
-    global_step, start_iter, last_val = start.global_step, start.iteration, {}
-    try:
-        with checkpointer.naming_last_good():
-            for epoch in range(start.epoch, len(lengths)):
-                loader = epoch_loader(train_set, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
-                                      epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
-                stats, global_step = train_one_epoch(
-                    model, loader, optimizer, forward_fn=forward, loss_weights=LOSS_WEIGHTS, epoch=epoch,
-                    num_iters=lengths[epoch], start_iter=start_iter, global_step=global_step, device=device,
-                    amp=args.amp, scaler=scaler, logger=logger, log_every=args.log_every,
-                    save_every_iters=args.save_every_iters, save_fn=checkpointer.save)
-                start_iter = 0
-                scheduler.step()
-                last_epoch = epoch + 1 == len(lengths)
-                if args.val_freq and ((epoch + 1) % args.val_freq == 0 or last_epoch):
-                    last_val = validate(classifier, val_set, args, device)
-                    stats.update(last_val)
-                improved = "val_top1" in stats and stats["val_top1"] > checkpointer.best["val_top1"]
-                if improved:
-                    checkpointer.best = {"val_top1": stats["val_top1"], "epoch": epoch}
-                logger.log("epoch", global_step, stats, epoch=epoch)
-                checkpointer.save(epoch + 1, 0, global_step, copy_name=BEST_NAME if improved else None)
-                if logger.enabled:
-                    print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
-    finally:
-        logger.close()
+    # the best validation so far, in every checkpoint, so that a resumed run keeps choosing best.pth against it
+    best = {"val_top1": float("-inf"), "epoch": -1}
+    last_val = {}
+
+    def validate_and_choose_best(epoch: int, stats: dict, last: bool) -> str | None:
+        if args.val_freq and ((epoch + 1) % args.val_freq == 0 or last):
+            last_val.clear()
+            last_val.update(validate(classifier, val_set, args, device))
+            stats.update(last_val)
+        improved = "val_top1" in stats and stats["val_top1"] > best["val_top1"]
+        if improved:
+            best.update(val_top1=stats["val_top1"], epoch=epoch)
+        return BEST_NAME if improved else None
+
+    checkpointer = fit(classifier, train_set, args, device=device, forward=forward, loss_weights=LOSS_WEIGHTS,
+                       config=config, videos=f"{len(train_set)} training / {len(val_set)} validation videos",
+                       extra_state={"best": best}, end_of_epoch=validate_and_choose_best)
 
     if frozen_reference is not None:
         assert_unchanged(classifier.backbone, frozen_reference)
     results = {
-        "best_epoch": checkpointer.best["epoch"],
-        "best_val_top1": checkpointer.best["val_top1"] if checkpointer.best["epoch"] >= 0 else None,
+        "best_epoch": best["epoch"],
+        "best_val_top1": best["val_top1"] if best["epoch"] >= 0 else None,
         "last_validation": last_val,
         "epochs": len(lengths),
         "steps": sum(lengths),
@@ -225,7 +182,7 @@ def _finetune(args: argparse.Namespace, device: torch.device, ckpt: dict | None)
         "init_from": args.init_from,
         **loaded,
         # with no validation there is no "best": only the last checkpoint exists
-        "best_checkpoint": str(Path(args.output_dir) / BEST_NAME) if checkpointer.best["epoch"] >= 0 else None,
+        "best_checkpoint": str(Path(args.output_dir) / BEST_NAME) if best["epoch"] >= 0 else None,
         "last_checkpoint": str(checkpointer.latest_path),
     }
     if is_main_process():

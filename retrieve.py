@@ -25,26 +25,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dataset.video_dataset import add_data_args, build_dataset, require_labels
+from dataset.build import build_dataset, require_labels
+from dataset.clip_input import FLOW_MODALITIES
+from dataset.flags import CLIP_FALLBACKS, add_data_args, defaults_from_checkpoint
+from dataset.recipes import EVAL
+from engine.card import write_card
+from engine.launch import launch, run_cli
+from engine.output_dir import check_writable
+from evaluation.inference import dataset_labels, run_inference
+from evaluation.metrics import RECALL_KS, centre_and_normalise, linear_probe, recall_and_knn, topk_accuracy
+from evaluation.plots import plot_embedding, plot_retrieval_examples
 from model.backbones import build_backbone
+from model.features import LAYERS, video_features
 from model.references import REFERENCES
-from model.classifier import (FLOW_MODALITIES, add_backbone_args, backbone_state, checkpoint_config, init_from,
-                              load_backbone, read_checkpoint, residual_view, resolve_backbone_args)
-from utils.cli import launch, run_cli
-from utils.distributed import add_distributed_args, is_main_process
-from utils.engine import add_inference_amp_arg, select_amp
-from utils.evaluation import (RECALL_KS, centre_and_normalise, dataset_labels, inherit_flags, linear_probe,
-                              plot_embedding, plot_retrieval_examples, recall_and_knn, run_inference, topk_accuracy)
+from model.weights import add_backbone_args, check_one_source, checkpoint_config, load_weights, read_source
 from utils.atomic import write_text
-from utils.card import write_card
-from utils.logging import config_to_dict, git_revision
-from utils.run_dir import check_writable
+from utils.config import config_to_dict, git_revision, inherit_flags
+from utils.distributed import add_distributed_args, is_main_process
+from utils.precision import add_inference_amp_arg, select_amp
 
-LAYERS = ("pool", "conv5")
 MERGE_MODALITIES = ("res", "u", "v")
-DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171], "clip_input": "rgb"}
 NUM_NEIGHBOURS_SHOWN = 5
 
 
@@ -86,28 +87,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_backbone_args(parser)
     add_data_args(parser, training=False)
     # stride 4 is DualVar's retrieval setting (METHOD.md §2); the clip size follows the checkpoint
-    parser.set_defaults(stride=4, num_frames=None, size=None, resize=None, clip_input=None)
-    for action in parser._actions:
-        if action.dest in DATA_FALLBACKS:
-            action.help += f"; default: the checkpoint's value, else {DATA_FALLBACKS[action.dest]}"
+    parser.set_defaults(stride=4)
+    defaults_from_checkpoint(parser, CLIP_FALLBACKS)
     add_distributed_args(parser)
     return parser
-
-
-def clip_features(backbone: torch.nn.Module, clips: torch.Tensor, layer: str) -> torch.Tensor:
-    """(N, 3, T, H, W) -> (N, D): global average pool, or conv5 max-pooled (1, 2, 2) and flattened."""
-    feature_map = backbone(clips)  # (N, C, T', H', W')
-    if layer == "pool":
-        return feature_map.mean(dim=(2, 3, 4))  # (N, C)
-    return F.max_pool3d(feature_map, kernel_size=(1, 2, 2), stride=(1, 2, 2), ceil_mode=True).flatten(1)
-
-
-def video_features(backbone: torch.nn.Module, clips: torch.Tensor, layer: str, merge: bool) -> torch.Tensor:
-    """(B, n_clips, 3, T, H, W) normalised clips -> (B, D) mean clip features (D doubles with ``merge``)."""
-    flat = clips.flatten(0, 1)  # (B·n_clips, 3, T, H, W)
-    views = [flat, residual_view(flat)] if merge else [flat]
-    features = torch.cat([clip_features(backbone, view, layer) for view in views], dim=1)  # (B·n_clips, D)
-    return features.unflatten(0, clips.shape[:2]).float().mean(dim=1)  # (B, D)
 
 
 def main(args: argparse.Namespace) -> dict | None:
@@ -117,14 +100,11 @@ def main(args: argparse.Namespace) -> dict | None:
             raise ValueError(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
     if args.knn_k < 1 or args.knn_temperature <= 0:
         raise ValueError(f"--knn-k must be >= 1 and --knn-temperature > 0, got {args.knn_k} and {args.knn_temperature}")
-    if (args.ckpt is None) == (args.init_from is None):
-        raise ValueError("pass exactly one of --ckpt (a checkpoint of this project) and --init-from (a VCOP-family "
-                         "checkpoint)")
+    check_one_source(args)
     check_writable(args.output_dir, create=False)  # before any work; rank 0 creates it after the inference
-    # a foreign checkpoint and the colour reference record no configuration: the flags and their fallbacks decide
-    ckpt = read_checkpoint(args.ckpt) if args.ckpt not in (None, *REFERENCES) else {}
-    resolve_backbone_args(args, ckpt)
-    inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
+    # a foreign checkpoint and the no-learning references record no configuration: the flags and their fallbacks decide
+    ckpt = read_source(args, no_checkpoint=tuple(REFERENCES))
+    inherit_flags(args, checkpoint_config(ckpt), CLIP_FALLBACKS)
     if args.clip_input != "rgb" and (args.merge or args.ckpt in REFERENCES):
         raise ValueError(f"--clip-input {args.clip_input} feeds a network frame differences; "
                          f"{'--merge' if args.merge else '--ckpt ' + args.ckpt} needs RGB clips: use --clip-input rgb")
@@ -139,21 +119,17 @@ def _retrieve(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dic
     args.amp = select_amp(args.amp, device)
     if args.ckpt in REFERENCES:
         backbone, loaded, kind = REFERENCES[args.ckpt](), 0, "no-learning reference"
-    elif args.init_from is not None:
-        backbone, _ = build_backbone(args.net, args.base_width)
-        loaded, kind = init_from(backbone, args.init_from, args.net)["loaded_tensors"], "VCOP-family checkpoint"
     else:
         backbone, _ = build_backbone(args.net, args.base_width)
-        loaded = load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
-        kind = backbone_state(ckpt, args.ckpt)[1]
+        loaded, kind = load_weights(backbone, args, ckpt)
     backbone.to(device).eval()
-    gallery_set = build_dataset(args, "trainval", "eval", modality="rgb", uint8=True)
-    query_set = build_dataset(args, "test", "eval", modality="rgb", uint8=True)
+    gallery_set = build_dataset(args, "trainval", EVAL, modality="rgb", uint8=True)
+    query_set = build_dataset(args, "test", EVAL, modality="rgb", uint8=True)
     for dataset in (gallery_set, query_set):
         require_labels(dataset, "retrieval")
     # a flow view 2 comes from datasets of flow clips (same rows, clip positions and crops)
     merge_flow = args.merge and args.merge_modality in FLOW_MODALITIES
-    flow_sets = [build_dataset(args, split, "eval", modality=args.merge_modality, uint8=True)
+    flow_sets = [build_dataset(args, split, EVAL, modality=args.merge_modality, uint8=True)
                  for split in ("trainval", "test")] if merge_flow else []
     if is_main_process():
         print(f"loaded {loaded} backbone tensors from {args.ckpt or args.init_from} ({kind}); "

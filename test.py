@@ -19,25 +19,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataset.build import build_dataset, require_labels
+from dataset.clip_input import MODALITIES
+from dataset.flags import CLIP_FALLBACKS, add_data_args, defaults_from_checkpoint
 from dataset.layout import LayoutError
-from dataset.video_dataset import add_data_args, build_dataset, require_labels
-from model.classifier import (MODALITIES, VideoClassifier, add_backbone_args, check_modality, check_state_matches,
-                              checkpoint_config, prepare_input, read_checkpoint, resolve_backbone_args,
-                              strip_ddp_prefix)
-from utils.checkpoint import CheckpointError
-from utils.cli import launch, run_cli
-from utils.distributed import add_distributed_args, is_main_process
-from utils.engine import add_inference_amp_arg, select_amp
-from utils.evaluation import (classification_report, classify_videos, dataset_labels, inherit_flags,
-                              plot_confusion_matrix, ranked_classes)
+from dataset.recipes import EVAL
+from engine.card import write_card
+from engine.launch import launch, run_cli
+from engine.output_dir import check_writable
+from evaluation.inference import classify_videos, dataset_labels
+from evaluation.metrics import classification_report, ranked_classes
+from evaluation.plots import plot_confusion_matrix
+from model.classifier import VideoClassifier, check_modality, prepare_input
+from model.weights import add_backbone_args, check_state_matches, checkpoint_config, read_source, strip_ddp_prefix
 from utils.atomic import write_text
-from utils.card import write_card
-from utils.logging import config_to_dict, git_revision
-from utils.run_dir import check_writable
+from utils.checkpoint_io import CheckpointError
+from utils.config import config_to_dict, git_revision, inherit_flags
+from utils.distributed import add_distributed_args, is_main_process
+from utils.precision import add_inference_amp_arg, select_amp
 
 RESULTS_NAME = "test_results.json"
-# clip geometry: taken from the checkpoint's configuration unless given
-DATA_FALLBACKS = {"num_frames": 16, "stride": 2, "size": 112, "resize": [128, 171], "clip_input": "rgb"}
+# clip geometry: taken from the checkpoint's configuration unless given; finetuning samples at stride 2
+DATA_FALLBACKS = {**CLIP_FALLBACKS, "stride": 2}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,10 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="print the resolved configuration as JSON and exit without reading data")
     add_backbone_args(parser)
     add_data_args(parser, training=False)
-    parser.set_defaults(num_frames=None, stride=None, size=None, resize=None, clip_input=None)
-    for action in parser._actions:  # say where the geometry defaults come from
-        if action.dest in DATA_FALLBACKS:
-            action.help += f"; default: the checkpoint's value, else {DATA_FALLBACKS[action.dest]}"
+    defaults_from_checkpoint(parser, DATA_FALLBACKS)
     add_distributed_args(parser)
     return parser
 
@@ -75,7 +75,7 @@ def build_classifier(args: argparse.Namespace, ckpt: dict) -> VideoClassifier:
                               "finetune a pretraining checkpoint with finetune.py first, or use retrieve.py for "
                               "feature retrieval")
     num_classes = state["fc.weight"].shape[0]
-    model = VideoClassifier(args.net, args.base_width, num_classes)
+    model = VideoClassifier.build(args.net, args.base_width, num_classes)
     check_state_matches(model.state_dict(), state, "classifier", args.ckpt, ckpt,
                         f"--net {args.net} --base-width {args.base_width} classifier")
     model.load_state_dict(state)
@@ -87,9 +87,8 @@ def main(args: argparse.Namespace) -> dict | None:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_writable(args.output_dir, create=False)  # before any work; rank 0 creates it after the inference
-    ckpt = read_checkpoint(args.ckpt)
+    ckpt = read_source(args)
     config = checkpoint_config(ckpt)
-    resolve_backbone_args(args, ckpt)
     inherit_flags(args, config, {**DATA_FALLBACKS, "modality": "rgb"})
     check_modality(args.modality, args.clip_input)
     return launch(args, get_args_parser(), lambda device: _test(args, device, ckpt),
@@ -99,7 +98,7 @@ def main(args: argparse.Namespace) -> dict | None:
 def _test(args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
     args.amp = select_amp(args.amp, device)
     model = build_classifier(args, ckpt).to(device)
-    dataset = build_dataset(args, args.test_split, "eval", modality=args.modality, uint8=True)
+    dataset = build_dataset(args, args.test_split, EVAL, modality=args.modality, uint8=True)
     require_labels(dataset, "testing")
     num_classes = model.fc.out_features
     if dataset.num_classes != num_classes:

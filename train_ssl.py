@@ -19,46 +19,17 @@ from pathlib import Path
 
 import torch
 
-from dataset.video_dataset import add_data_args, build_dataset
-from model import add_method_args, build_method, method_sampler
+from dataset.build import build_dataset
+from engine.checkpoint import unwrap
+from engine.launch import launch, run_cli
+from engine.memory import check_fits, pretraining_memory
+from engine.pretraining import get_args_parser, parse_args
+from engine.training import check_training_args, fit, seed_everything
+from model import build_method, method_sampling
 from model.backbones import set_grad_checkpointing
-from model.iic import PUBLISHED_RECIPE as IIC_RECIPE
-from utils.checkpoint import Checkpointer, unwrap
-from utils.cli import launch, run_cli
-from utils.distributed import add_distributed_args, get_rank, get_world_size, is_dist
-from utils.engine import (epoch_lengths, epoch_loader, iterations_per_epoch, make_grad_scaler, select_amp,
-                          train_one_epoch)
-from utils.logging import RunLogger, config_to_dict
-from utils.memory_estimate import check_fits, pretraining_memory
-from utils.training import (add_sync_bn_arg, add_training_args, build_optimizer, build_scheduler,
-                            check_training_args, convert_sync_bn, seed_everything)
-
-
-def get_args_parser(model: str | None = None) -> argparse.ArgumentParser:
-    """The flags; with ``model="iic"`` their defaults are IIC's published recipe."""
-    parser = argparse.ArgumentParser(description="Self-supervised video pretraining (DualVar on SimCLR / MoCo, IIC)",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    group = add_training_args(
-        parser, title="training", epochs=200, batch_size=8, lr=0.003, weight_decay=1e-4, schedule=[120, 160],
-        output_dir="runs/pretrain",
-        published={"epochs": "200", "batch_size": "8 × 8 GPUs", "lr": "0.003 for a global batch of 64",
-                   "weight_decay": "1e-4", "schedule": "120 160"})
-    add_sync_bn_arg(group)
-    group.add_argument("--save-freq", type=int, default=10,
-                       help="also keep OUTPUT_DIR/epochNNN.pth every this many epochs (NNN = 0-based epoch "
-                            "just finished); 0 disables")
-    add_data_args(parser)
-    add_method_args(parser)
-    add_distributed_args(parser)
-    if model == "iic":
-        parser.set_defaults(**IIC_RECIPE)
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line, with IIC's published recipe as the defaults under --model iic."""
-    known, _ = get_args_parser().parse_known_args(argv)
-    return get_args_parser(known.model).parse_args(argv)
+from utils.config import config_to_dict
+from utils.distributed import get_world_size, is_dist
+from utils.precision import select_amp
 
 
 # methods whose only negatives are the other clips of the global batch (MoCo and IIC also draw them from a
@@ -84,7 +55,7 @@ def resolved_config(args: argparse.Namespace, method: torch.nn.Module) -> dict:
     config = config_to_dict(args)
     config["resolved"] = {
         "num_views": method.num_views,
-        "sampler": method_sampler(args),
+        "sampler": method_sampling(args).name,
         "loss_weights": dict(method.loss_weights),
         "backbone_parameters": sum(p.numel() for p in method.backbone.parameters()),
         "trainable_parameters": sum(p.numel() for p in method.parameters() if p.requires_grad),
@@ -116,7 +87,7 @@ def main(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace, device: torch.device) -> None:
     args.amp = select_amp(args.amp, device, training=True)
     # The training-set size sizes IIC's memory banks, so the dataset comes first.
-    dataset = build_dataset(args, "trainval", method_sampler(args), uint8=True)
+    dataset = build_dataset(args, "trainval", method_sampling(args), uint8=True)
     # Same seed on every rank for the initial weights and banks (DDP would broadcast rank 0's anyway) ...
     seed_everything(args.seed)
     method = build_method(args, num_videos=len(dataset)).to(device)
@@ -124,56 +95,19 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     config = resolved_config(args, method)
     config["resolved"]["train_videos"] = len(dataset)
     check_fits(config["resolved"]["memory_estimate"], device, get_world_size())
-    # ... then one stream per rank for the randomness inside forward (segment permutations).
-    seed_everything(args.seed + 1_000 * get_rank())
+    # ... then fit gives every rank its own stream for the randomness inside forward (segment permutations). No
+    # buffer broadcast before every forward (59 MB a step for IIC's banks, 17 MB for MoCo's queue): the banks and
+    # queues are updated from gathered features on every rank, so they stay identical by construction; BatchNorm's
+    # running statistics may then differ between ranks, but pretraining runs BatchNorm on batch statistics only, and
+    # the checkpoint keeps rank 0's (DDP copies rank 0's buffers once, when it wraps the model).
+    fit(method, dataset, args, device=device, forward=lambda m, b: ssl_forward(m, b, dataset, device),
+        loss_weights=method.loss_weights, config=config, videos=f"{len(dataset)} videos", broadcast_buffers=False,
+        end_of_epoch=lambda epoch, stats, last: f"epoch{epoch:03d}.pth" if keep_copy(args, epoch) else None)
 
-    model = convert_sync_bn(method, args.sync_bn, device)
-    if is_dist():
-        # No buffer broadcast before every forward (59 MB a step for IIC's banks, 17 MB for MoCo's queue): the
-        # banks and queues are updated from gathered features on every rank, so they stay identical by
-        # construction; BatchNorm's running statistics may then differ between ranks, but pretraining runs
-        # BatchNorm on batch statistics only, and the checkpoint keeps rank 0's (DDP copies rank 0's buffers once,
-        # when it wraps the model).
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    optimizer = build_optimizer(unwrap(model), args)
-    scheduler = build_scheduler(optimizer, args)
-    scaler = make_grad_scaler(args.amp, device)
-    iters = iterations_per_epoch(dataset, args.batch_size, args.max_iters_per_epoch)
-    lengths = epoch_lengths(iters, args.epochs, args.steps)
-    config["resolved"].update(epochs=len(lengths), steps=sum(lengths))
-    checkpointer = Checkpointer(args.output_dir, model, optimizer, scheduler, scaler, config)
-    start = checkpointer.resume(args.resume)  # last: it restores the RNG states
-    logger = RunLogger(args.output_dir, purge_step=start.global_step + 1 if start.path else None)
-    logger.start(config)
-    if logger.enabled:
-        where = f"resuming from {start.path} at epoch {start.epoch}, iteration {start.iteration}" \
-            if start.path else "starting afresh"
-        print(f"{where}; {len(dataset)} videos, {iters} iterations per epoch, {get_world_size()} process(es) "
-              f"on {device}", flush=True)
 
-    global_step = start.global_step
-    start_iter = start.iteration
-    try:
-        with checkpointer.naming_last_good():
-            for epoch in range(start.epoch, len(lengths)):
-                loader = epoch_loader(dataset, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
-                                      epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
-                stats, global_step = train_one_epoch(
-                    model, loader, optimizer, forward_fn=lambda m, b: ssl_forward(m, b, dataset, device),
-                    loss_weights=unwrap(model).loss_weights, epoch=epoch, num_iters=lengths[epoch],
-                    start_iter=start_iter, global_step=global_step, device=device, amp=args.amp, scaler=scaler,
-                    logger=logger, log_every=args.log_every, save_every_iters=args.save_every_iters,
-                    save_fn=checkpointer.save)
-                start_iter = 0
-                scheduler.step()
-                logger.log("epoch", global_step, stats, epoch=epoch)  # before the save: a resume purges it
-                keep = args.save_freq and (epoch + 1) % args.save_freq == 0
-                checkpointer.save(epoch + 1, 0, global_step, copy_name=f"epoch{epoch:03d}.pth" if keep else None)
-                if logger.enabled:
-                    print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
-    finally:
-        logger.close()
+def keep_copy(args: argparse.Namespace, epoch: int) -> bool:
+    """Whether --save-freq keeps a copy of the checkpoint written after ``epoch`` (0-based)."""
+    return bool(args.save_freq) and (epoch + 1) % args.save_freq == 0
 
 
 if __name__ == "__main__":

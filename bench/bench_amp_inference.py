@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.backbones import build_backbone  # noqa: E402
-from utils.engine import cpu_has_fast_bf16  # noqa: E402
+from utils.precision import cpu_has_fast_bf16  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternate, ratio  # noqa: E402
+from bench.timing import alternate, ratio  # noqa: E402
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 The sample: 3 views (A, B, A'), 16 frames at stride 4, full augmentation, 112x112, one process,
 no DataLoader workers, uint8 clips as the training scripts' DataLoader workers ship them (``--float``: the float32
 normalised clips instead). Three figures on the same frames and the same sampled indices:
-- ``samples_per_s``: VideoFrameDataset(..., "dualvar", uint8=True)[i];
+- ``samples_per_s``: VideoFrameDataset(..., DUALVAR_SAMPLING, uint8=True)[i];
 - ``decode_only_samples_per_s``: only reading and decoding the distinct frames of A and B with the
   fastest available decoder, the physical limit of the pipeline;
 - ``pil_samples_per_s``: a straightforward per-frame PIL pipeline (PIL open, PIL resize and crop,
@@ -32,10 +32,9 @@ process, one thread: the figures are per core.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
-import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,13 +48,13 @@ import torch
 import torchvision.transforms.functional as TVF
 from PIL import Image, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dataset import sampling  # noqa: E402
-from dataset import video_dataset as vd  # noqa: E402
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.timing import alternate_clocks, ratio, spread  # noqa: E402
+from dataset import frame_reader, sampling, video_dataset as vd  # noqa: E402
 from dataset.layout import VideoRecord, count_frames, frame_name  # noqa: E402
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from timing import alternate_clocks, ratio, spread  # noqa: E402
+from model.dualvar import DUALVAR_SAMPLING  # noqa: E402
 
 CLIP_LEN, STRIDE, SIZE, RESIZE = 16, 4, 112, (128, 171)
 
@@ -154,9 +153,6 @@ def make_video_content(work: Path, short_side: int, videos: int) -> tuple[Path, 
     ``short_side`` (16:9, 300 frames at 30 fps, libx264 defaults)."""
     import av
     scripts = Path(__file__).resolve().parents[1] / "process_data" / "src"
-    sys.path.insert(0, str(scripts))
-    import extract_frame
-    import reencode_videos
     written = work / f"videos_{short_side}"
     height, width = short_side, int(round(short_side * 16 / 9)) // 2 * 2
     for v in range(videos):
@@ -171,12 +167,13 @@ def make_video_content(work: Path, short_side: int, videos: int) -> tuple[Path, 
     reencoded = work / f"reencoded_{short_side}"
     intra = work / f"intra_{short_side}"
     frames = work / f"frames_{short_side}"
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
-        for root, keyint in ((reencoded, "16"), (intra, "1")):
-            reencode_videos.main(["--video-root", str(written), "--out-root", str(root), "--short-side", "0",
-                                  "--keyint", keyint, "--workers", "1"])
-        extract_frame.main(["--video-root", str(written), "--frame-root", str(frames), "--short-side", "0",
-                            "--workers", "1"])
+    commands = [["reencode_videos.py", "--video-root", str(written), "--out-root", str(root), "--short-side", "0",
+                 "--keyint", keyint, "--workers", "1"] for root, keyint in ((reencoded, "16"), (intra, "1"))]
+    commands.append(["extract_frame.py", "--video-root", str(written), "--frame-root", str(frames), "--short-side", "0",
+                     "--workers", "1"])
+    for script, *flags in commands:
+        subprocess.run([sys.executable, str(scripts / script), *flags], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
     return written, reencoded, intra, frames
 
 
@@ -190,8 +187,9 @@ def bench_video(args) -> dict:
             for source, root in (("video", written), ("video_reencoded", reencoded), ("video_intra", intra),
                                  ("frames", frame_root)):
                 records = [VideoRecord(f"Class/{n}" + ("" if source == "frames" else ".mp4"), 300) for n in names]
-                dataset = vd.VideoFrameDataset(records, frame_root, "dualvar", seed=args.seed, num_frames=CLIP_LEN,
-                                               stride=STRIDE, size=SIZE, resize=RESIZE, video_root=root)
+                dataset = vd.VideoFrameDataset(records, frame_root, DUALVAR_SAMPLING, seed=args.seed,
+                                               num_frames=CLIP_LEN, stride=STRIDE, size=SIZE, resize=RESIZE,
+                                               video_root=root)
 
                 def sample(k, dataset=dataset):
                     dataset.set_epoch(k // len(dataset))
@@ -219,7 +217,7 @@ def make_frame_folders(root: Path, videos: int, frames: int, height: int, width:
 
 def bench_frames(args, frame_root: Path) -> dict:
     records = scan_records(frame_root)
-    dataset = vd.VideoFrameDataset(records, frame_root, "dualvar", seed=args.seed, num_frames=CLIP_LEN,
+    dataset = vd.VideoFrameDataset(records, frame_root, DUALVAR_SAMPLING, seed=args.seed, num_frames=CLIP_LEN,
                                    stride=STRIDE, size=SIZE, resize=RESIZE, uint8=not args.float)
 
     def key(k):  # sample k of the run: (epoch, index) walks through the videos, epoch after epoch
@@ -233,7 +231,7 @@ def bench_frames(args, frame_root: Path) -> dict:
     def decode_only(k, decoder):
         epoch, index = key(k)
         idx_a, idx_b = sample_indices(records[index], epoch, index, args.seed)
-        return vd.read_frames(records[index].path(frame_root), np.concatenate([idx_a, idx_b]), decoder)
+        return frame_reader.read_frames(records[index].path(frame_root), np.concatenate([idx_a, idx_b]), decoder)
 
     def pil_run(k):
         epoch, index = key(k)
@@ -241,7 +239,7 @@ def bench_frames(args, frame_root: Path) -> dict:
                           seed=index)
 
     variants = {"sample": sample}
-    for decoder in vd.DECODERS:
+    for decoder in frame_reader.DECODERS:
         try:
             decode_only(0, decoder)
         except ImportError:
@@ -259,7 +257,7 @@ def bench_frames(args, frame_root: Path) -> dict:
         seconds = {name: [t / per_round[name] for t in times["per_core"][name]] for name in (numerator, denominator)}
         return ratio(seconds, denominator, numerator)
 
-    frame_hw = tuple(vd.read_frames(records[0].path(frame_root), np.zeros(1, np.int64)).shape[-2:])
+    frame_hw = tuple(frame_reader.read_frames(records[0].path(frame_root), np.zeros(1, np.int64)).shape[-2:])
     result = {
         "frame_hw": list(frame_hw), "videos": len(records), "clips": "uint8" if not args.float else "float32",
         "samples_per_s": rates["sample"]["per_core"],
@@ -313,8 +311,8 @@ def main() -> None:
         result = bench_frames(args, frame_root)
     print(json.dumps({"bench": "data_dualvar_sample", "views": 3, "clip_len": CLIP_LEN, "stride": STRIDE,
                       "size": SIZE, "resize": list(RESIZE), "torch_threads": args.threads,
-                      "cv2_threads": cv2.getNumThreads(), "decoder": vd.DEFAULT_DECODER, "rounds": args.rounds,
-                      "per_round": args.per_round, **result}))
+                      "cv2_threads": cv2.getNumThreads(), "decoder": frame_reader.DEFAULT_DECODER,
+                      "rounds": args.rounds, "per_round": args.per_round, **result}))
 
 
 if __name__ == "__main__":

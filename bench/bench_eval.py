@@ -11,14 +11,14 @@ classes) and ``ucf101`` (9,537 x 512, 3,783 queries, 101 classes). What retrieve
 - neighbours for R@k (k = 50; each set centred on its own mean) and for kNN (k = 20; both on the train mean).
   ``former``: two searches, each sorting every row of similarities in full (the code before issue 26, kept
   below as the reference), and the kNN weights looked up again from the gallery rows. ``current``: one pass over
-  the gallery with both query sets stacked, topk with the stable sort's tie rule (utils.evaluation.recall_and_knn).
+  the gallery with both query sets stacked, topk with the stable sort's tie rule (utils.metrics.recall_and_knn).
   At the K400 shape the former path runs on ``--former-queries`` queries (its cost grows linearly with the
   queries: every row is sorted alone), and the two paths are timed in turns on those queries
   (``speedup_same_queries``, the median of per-round ratios, bench/timing.alternate); the current path also runs
   on every query, and ``speedup`` compares it with the former path extrapolated to every query. Both also report
   the fraction of queries whose neighbours agree exactly.
   Target: speedup >= 8 on the 2-core CPU.
-- the linear probe: ``current`` is utils.evaluation.linear_probe (L-BFGS in torch on --device, run to its own
+- the linear probe: ``current`` is utils.metrics.linear_probe (L-BFGS in torch on --device, run to its own
   stopping rule); ``former`` is scikit-learn's LogisticRegression(C=1, max_iter=2000) on the same standardised
   features, run in full at the UCF101 shape and, at the K400 shape, for ``--former-probe-iterations`` iterations
   only (an hour or more in full), which gives its seconds per iteration. Target: the current probe <= 600 s at
@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils import evaluation  # noqa: E402
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from evaluation import metrics  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternate, ratio  # noqa: E402
+from bench.timing import alternate, ratio  # noqa: E402
 
 SHAPES = {  # train videos, queries, feature width, classes
     "ucf101": (9537, 3783, 512, 101),
@@ -79,10 +79,10 @@ def former_nearest_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, 
 
 def former_neighbours(queries, query_labels, gallery, gallery_labels, num_classes, device):
     """R@k's search (own means) and kNN's (gallery mean) one after the other, as retrieve.py did."""
-    recall_rows = former_nearest_neighbours(evaluation.centre_and_normalise(queries),
-                                            evaluation.centre_and_normalise(gallery), RECALL_K, device)
+    recall_rows = former_nearest_neighbours(metrics.centre_and_normalise(queries),
+                                            metrics.centre_and_normalise(gallery), RECALL_K, device)
     mean = gallery.mean(axis=0, keepdims=True)
-    q, g = evaluation.centre_and_normalise(queries, mean), evaluation.centre_and_normalise(gallery, mean)
+    q, g = metrics.centre_and_normalise(queries, mean), metrics.centre_and_normalise(gallery, mean)
     knn_rows = former_nearest_neighbours(q, g, KNN_K, device)
     similarity = np.einsum("qd,qkd->qk", q, g[knn_rows])
     weights = np.exp((similarity - 1.0) / TEMPERATURE)
@@ -92,7 +92,7 @@ def former_neighbours(queries, query_labels, gallery, gallery_labels, num_classe
 
 
 def current_neighbours(queries, query_labels, gallery, gallery_labels, num_classes, device):
-    _, recall_rows, scores = evaluation.recall_and_knn(queries, query_labels, gallery, gallery_labels, num_classes,
+    _, recall_rows, scores = metrics.recall_and_knn(queries, query_labels, gallery, gallery_labels, num_classes,
                                                        (RECALL_K,), KNN_K, TEMPERATURE, device)
     return recall_rows, scores
 
@@ -176,7 +176,7 @@ def bench_probe(train, train_labels, test, test_labels, classes, former_iteratio
         return step(self, counted)
     torch.optim.LBFGS.step = counting_step
     try:
-        current_s, scores = timed(evaluation.linear_probe, train, train_labels, test, classes, device)
+        current_s, scores = timed(metrics.linear_probe, train, train_labels, test, classes, device)
     finally:
         torch.optim.LBFGS.step = step
     current = scores.argmax(axis=1)

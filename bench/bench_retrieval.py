@@ -2,7 +2,7 @@
 
 Two passes over the same videos (10 clips each, 16 frames at stride 4, centre 112 crops), one process:
 - ``extraction_s``: retrieve.py's path end to end — DataLoader with --workers decoding and cropping into
-  uint8 clips, which ``dataset.to_device`` normalises, while the backbone runs (utils.evaluation.run_inference);
+  uint8 clips, which ``dataset.to_device`` normalises, while the backbone runs (evaluation.inference.run_inference);
 - ``inference_s``: the backbone alone on the same clips, decoded and normalised beforehand and held in memory.
 ``ratio``: the median over --repeats loops, each one inference pass then one extraction pass
 (bench/timing.alternate), of extraction / inference within the loop, so that load from other processes
@@ -29,16 +29,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dataset.video_dataset import VideoFrameDataset  # noqa: E402
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset.layout import read_split_csv  # noqa: E402
+from dataset.recipes import EVAL  # noqa: E402
+from dataset.video_dataset import VideoFrameDataset  # noqa: E402
+from evaluation.inference import run_inference  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
-from retrieve import video_features  # noqa: E402
+from model.features import video_features  # noqa: E402
 from utils.distributed import usable_cores  # noqa: E402
-from utils.evaluation import run_inference  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternate, ratio  # noqa: E402
+from bench.timing import alternate, ratio  # noqa: E402
 
 
 def make_demo(work: Path, videos_per_class: int) -> Path:
@@ -74,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or make_demo(Path(tmp), videos_per_class=max(3, args.num_videos // 10 + 3))
         records = read_split_csv(data / "csv" / "train_split01.csv")[:args.num_videos]
-        dataset = VideoFrameDataset(records, data / "frames", "eval", stride=4, uint8=True)
+        dataset = VideoFrameDataset(records, data / "frames", EVAL, stride=4, uint8=True)
         device = torch.device(args.device)
         torch.manual_seed(0)
         backbone = build_backbone(args.net, args.base_width)[0].to(device).eval()

@@ -34,14 +34,15 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(REPO))
 
-from model import add_method_args, build_method  # noqa: E402 (needs the repository on sys.path)
+from engine.loop import weighted_loss  # noqa: E402
+from model import add_method_args, build_method  # noqa: E402
 from model.backbones import build_backbone, set_grad_checkpointing  # noqa: E402
-from utils.engine import AMP_CHOICES, autocast, select_amp, weighted_loss  # noqa: E402
+from utils.precision import AMP_CHOICES, autocast, select_amp  # noqa: E402
 
-sys.path.insert(0, str(REPO / "bench"))
-from timing import alternate, ratio, spread  # noqa: E402
+from bench.timing import alternate, ratio, spread  # noqa: E402
 
 MEASUREMENTS = ("dualvar", "backbone", "simclr")
 STEP_KEYS = {"dualvar_step": "dualvar", "backbone_only": "backbone", "simclr_step": "simclr"}  # JSON key -> kind

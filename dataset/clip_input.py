@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import torch
 
+from dataset.layout import FLOW_COMPONENTS
+
 CLIP_INPUTS = ("rgb", "diff")
+# What a clip is made of (--modality): "rgb" its frames; "res" IIC's residual frames, which the models take from the
+# RGB frames (model/iic.py, model/classifier.py); "u" / "v" one optical-flow component, which the dataset reads
+# instead of RGB.
+MODALITIES = ("rgb", "res", *FLOW_COMPONENTS)
+FLOW_MODALITIES = FLOW_COMPONENTS
 TIME_DIM = -3  # clips are (..., 3, T, H, W)
 
 

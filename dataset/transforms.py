@@ -232,6 +232,14 @@ def to_float_clips(clips: torch.Tensor, normalize: bool) -> torch.Tensor:
     return x.sub_(mean).div_(std)
 
 
+def unnormalize(clips: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised clips (..., 3, T, H, W) back to [0, 1] pixel values."""
+    shape = (3, 1, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=clips.dtype, device=clips.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, dtype=clips.dtype, device=clips.device).view(shape)
+    return clips * std + mean
+
+
 @dataclass
 class ViewParams:
     """Every random choice of one view; jitter factors are (n,) arrays, n = 1 or T (per frame)."""

@@ -1,9 +1,14 @@
 """Self-supervised methods: `add_method_args(parser)` and `build_method(args)`.
 
-A method is an nn.Module with `.backbone`, `.num_views`, `.loss_weights` and a forward returning a dict
-of named fp32 loss terms (`loss_*`) and logged metrics. Adding one is one registry entry (plus its flags
-in `ARG_ADDERS`). DualVar's forward takes `batch["clips"]`; a method that needs other batch entries
-names them in `.batch_keys` and its dataset sampler in `.sampler` (IIC: `forward(clip, index)`).
+A method is an nn.Module built from Python with a backbone and keywords (``SimCLRDualVar(backbone,
+mode="clip-sr-tc")``), or from train_ssl.py's flags with ``from_args(args, num_videos)``. It has `.backbone`,
+`.num_views`, `.loss_weights`, a forward returning a dict of named fp32 loss terms (`loss_*`) and logged
+metrics, and states what the run machinery needs to know of it: the backbone passes a step keeps for backward
+(`.clips_with_gradient`, `.clips_in_largest_pass`: engine/memory.py) and how a reproduction card names its
+mode and negatives (`card_fields`: engine/card.py). Adding one is one registry entry (plus its flags in
+`ARG_ADDERS`). DualVar's forward takes `batch["clips"]`; a method that needs other batch entries names them in
+`.batch_keys` (IIC: `forward(clip, index)`); `sampling_for(args)` names the dataset items it trains on (a
+sampling recipe, dataset/recipes.py, declared next to the method).
 """
 
 import argparse
@@ -11,6 +16,7 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from dataset.recipes import SamplingRecipe
 from model.backbones import BACKBONES
 from model.dualvar import MoCoDualVar, SimCLRDualVar, add_dualvar_args
 from model.iic import IIC, add_iic_args
@@ -20,9 +26,6 @@ METHODS: dict[str, Callable[..., nn.Module]] = {
     "moco": MoCoDualVar,
     "iic": IIC,
 }
-
-# methods with memory banks need the training-set size when they are built
-NEEDS_NUM_VIDEOS = {"iic"}
 
 # each adds the flags of one method family
 ARG_ADDERS: list[Callable[[argparse.ArgumentParser], None]] = [add_dualvar_args, add_iic_args]
@@ -46,14 +49,9 @@ def build_method(args: argparse.Namespace, num_videos: int | None = None) -> nn.
     """The method of ``args.model``; ``num_videos`` (training-set size) sizes memory banks, others ignore it."""
     if args.model not in METHODS:
         raise ValueError(f"unknown --model {args.model!r}; choose one of {', '.join(sorted(METHODS))}")
-    if args.model in NEEDS_NUM_VIDEOS:
-        return METHODS[args.model](args, num_videos=num_videos)
-    return METHODS[args.model](args)
+    return METHODS[args.model].from_args(args, num_videos=num_videos)
 
 
-def method_sampler(args: argparse.Namespace) -> str:
-    """The dataset sampler ``args.model`` trains on, known before the method is built (METHOD.md §2)."""
-    fixed = getattr(METHODS.get(args.model), "sampler", None)
-    if fixed is not None:
-        return fixed
-    return "dualvar" if "sr" in args.mode.split("-") else "two_view"
+def method_sampling(args: argparse.Namespace) -> SamplingRecipe:
+    """The sampling recipe ``args.model`` trains on, known before the method is built (METHOD.md §2)."""
+    return METHODS[args.model].sampling_for(args)

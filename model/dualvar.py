@@ -17,12 +17,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dataset.recipes import SamplingRecipe, View
 from model.backbones import build_backbone
-from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_negative_loss, shuffle_rank_loss,
-                          shuffle_segments, slot_accuracy, temporal_coherent_loss)
+from model.losses import (calibrate, nt_xent, rank_accuracy, shuffle_negative_loss, shuffle_rank_loss, shuffle_segments,
+                          slot_accuracy, temporal_coherent_loss)
 from utils.distributed import all_gather_no_grad, broadcast, get_rank, get_world_size, host_to_device, is_dist
 
 MODES = ("clip", "clip-sr", "clip-tc", "clip-sr-tc")
+CROP_ONLY_P = 0.2  # view A skips colour jitter and blur with this probability (METHOD.md §3)
+# The items DualVar trains on (METHOD.md §2-3): clips A and B of a video at independent centres, reversed together
+# with probability 0.5, their frames decoded once; view A only cropped with probability CROP_ONLY_P, B and A′ (A's
+# frames augmented again) always fully augmented. The modes without shuffle-rank take A and B only.
+_A, _B, _A_PRIME = View(0, "pretrain", CROP_ONLY_P), View(1, "pretrain"), View(0, "pretrain")
+DUALVAR_SAMPLING = SamplingRecipe("dualvar", "pair", views=(_A, _B, _A_PRIME), num_clips=2, stacked=True,
+                                  resize_once=True, method="DualVar")
+TWO_VIEW_SAMPLING = SamplingRecipe("two_view", "pair", views=(_A, _B), num_clips=2, stacked=True, resize_once=True,
+                                   method="DualVar")
 # published: METHOD.md §5.1, the paper's term, which an order-blind network can satisfy (docs/pretraining.md);
 # negative: a variant of this project, the shuffled clip is the negative of each slot (losses.shuffle_negative_loss)
 SR_VARIANTS = ("published", "negative")
@@ -92,12 +102,11 @@ def mlp(in_dim: int, out_dim: int) -> nn.Sequential:
 class DualEncoder(nn.Module):
     """Backbone + global average pool + clip head (+ series head when the mode uses series)."""
 
-    def __init__(self, net: str, base_width: int, embed_dim: int, n_series: int, series_dim: int,
-                 with_series: bool) -> None:
+    def __init__(self, backbone: nn.Module, embed_dim: int, n_series: int, series_dim: int, with_series: bool) -> None:
         super().__init__()
-        self.backbone, channels = build_backbone(net, base_width)
-        self.clip_head = mlp(channels, embed_dim)
-        self.series_head = mlp(channels, n_series * series_dim) if with_series else None
+        self.backbone = backbone
+        self.clip_head = mlp(backbone.out_channels, embed_dim)
+        self.series_head = mlp(backbone.out_channels, n_series * series_dim) if with_series else None
         self.n_series, self.series_dim = n_series, series_dim
 
     def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -117,52 +126,84 @@ def mean_series(s: torch.Tensor) -> torch.Tensor:
     return s.mean(dim=1)
 
 
-class DualVarBase(nn.Module):
-    """Shared configuration, the query encoder and the SR term of both variants."""
+def mode_terms(mode: str) -> set[str]:
+    """The loss terms of a --mode: "clip", and "sr" / "tc" when it has them."""
+    if mode not in MODES:
+        raise ValueError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
+    return set(mode.split("-"))
 
-    def __init__(self, args: argparse.Namespace) -> None:
+
+class DualVarBase(nn.Module):
+    """Shared configuration, the query encoder and the SR term of both variants.
+
+    ``backbone`` is a module of model/backbones.py (``build_backbone``); the keywords are the flags of
+    ``add_dualvar_args`` under their Python names, with the published values as defaults.
+    """
+
+    def __init__(self, backbone: nn.Module, mode: str = "clip-sr-tc", *, temperature: float = 0.07,
+                 tc_temperature: float = 0.07, theta: float = 0.05, rank_clamp: float | None = 5.0, n_series: int = 2,
+                 series_dim: int = 64, embed_dim: int = 128, clip_loss_weight: float = 1.0,
+                 sr_loss_weight: float = 1.0, tc_loss_weight: float = 1.0, derangement: bool = False,
+                 sr_variant: str = "published", plant_bug: str = "none") -> None:
         super().__init__()
-        if args.mode not in MODES:
-            raise ValueError(f"unknown --mode {args.mode!r}; choose one of {', '.join(MODES)}")
-        self.mode = args.mode
-        self.use_sr = "sr" in args.mode.split("-")
-        self.use_tc = "tc" in args.mode.split("-")
-        if self.use_sr and args.n_series < 2:
-            raise ValueError(f"--n-series {args.n_series}: shuffle-rank needs at least 2 segments")
-        if args.n_series < 1 or args.series_dim < 1 or args.embed_dim < 1:
+        terms = mode_terms(mode)
+        self.mode = mode
+        self.use_sr = "sr" in terms
+        self.use_tc = "tc" in terms
+        if self.use_sr and n_series < 2:
+            raise ValueError(f"--n-series {n_series}: shuffle-rank needs at least 2 segments")
+        if n_series < 1 or series_dim < 1 or embed_dim < 1:
             raise ValueError("--n-series, --series-dim and --embed-dim must be positive")
-        for flag, value in (("--temperature", args.temperature), ("--tc-temperature", args.tc_temperature),
-                            ("--theta", args.theta)):
+        for flag, value in (("--temperature", temperature), ("--tc-temperature", tc_temperature), ("--theta", theta)):
             if value <= 0:
                 raise ValueError(f"{flag} must be positive, got {value}")
-        self.plant_bug = getattr(args, "plant_bug", "none")
-        if self.plant_bug != "none" and PLANTED_BUGS[self.plant_bug] not in args.mode.split("-"):
+        self.plant_bug = plant_bug
+        if self.plant_bug != "none" and PLANTED_BUGS[self.plant_bug] not in terms:
             raise ValueError(f"--plant-bug {self.plant_bug} breaks the '{PLANTED_BUGS[self.plant_bug]}' term, which "
-                             f"--mode {args.mode} does not have")
-        self.temperature = args.temperature
-        self.tc_temperature = args.tc_temperature
-        self.theta = args.theta
-        self.rank_clamp = args.rank_clamp
-        self.n_series = args.n_series
-        self.sr_variant = getattr(args, "sr_variant", "published")
+                             f"--mode {mode} does not have")
+        self.temperature = temperature
+        self.tc_temperature = tc_temperature
+        self.theta = theta
+        self.rank_clamp = rank_clamp
+        self.n_series = n_series
+        self.sr_variant = sr_variant
         if self.sr_variant not in SR_VARIANTS:
             raise ValueError(f"--sr-variant {self.sr_variant!r}: choose one of {', '.join(SR_VARIANTS)}")
         if self.sr_variant != "published" and self.plant_bug == "sr-wrong-permutation":
             raise ValueError("--plant-bug sr-wrong-permutation breaks the calibration of --sr-variant published; "
                              f"--sr-variant {self.sr_variant} has none")
-        self.derangement = args.derangement or self.sr_variant == "negative"
+        self.derangement = derangement or self.sr_variant == "negative"
         self.num_views = 3 if self.use_sr else 2
-        self.encoder = DualEncoder(args.net, args.base_width, args.embed_dim, args.n_series, args.series_dim,
-                                   with_series=self.use_sr or self.use_tc)
-        self.loss_weights = {"loss_clip": args.clip_loss_weight}
+        self.encoder = DualEncoder(backbone, embed_dim, n_series, series_dim, with_series=self.use_sr or self.use_tc)
+        self.loss_weights = {"loss_clip": clip_loss_weight}
         if self.use_sr:
-            self.loss_weights["loss_sr"] = args.sr_loss_weight
+            self.loss_weights["loss_sr"] = sr_loss_weight
         if self.use_tc:
-            self.loss_weights["loss_tc"] = args.tc_loss_weight
+            self.loss_weights["loss_tc"] = tc_loss_weight
+
+    # the flags of add_dualvar_args that the constructor takes, under their Python names
+    ARGS = ("mode", "temperature", "tc_temperature", "theta", "rank_clamp", "n_series", "series_dim", "embed_dim",
+            "clip_loss_weight", "sr_loss_weight", "tc_loss_weight", "derangement", "sr_variant", "plant_bug")
+
+    @staticmethod
+    def sampling_for(args: argparse.Namespace) -> SamplingRecipe:
+        """The dataset items the flags' mode trains on: A, B and A′ with shuffle-rank, else A and B."""
+        return DUALVAR_SAMPLING if "sr" in mode_terms(args.mode) else TWO_VIEW_SAMPLING
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, num_videos: int | None = None) -> "DualVarBase":
+        """The method of train_ssl.py's flags (``num_videos`` is for methods with memory banks; DualVar has none)."""
+        backbone, _ = build_backbone(args.net, args.base_width)
+        return cls(backbone, **{name: getattr(args, name) for name in cls.ARGS if hasattr(args, name)})
 
     @property
     def backbone(self) -> nn.Module:
         return self.encoder.backbone
+
+    @staticmethod
+    def card_fields(config: dict, processes: int) -> dict:
+        """How a run's card (engine/card.py) names the mode and the negatives of the configuration ``config``."""
+        return {"mode": config.get("mode"), "negatives": "unknown", "clip": {}}
 
     def check_input(self, clips: torch.Tensor) -> None:
         if clips.dim() != 6 or clips.shape[1] != self.num_views or clips.shape[2] != 3:
@@ -216,6 +257,23 @@ class DualVarBase(nn.Module):
 class SimCLRDualVar(DualVarBase):
     """SimCLR with DualVar terms: NT-Xent over the global batch for the clip and the series embeddings."""
 
+    @property
+    def clips_with_gradient(self) -> int:
+        """Backbone passes per video that keep activations for backward (engine/memory.py): A, B (and A′), then
+        the shuffled A′."""
+        return 4 if self.use_sr else 2
+
+    @property
+    def clips_in_largest_pass(self) -> int:
+        """Clips per video in the largest backbone call with gradients: A, B (and A′) together."""
+        return 3 if self.use_sr else 2
+
+    @staticmethod
+    def card_fields(config: dict, processes: int) -> dict:
+        negatives = (f"the global batch, gathered across {processes} processes" if processes > 1
+                     else "the batch of the single process")
+        return {"mode": config.get("mode"), "negatives": negatives, "clip": {}}
+
     def forward(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input(clips)
         batch = clips.shape[0]
@@ -247,25 +305,46 @@ class MoCoDualVar(DualVarBase):
 
     # --sync-bn converts the query encoder only: synchronised key statistics would undo the shuffle
     sync_bn_submodules = ("encoder",)
+    ARGS = DualVarBase.ARGS + ("moco_k", "moco_m", "moco_bn_splits")
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args)
-        if args.moco_k < 1:
-            raise ValueError(f"--moco-k must be positive, got {args.moco_k}")
-        if not 0.0 <= args.moco_m <= 1.0:
-            raise ValueError(f"--moco-m must lie in [0, 1], got {args.moco_m}")
-        if args.moco_bn_splits < 1:
-            raise ValueError(f"--moco-bn-splits must be at least 1, got {args.moco_bn_splits}")
-        self.queue_size = args.moco_k
-        self.momentum = args.moco_m
-        self.bn_splits = args.moco_bn_splits
+    @property
+    def clips_with_gradient(self) -> int:
+        """Backbone passes per video that keep activations for backward (engine/memory.py): the query (A), and A′
+        with its shuffled copy; the keys (B) run without gradient."""
+        return 3 if self.use_sr else 1
+
+    @property
+    def clips_in_largest_pass(self) -> int:
+        """Clips per video in the largest backbone call with gradients: A′ with its shuffled copy, or the query."""
+        return 2 if self.use_sr else 1
+
+    @staticmethod
+    def card_fields(config: dict, processes: int) -> dict:
+        return {"mode": config.get("mode"), "negatives": f"a queue of {config.get('moco_k')} keys, filled from all "
+                                                          f"{processes} process(es)", "clip": {}}
+
+    def __init__(self, backbone: nn.Module, mode: str = "clip-sr-tc", *, moco_k: int = 16384, moco_m: float = 0.999,
+                 moco_bn_splits: int = 2, **dualvar) -> None:
+        """``moco_k`` keys in the queue, key-encoder momentum ``moco_m``, ``moco_bn_splits`` sub-batches for the
+        one-process shuffle-BN; the other keywords are DualVarBase's."""
+        super().__init__(backbone, mode, **dualvar)
+        if moco_k < 1:
+            raise ValueError(f"--moco-k must be positive, got {moco_k}")
+        if not 0.0 <= moco_m <= 1.0:
+            raise ValueError(f"--moco-m must lie in [0, 1], got {moco_m}")
+        if moco_bn_splits < 1:
+            raise ValueError(f"--moco-bn-splits must be at least 1, got {moco_bn_splits}")
+        self.queue_size = moco_k
+        self.momentum = moco_m
+        self.bn_splits = moco_bn_splits
         self.key_encoder = copy.deepcopy(self.encoder)
         for parameter in self.key_encoder.parameters():
             parameter.requires_grad_(False)
-        self.register_buffer("clip_queue", F.normalize(torch.randn(args.moco_k, args.embed_dim), dim=1))
+        embed_dim = self.encoder.clip_head[-1].out_features
+        self.register_buffer("clip_queue", F.normalize(torch.randn(moco_k, embed_dim), dim=1))
         if self.use_tc:
             self.register_buffer("series_queue", F.normalize(
-                torch.randn(args.moco_k, args.n_series, args.series_dim), dim=-1))
+                torch.randn(moco_k, self.n_series, self.encoder.series_dim), dim=-1))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
     @torch.no_grad()

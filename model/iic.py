@@ -28,14 +28,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dataset.clip_input import frame_differences
+from dataset.clip_input import FLOW_MODALITIES, MODALITIES, frame_differences
+from dataset.recipes import SamplingRecipe, View
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.backbones import build_backbone
 from utils.distributed import all_gather_no_grad, host_to_device
 
-MODALITIES = ("res", "rgb", "u", "v")
-FLOW_MODALITIES = ("u", "v")
 INTRA_NEGATIVES = ("repeat", "shuffle", "none")
+# The items IIC trains on (METHOD.md §6): one clip of consecutive frames from a random start, cropped only, in
+# [0, 1] (the views are made from it: its residual frames, intra-negatives); with a flow modality the same frames'
+# flow beside it, under the same crop.
+IIC_SAMPLING = SamplingRecipe("iic", "consecutive", views=(View(augment="crop"),), normalized=False, stride=1,
+                              flow="beside", fixed_input="IIC's views (RGB and its residual)", method="IIC")
 SHUFFLE_CHUNKS = 4
 
 
@@ -170,9 +174,9 @@ class MemoryBanks(nn.Module):
 class IICEncoder(nn.Module):
     """Backbone + global average pool: clips (B, 3, T, H, W) -> features (B, C)."""
 
-    def __init__(self, net: str, base_width: int) -> None:
+    def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        self.backbone, self.out_channels = build_backbone(net, base_width)
+        self.backbone, self.out_channels = backbone, backbone.out_channels
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.backbone(clips).mean(dim=(2, 3, 4)).float()  # (B, C)
@@ -180,40 +184,70 @@ class IICEncoder(nn.Module):
 
 class IIC(nn.Module):
     """IIC pretraining; `forward(clip, index[, flow])` takes the "iic" sampler's [0, 1] clips, video
-    indices and, for a flow modality, the [0, 1] flow clips of the same frames."""
+    indices and, for a flow modality, the [0, 1] flow clips of the same frames.
 
-    sampler = "iic"
+    ``backbone`` is a module of model/backbones.py; ``num_videos`` rows per memory bank (the training-set size);
+    the keywords are the flags of ``add_iic_args`` under their Python names, with the published values as defaults.
+    """
+
     num_views = 2
+    PUBLISHED_RECIPE = PUBLISHED_RECIPE  # train_ssl.py's training defaults under --model iic (engine/pretraining.py)
+    # what a training step keeps for backward (engine/memory.py): per video, view 1 and view 2 (the
+    # intra-negative runs without gradient), one after the other
+    clips_with_gradient, clips_in_largest_pass = 2, 1
+    # constructor keyword -> the flag of add_iic_args that sets it
+    FLAGS = {"modality": "modality", "intra_neg": "intra_neg", "residual_wrap": "residual_wrap", "bank_k": "bank_k",
+             "bank_t": "bank_t", "bank_momentum": "bank_momentum", "l2norm": "iic_l2norm"}
 
-    def __init__(self, args: argparse.Namespace, num_videos: int | None = None) -> None:
+    def __init__(self, backbone: nn.Module, num_videos: int | None = None, *, modality: str = "res",
+                 intra_neg: str = "repeat", residual_wrap: bool = True, bank_k: int = 1024, bank_t: float = 0.07,
+                 bank_momentum: float = 0.5, l2norm: bool = False) -> None:
         super().__init__()
-        if args.modality not in MODALITIES:
-            raise ValueError(f"--modality {args.modality!r}: choose one of {', '.join(MODALITIES)}")
-        if args.bank_k < 1 or args.bank_t <= 0 or not 0.0 <= args.bank_momentum < 1.0:
-            raise ValueError(f"need --bank-k ≥ 1, --bank-t > 0 and 0 ≤ --bank-momentum < 1; got {args.bank_k}, "
-                             f"{args.bank_t}, {args.bank_momentum}")
-        if getattr(args, "clip_input", "rgb") != "rgb":
-            raise ValueError(f"--clip-input {args.clip_input}: IIC's views are fixed by the method (the RGB clip and "
-                             "its residual frames, or optical flow); leave --clip-input at rgb")
-        self.modality = args.modality
+        if modality not in MODALITIES:
+            raise ValueError(f"--modality {modality!r}: choose one of {', '.join(MODALITIES)}")
+        if bank_k < 1 or bank_t <= 0 or not 0.0 <= bank_momentum < 1.0:
+            raise ValueError(f"need --bank-k ≥ 1, --bank-t > 0 and 0 ≤ --bank-momentum < 1; got {bank_k}, "
+                             f"{bank_t}, {bank_momentum}")
+        self.modality = modality
         self.batch_keys = ("clip", "index", "flow") if self.modality in FLOW_MODALITIES else ("clip", "index")
-        self.intra_neg = args.intra_neg
-        self.residual_wrap = args.residual_wrap
-        self.k = args.bank_k
-        self.temperature = args.bank_t
-        self.l2norm = args.iic_l2norm
-        self.encoder = IICEncoder(args.net, args.base_width)
+        self.intra_neg = intra_neg
+        self.residual_wrap = residual_wrap
+        self.k = bank_k
+        self.temperature = bank_t
+        self.l2norm = l2norm
+        self.encoder = IICEncoder(backbone)
         mean, std = imagenet_statistics()  # constants on the model's device, not in the state_dict
         self.register_buffer("imagenet_mean", mean, persistent=False)
         self.register_buffer("imagenet_std", std, persistent=False)
         names = ("view1", "view2") + (("intra_neg",) if self.intra_neg != "none" else ())
         # Without a dataset size (e.g. --dry-run) the banks are empty and forward refuses to run.
-        self.banks = MemoryBanks(names, num_videos or 0, self.encoder.out_channels, args.bank_momentum)
+        self.banks = MemoryBanks(names, num_videos or 0, self.encoder.out_channels, bank_momentum)
         self.loss_weights = {"loss_view1": 1.0, "loss_view2": 1.0}
+
+    @staticmethod
+    def sampling_for(args: argparse.Namespace) -> SamplingRecipe:
+        return IIC_SAMPLING
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, num_videos: int | None = None) -> "IIC":
+        """The method of train_ssl.py's flags, with memory banks of ``num_videos`` rows (0 or None: empty banks,
+        enough for --dry-run)."""
+        if getattr(args, "clip_input", "rgb") != "rgb":
+            raise ValueError(f"--clip-input {args.clip_input}: IIC's views are fixed by the method (the RGB clip and "
+                             "its residual frames, or optical flow); leave --clip-input at rgb")
+        backbone, _ = build_backbone(args.net, args.base_width)
+        return cls(backbone, num_videos, **{key: getattr(args, flag) for key, flag in cls.FLAGS.items()})
 
     @property
     def backbone(self) -> nn.Module:
         return self.encoder.backbone
+
+    @staticmethod
+    def card_fields(config: dict, processes: int) -> dict:
+        """How a run's card (engine/card.py) names the mode and the negatives; IIC samples consecutive frames."""
+        return {"mode": f"intra-negative {config.get('intra_neg')}, view 2 {config.get('modality')}",
+                "negatives": f"memory banks, {config.get('bank_k')} rows drawn per sample",
+                "clip": {"stride": IIC_SAMPLING.stride}}
 
     def view2(self, clip: torch.Tensor, flow: torch.Tensor | None) -> torch.Tensor:
         if self.modality in FLOW_MODALITIES:

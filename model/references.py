@@ -18,19 +18,12 @@ import cv2
 import numpy as np
 import torch
 
-from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dataset.transforms import unnormalize
 
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 # Farneback's parameters for clips of a few dozen pixels: 2 pyramid levels and a 7-pixel window follow motions
 # of a few pixels per frame without smoothing a 32-pixel crop into one vector.
 FARNEBACK = dict(pyr_scale=0.5, levels=2, winsize=7, iterations=3, poly_n=5, poly_sigma=1.1, flags=0)
-
-
-def _pixels(clips: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalised clips (N, 3, T, H, W) back to [0, 1] pixel values, as float32."""
-    mean = torch.tensor(IMAGENET_MEAN, device=clips.device).view(3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=clips.device).view(3, 1, 1, 1)
-    return clips.float() * std + mean
 
 
 class ColourStatistics(torch.nn.Module):
@@ -58,7 +51,7 @@ class MotionStatistics(torch.nn.Module):
     """(N, 3, T, H, W) -> (N, 10, 1, 1, 1): optical-flow statistics of each clip (computed on the CPU)."""
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        grey = torch.einsum("nc...,c->n...", _pixels(clips), torch.tensor(GREY_WEIGHTS, device=clips.device))
+        grey = torch.einsum("nc...,c->n...", unnormalize(clips.float()), torch.tensor(GREY_WEIGHTS, device=clips.device))
         grey = (grey.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # (N, T, H, W)
         features = np.stack([flow_statistics(clip) for clip in grey])  # (N, 10)
         return torch.from_numpy(features).to(clips.device)[:, :, None, None, None]

@@ -16,10 +16,11 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.card import CARD_NAME, load_card, summary_line, write_card  # noqa: E402
 from utils.atomic import write_text  # noqa: E402
-from utils.card import CARD_NAME, load_card, summary_line, write_card  # noqa: E402
 
 COMMON_SH = Path(__file__).with_name("common.sh")
 RECALL_KS = (1, 5, 10, 20, 50)

@@ -15,25 +15,26 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dataset.video_dataset import build_dataset  # noqa: E402
-from model import method_sampler  # noqa: E402
+from dataset.build import build_dataset  # noqa: E402
+from engine.launch import run_cli  # noqa: E402
+from engine.loop import epoch_loader, iterations_per_epoch  # noqa: E402
+from engine.pretraining import parse_args  # noqa: E402
+from model import method_sampling  # noqa: E402
 from model.losses import nt_xent  # noqa: E402
 from model.references import ColourStatistics  # noqa: E402
-from train_ssl import parse_args  # noqa: E402
 from utils.atomic import write_text  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
-from utils.engine import epoch_loader, iterations_per_epoch  # noqa: E402
-from utils.logging import config_to_dict  # noqa: E402
+from utils.config import config_to_dict  # noqa: E402
 
 
 @torch.no_grad()
 def colour_contrast_accuracy(args) -> dict:
-    dataset = build_dataset(args, "trainval", method_sampler(args))
+    dataset = build_dataset(args, "trainval", method_sampling(args))
     iters = iterations_per_epoch(dataset, args.batch_size, args.max_iters_per_epoch)
     loader = epoch_loader(dataset, batch_size=args.batch_size, workers=args.workers, seed=args.seed, epoch=0)
     feature = ColourStatistics()

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(REPO))
 
 from dataset.layout import LayoutError, count_frames, frame_name, read_class_index  # noqa: E402
 
@@ -132,7 +133,7 @@ def example_queries(labels: np.ndarray, count: int) -> np.ndarray:
 
 def select_examples(test: dict, train: dict, count: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Query rows (Q,) and their k nearest train rows (Q, k), ranked as retrieve.py ranks them."""
-    from utils.evaluation import centre_and_normalise, nearest_neighbours  # imports torch: only when drawing
+    from evaluation.metrics import centre_and_normalise, nearest_neighbours
 
     rows = example_queries(test["labels"], count)
     # Centre on the whole test set's mean, as retrieve.py does, and only then pick the queries.
@@ -159,7 +160,8 @@ def class_colours(num_classes: int) -> list:
 def plot_feature_distribution(runs: list[tuple[str, Path]], class_names: list[str], class_index: Path,
                               path: Path, seed: int) -> list[str]:
     """One embedding panel per run, one shared legend; returns the 2-D methods used per panel."""
-    from utils.evaluation import centre_and_normalise, embed_2d  # imports torch: only when drawing
+    from evaluation.metrics import centre_and_normalise
+    from evaluation.plots import embed_2d
 
     plt = _pyplot()
     from matplotlib.lines import Line2D

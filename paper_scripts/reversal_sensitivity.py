@@ -17,20 +17,21 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dataset.video_dataset import add_data_args, build_dataset  # noqa: E402
+from dataset.build import build_dataset  # noqa: E402
+from dataset.flags import CLIP_FALLBACKS, add_data_args, defaults_from_checkpoint  # noqa: E402
+from dataset.recipes import EVAL  # noqa: E402
+from engine.launch import run_cli  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
-from model.classifier import (add_backbone_args, checkpoint_config, load_backbone, read_checkpoint,  # noqa: E402
-                              resolve_backbone_args)
+from model.weights import add_backbone_args, checkpoint_config, load_weights, read_source  # noqa: E402
 from utils.atomic import write_text  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
-from utils.evaluation import inherit_flags  # noqa: E402
+from utils.config import inherit_flags  # noqa: E402
 
-DATA_FALLBACKS = {"num_frames": 16, "size": 112, "resize": [128, 171], "clip_input": "rgb"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON object to this file")
     add_backbone_args(parser)
     add_data_args(parser)
-    parser.set_defaults(num_frames=None, size=None, resize=None, clip_input=None)
+    defaults_from_checkpoint(parser, CLIP_FALLBACKS)
     return parser
 
 
@@ -56,13 +57,12 @@ def reversal_sensitivity(features: torch.Tensor, reversed_features: torch.Tensor
 
 @torch.no_grad()
 def main(args: argparse.Namespace) -> dict:
-    ckpt = read_checkpoint(args.ckpt)
-    resolve_backbone_args(args, ckpt)
-    inherit_flags(args, checkpoint_config(ckpt), DATA_FALLBACKS)
+    ckpt = read_source(args)
+    inherit_flags(args, checkpoint_config(ckpt), CLIP_FALLBACKS)
     backbone, _ = build_backbone(args.net, args.base_width)
-    load_backbone(backbone, args.ckpt, ckpt, args.net, args.base_width)
+    load_weights(backbone, args, ckpt)
     backbone.eval()
-    dataset = build_dataset(args, "test", "eval", modality="rgb")
+    dataset = build_dataset(args, "test", EVAL, modality="rgb")
     count = min(args.num_videos, len(dataset)) if args.num_videos > 0 else len(dataset)
     rows = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))  # every class, not the first
     middle = [dataset[int(i)]["clips"] for i in rows]  # each (10, 3, T, H, W), T + 1 frames for differences

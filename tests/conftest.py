@@ -7,11 +7,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import extract_frame
-import make_demo_data
-import write_csv
-from dataset.video_dataset import add_data_args
+from dataset.flags import add_data_args
+from dataset.recipes import EVAL, FINETUNE
+from model.dualvar import DUALVAR_SAMPLING, TWO_VIEW_SAMPLING
+from model.iic import IIC_SAMPLING
+from process_data.src import extract_frame, make_demo_data, write_csv
 
+# the sampling recipes under the names that a run's configuration records ("sampler")
+RECIPES = {recipe.name: recipe for recipe in (DUALVAR_SAMPLING, TWO_VIEW_SAMPLING, IIC_SAMPLING, FINETUNE, EVAL)}
 DEMO_CLASSES = ["MoveRight", "MoveLeft", "Bounce"]
 DEMO_VIDEOS_PER_CLASS = 7  # 7 groups of one video; group 1 and 2 are the test split: 6 test, 15 train videos
 

@@ -1,14 +1,12 @@
 """Reproduction cards in the results tables: built from the runs' files, compared with the published settings."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "paper_scripts"))
-import collect_results  # noqa: E402
-from utils.card import build_card, summary_line  # noqa: E402
+from engine.card import build_card, summary_line
+from paper_scripts import collect_results
 
 EXP = "simclr_clip-sr-tc_r21d_ucf101"
 
@@ -152,3 +150,19 @@ def test_card_states_a_budget_in_steps_and_a_frame_difference_input(tmp_path):
     published = collect_results.published_settings("simclr", "ucf101")
     assert "pretraining clip: 16×112², stride 4, diff input here, 16×112², stride 4 published" in \
         collect_results.differences(card, published)
+
+
+def test_a_card_says_how_the_method_drew_its_clips_and_its_negatives(tmp_path):
+    """Each method states its card fields: IIC samples consecutive frames whatever --stride says, from memory banks;
+    a run of no known method (the random-weights reference) has no negatives to name."""
+    write_published_recipe_run(tmp_path)
+    config_path = tmp_path / "pretrain" / "config.json"
+    info = json.loads(config_path.read_text())
+    info["config"].update(model="iic", intra_neg="repeat", modality="res", bank_k=1024)
+    write_json(config_path, info)
+    pre = build_card(tmp_path / "test" / "test_results.json")["pretraining"]
+    assert (pre["mode"], pre["clip"]["stride"]) == ("intra-negative repeat, view 2 res", 1)
+    assert pre["negatives"] == "memory banks, 1024 rows drawn per sample"
+    info["config"].update(model="random init", mode=None)
+    write_json(config_path, info)
+    assert build_card(tmp_path / "test" / "test_results.json")["pretraining"]["negatives"] == "unknown"

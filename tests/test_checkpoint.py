@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.checkpoint import (CHECKPOINT_NAME, CheckpointError, Checkpointer, get_rng_state, load_checkpoint,
-                              resolve_resume, save_checkpoint, set_rng_state)
+from engine.checkpoint import CHECKPOINT_NAME, Checkpointer, get_rng_state, resolve_resume, set_rng_state
+from utils.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def draw_everything():
@@ -101,3 +101,14 @@ def test_resume_from_a_foreign_file_names_what_is_missing(tmp_path):
     save_checkpoint({"model": model.state_dict()}, tmp_path / "weights_only.pth")
     with pytest.raises(CheckpointError, match="weights_only.pth lacks optimizer"):
         Checkpointer(tmp_path, model, optimizer).resume(str(tmp_path / "weights_only.pth"))
+
+
+def test_a_runs_own_state_is_in_every_checkpoint_and_a_resume_restores_it_in_place(tmp_path):
+    """finetune.py keeps its best validation so far this way: a resumed run goes on choosing best.pth against it."""
+    model, optimizer, _ = make_training_state()
+    best = {"val_top1": 42.0, "epoch": 3}
+    Checkpointer(tmp_path, model, optimizer, extra={"best": best}).save(4, 0, 40)
+    assert load_checkpoint(tmp_path / "checkpoint.pth")["best"] == best
+    restored = {"val_top1": float("-inf"), "epoch": -1}  # a fresh run's record, the object its code holds
+    Checkpointer(tmp_path, model, optimizer, extra={"best": restored}).resume("auto")
+    assert restored == {"val_top1": 42.0, "epoch": 3}

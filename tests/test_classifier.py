@@ -6,14 +6,15 @@ import argparse
 import pytest
 import torch
 
+from dataset.clip_input import frame_differences
+from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
+from engine.training import build_optimizer
 from model import add_method_args, build_method
 from model.backbones import build_backbone
-from dataset.clip_input import frame_differences
-from model.classifier import (VideoClassifier, assert_unchanged, check_modality, load_backbone,
-                              prepare_input, residual_view, snapshot)
-from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.checkpoint import CheckpointError, save_checkpoint
-from utils.training import build_optimizer
+from model.classifier import VideoClassifier, assert_unchanged, check_modality, prepare_input, snapshot
+from model.features import residual_view
+from model.weights import load_backbone
+from utils.checkpoint_io import CheckpointError, save_checkpoint
 
 
 def method(model="simclr", base_width=8):
@@ -65,7 +66,7 @@ def test_moco_loads_the_query_encoder_never_the_key_encoder(tmp_path):
 
 def test_finetuned_classifier_checkpoint_loads(tmp_path):
     torch.manual_seed(1)
-    classifier = VideoClassifier("r3d", 8, num_classes=3)
+    classifier = VideoClassifier.build("r3d", 8, num_classes=3)
     path = save(tmp_path, classifier.state_dict(), {"net": "r3d", "base_width": 8})
     backbone, _ = build_backbone("r3d", 8)
     load_backbone(backbone, path)
@@ -101,7 +102,7 @@ def test_missing_or_unexpected_tensor_is_refused(tmp_path):
 
 def test_linear_probe_keeps_every_backbone_tensor_and_the_guard_fires(tmp_path):
     torch.manual_seed(0)
-    classifier = VideoClassifier("r3d", 8, num_classes=3, frozen_backbone=True)
+    classifier = VideoClassifier.build("r3d", 8, num_classes=3, frozen_backbone=True)
     reference = snapshot(classifier.backbone)
     head = snapshot(classifier.fc)
     optimizer = build_optimizer(classifier, argparse.Namespace(optimizer="sgd", lr=0.5, momentum=0.9,

@@ -13,9 +13,9 @@ import embed
 import finetune
 import retrieve
 import train_ssl
-from conftest import tiny_demo_args, tiny_demo_flags
+from conftest import RECIPES, tiny_demo_args, tiny_demo_flags
+from dataset.build import build_dataset
 from dataset.clip_input import frame_differences, frames_to_decode, to_network_input
-from dataset.video_dataset import build_dataset
 from model.classifier import prepare_input
 from model.iic import residual_frames
 
@@ -50,9 +50,9 @@ def test_iic_residual_and_finetuning_residual_are_the_same_difference():
 @pytest.mark.parametrize("sampler", ["dualvar", "two_view", "finetune", "eval"])
 def test_diff_clips_are_the_differences_of_the_rgb_clip_one_frame_longer(tiny_demo, sampler):
     """The same draws as an RGB clip of T + 1 frames (one crop, one jitter, one blur for every frame), differenced."""
-    diff = build_dataset(tiny_demo_args(tiny_demo, "--clip-input", "diff", "--stride", "2"), "trainval", sampler,
-                         uint8=True)
-    rgb = build_dataset(tiny_demo_args(tiny_demo, "--num-frames", "9", "--stride", "2"), "trainval", sampler,
+    diff = build_dataset(tiny_demo_args(tiny_demo, "--clip-input", "diff", "--stride", "2"), "trainval",
+                         RECIPES[sampler], uint8=True)
+    rgb = build_dataset(tiny_demo_args(tiny_demo, "--num-frames", "9", "--stride", "2"), "trainval", RECIPES[sampler],
                         uint8=True)
     key = "clip" if sampler == "finetune" else "clips"
     for index in (0, 5):
@@ -65,7 +65,7 @@ def test_diff_clips_are_the_differences_of_the_rgb_clip_one_frame_longer(tiny_de
 
 def test_diff_refused_where_the_input_is_fixed_elsewhere(tiny_demo):
     with pytest.raises(ValueError, match="IIC's views"):
-        build_dataset(tiny_demo_args(tiny_demo, "--clip-input", "diff"), "trainval", "iic")
+        build_dataset(tiny_demo_args(tiny_demo, "--clip-input", "diff"), "trainval", RECIPES["iic"])
     with pytest.raises(ValueError, match="IIC's views are fixed"):  # before any work: run_cli prints one line
         train_ssl.main(train_ssl.parse_args(tiny_demo_flags(tiny_demo) + [
             "--model", "iic", "--clip-input", "diff", "--output-dir", str(tiny_demo / "refused"), "--dry-run"]))
@@ -98,9 +98,10 @@ def test_checkpoint_records_the_input_and_every_consumer_takes_it(tiny_demo, tmp
     assert results["config"]["clip_input"] == "diff"
     # the features are those of the differences: recompute one gallery video by hand
     gallery = np.load(tmp_path / "ret" / "features_train.npz")
-    dataset = build_dataset(tiny_demo_args(tiny_demo, "--clip-input", "diff", "--stride", "2"), "trainval", "eval")
+    dataset = build_dataset(tiny_demo_args(tiny_demo, "--clip-input", "diff", "--stride", "2"), "trainval",
+                            RECIPES["eval"])
     from model.backbones import build_backbone
-    from model.classifier import load_backbone
+    from model.weights import load_backbone
     backbone, _ = build_backbone("r3d", 8)
     load_backbone(backbone, pretrain / "checkpoint.pth")
     backbone.eval()

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from dataset import sampling
-from dataset import video_dataset as vd
+from conftest import RECIPES
+from dataset import frame_reader, sampling, video_dataset as vd
+from dataset.build import build_dataset
+from dataset.flags import add_data_args
 from dataset.layout import VideoRecord, flow_dir, flow_frame_name, frame_name, write_class_index, write_split_csv
 from dataset.transforms import ClipTransform
 
@@ -56,7 +58,7 @@ def video_set(tmp_path):
 
 
 def data_args(root: Path, *extra: str) -> argparse.Namespace:
-    args = vd.add_data_args(argparse.ArgumentParser()).parse_args(
+    args = add_data_args(argparse.ArgumentParser()).parse_args(
         ["--dataset", str(root / "csv"), "--flow-root", str(root / "flow"), "--num-frames", str(T), "--size", "32",
          "--resize", "36", "48", "--stride", "3", *extra])
     args.seed = 5
@@ -95,7 +97,7 @@ def summary(params):
 
 
 def test_each_view_is_its_frames_through_its_own_draw(video_set, monkeypatch):
-    dataset = vd.build_dataset(data_args(video_set), "trainval", "dualvar")
+    dataset = build_dataset(data_args(video_set), "trainval", RECIPES["dualvar"])
     transforms = {"pretrain": dataset.full, "crop_only": dataset.crop_only}
     draws = record_draws(monkeypatch)
     pairs = record_calls(monkeypatch, sampling, "dualvar_clip_pair")
@@ -112,7 +114,7 @@ def test_each_view_is_its_frames_through_its_own_draw(video_set, monkeypatch):
         assert recipe_b == recipe_a2 == "pretrain" and recipe_a in transforms
         for clip, recipe, params, indices in ((clips[0], recipe_a, params_a, idx_a), (clips[1], recipe_b, params_b, idx_b),
                                               (clips[2], recipe_a2, params_a2, idx_a)):
-            expected = transforms[recipe].apply(vd.read_frames(video_dir, indices), params)
+            expected = transforms[recipe].apply(frame_reader.read_frames(video_dir, indices), params)
             torch.testing.assert_close(clip, expected, rtol=0, atol=1e-5)
         a_prime_differs += summary(params_a) != summary(params_a2)
     assert a_prime_differs >= 6
@@ -140,7 +142,7 @@ def view_frequencies(dataset, monkeypatch, items: int):
 
 def test_crop_only_jitter_and_blur_frequencies_per_view(video_set, monkeypatch):
     items = 8000  # the "two_view" sampler draws A and B on the same lines
-    dataset = vd.build_dataset(data_args(video_set), "trainval", "dualvar")
+    dataset = build_dataset(data_args(video_set), "trainval", RECIPES["dualvar"])
     measured, read = view_frequencies(dataset, monkeypatch, items)
     for name, frequencies in measured.items():
         for what, p, f in zip(("crop-only", "jitter", "blur"), EXPECTED[name], frequencies):
@@ -170,7 +172,8 @@ def test_time_reversal_turns_both_clips_together():
 @pytest.mark.parametrize("component", ["u", "v"])
 def test_iic_flow_clip_is_the_flow_frames_at_the_rgb_box(video_set, monkeypatch, component):
     # frames already at the resize size: the crop is exact
-    dataset = vd.build_dataset(data_args(video_set, "--resize", *map(str, HW)), "trainval", "iic", modality=component)
+    dataset = build_dataset(data_args(video_set, "--resize", *map(str, HW)), "trainval", RECIPES["iic"],
+                            modality=component)
     draws = record_draws(monkeypatch)
     starts = record_calls(monkeypatch, sampling, "iic_clip_indices")
     record = dataset.records[0]
@@ -181,8 +184,8 @@ def test_iic_flow_clip_is_the_flow_frames_at_the_rgb_box(video_set, monkeypatch,
         item = dataset[0]
         (indices,), ((recipe, box),) = starts, draws
         assert recipe == "crop_only" and not box.flip
-        rgb = vd.read_frames(record.path(dataset.frame_root), indices)
-        flow = vd.read_flow_frames(flow_dir(dataset.flow_root, component, record.frame_dir),
+        rgb = frame_reader.read_frames(record.path(dataset.frame_root), indices)
+        flow = frame_reader.read_flow_frames(flow_dir(dataset.flow_root, component, record.frame_dir),
                                    sampling.flow_indices(indices, NUM_FRAMES))
         crop = (slice(None), slice(None), slice(box.top, box.top + 32), slice(box.left, box.left + 32))
         # [0, 1] pixels, no normalisation

@@ -4,8 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-import make_demo_data
-from make_demo_data import CLASSES, generate, main, render_video
+from dataset.sampling import dualvar_clip_pair
+from process_data.src import make_demo_data
+from process_data.src.make_demo_data import CLASSES, generate, main, render_video
 
 SIZE = (32, 48)
 FRAMES = 16
@@ -135,10 +136,22 @@ def test_default_splits_follow_ucf101_groups():
     assert main(["--out", "unused", "--dry-run"]) == 0
 
 
+def clip_overlap(num_frames: int, clip_len: int, stride: int, trials: int = 20000, seed: int = 0) -> dict[str, float]:
+    """How often DualVar's two clips (METHOD.md section 2) meet: ``shared_frame`` = they hold a frame in
+    common, ``span`` = their time spans (first to last frame) intersect."""
+    rng = np.random.default_rng(seed)
+    shared = spans = 0
+    for _ in range(trials):
+        a, b = dualvar_clip_pair(num_frames, rng, clip_len, stride)
+        shared += bool(np.intersect1d(a, b).size)
+        spans += int(max(a.min(), b.min()) <= min(a.max(), b.max()))
+    return {"shared_frame": shared / trials, "span": spans / trials}
+
+
 def test_default_videos_make_the_two_clips_usually_disjoint():
-    overlap = make_demo_data.clip_overlap(128, 8, 4, trials=4000)
+    overlap = clip_overlap(128, 8, 4, trials=4000)
     assert overlap["span"] < 0.45 and overlap["shared_frame"] < 0.2
-    assert make_demo_data.clip_overlap(32, 8, 4, trials=2000)["shared_frame"] > 0.5  # the first demo's videos
+    assert clip_overlap(32, 8, 4, trials=2000)["shared_frame"] > 0.5  # the first demo's videos
 
 
 def test_mp4_output_decodes(tmp_path):

@@ -13,9 +13,9 @@ import finetune
 import retrieve
 import train_ssl
 from conftest import DEMO_CLASSES, tiny_demo_flags
-from utils import evaluation
-from utils.card import build_card, summary_line
-from utils.checkpoint import CheckpointError, load_checkpoint
+from engine.card import build_card, summary_line
+from evaluation import metrics
+from utils.checkpoint_io import CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("test_script", REPO / "test.py")  # not the stdlib `test`
@@ -126,14 +126,14 @@ def test_retrieve_exports_features_and_recall(demo, pretrained, tmp_path):
     train, test = np.load(tmp_path / "features_train.npz"), np.load(tmp_path / "features_test.npz")
     assert train["features"].shape == (15, saved["feature_dim"]) and test["features"].shape[0] == 6
     assert len(set(train["video_ids"].tolist())) == 15 and sorted(set(test["labels"].tolist())) == [0, 1, 2]
-    recomputed, _ = evaluation.recall_at_k(test["features"], test["labels"], train["features"], train["labels"])
+    recomputed, _ = metrics.recall_at_k(test["features"], test["labels"], train["features"], train["labels"])
     assert recomputed == {k: saved[k] for k in recomputed} == {k: results[k] for k in recomputed}
     assert saved["R@50"] == 100.0  # k beyond the 15-video gallery: every class is in it
     # kNN and the linear probe score the exported features
-    knn = evaluation.knn_classify(test["features"], train["features"], train["labels"], 3, k=20, temperature=0.07)
-    assert saved["knn_top1"] == 100 * evaluation.topk_accuracy(knn, test["labels"], (1,))[1]
-    probe = evaluation.linear_probe(train["features"], train["labels"], test["features"], 3)
-    assert saved["linear_probe_top1"] == 100 * evaluation.topk_accuracy(probe, test["labels"], (1,))[1]
+    knn = metrics.knn_classify(test["features"], train["features"], train["labels"], 3, k=20, temperature=0.07)
+    assert saved["knn_top1"] == 100 * metrics.topk_accuracy(knn, test["labels"], (1,))[1]
+    probe = metrics.linear_probe(train["features"], train["labels"], test["features"], 3)
+    assert saved["linear_probe_top1"] == 100 * metrics.topk_accuracy(probe, test["labels"], (1,))[1]
     assert saved["knn"] == {"k": 20, "temperature": 0.07}
     assert (tmp_path / "retrieval_examples.png").is_file() and (tmp_path / "tsne_test.png").is_file()
 
@@ -218,7 +218,8 @@ def test_retrieve_scores_the_colour_statistics_reference(demo, tmp_path):
 
 def vcop_release(tmp_path, net: str = "r3d", base_width: int = 8) -> tuple[Path, dict]:
     """A VCOP-family checkpoint file as IIC-style code saves it: {'state_dict': DDP-prefixed tensors + a head}."""
-    from model.backbones import build_backbone, vcop_name
+    from model.backbones import build_backbone
+    from model.vcop import vcop_name
     backbone, channels = build_backbone(net, base_width)
     family = {vcop_name(k): v + 0.01 if v.is_floating_point() else v + 7 for k, v in backbone.state_dict().items()}
     path = tmp_path / "release.pth"
@@ -228,7 +229,7 @@ def vcop_release(tmp_path, net: str = "r3d", base_width: int = 8) -> tuple[Path,
 
 
 def test_finetune_and_retrieve_init_from_a_vcop_family_checkpoint(demo, tmp_path):
-    from model.backbones import vcop_name
+    from model.vcop import vcop_name
     path, family = vcop_release(tmp_path)
     results = finetune.main(finetune.get_args_parser().parse_args(
         data_flags(demo) + ["--init-from", str(path), "--net", "r3d", "--base-width", "8", "--output-dir",

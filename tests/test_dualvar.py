@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_gloo_processes, tiny_demo_args
-from dataset.video_dataset import build_dataset
+from conftest import RECIPES, run_gloo_processes, tiny_demo_args
+from dataset.build import build_dataset
 from model import add_method_args, build_method
 from model.dualvar import MODES
 from model.losses import calibrate, shuffle_rank_loss, shuffle_segments
@@ -38,7 +38,7 @@ def random_clips(method, batch: int = BATCH, seed: int = 1) -> torch.Tensor:
 
 def demo_batch(root, num_views: int) -> torch.Tensor:
     """The first BATCH items of the demo train split through the real sampler: (B, V, 3, T, H, W)."""
-    dataset = build_dataset(tiny_demo_args(root), "trainval", {3: "dualvar", 2: "two_view"}[num_views])
+    dataset = build_dataset(tiny_demo_args(root), "trainval", RECIPES[{3: "dualvar", 2: "two_view"}[num_views]])
     batch = torch.stack([dataset[i]["clips"] for i in range(BATCH)])
     assert batch.shape == (BATCH, num_views, *CLIP)
     return batch

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import embed
+from engine.interrupts import TrainingInterrupted
+from engine.launch import _stop_now, describe
 from model.backbones import build_backbone
-from utils.checkpoint import CheckpointError, save_checkpoint
-from utils.cli import _stop_now, describe
+from utils.checkpoint_io import CheckpointError, save_checkpoint
 from utils.distributed import default_workers
-from utils.engine import TrainingInterrupted
 from video_fixtures import smooth_frames, write_h264
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def test_strict_checkpoint_loading_flags_and_dry_run(videos, ckpt, tmp_path, cap
 
 
 def test_init_from_a_vcop_family_release_gives_the_same_features(videos, ckpt, reference, tmp_path):
-    from model.backbones import vcop_name
+    from model.vcop import vcop_name
     state = torch.load(ckpt, weights_only=True)["model"]
     release = tmp_path / "release.pth"
     torch.save({"state_dict": {"module.base_network." + vcop_name(k.removeprefix("backbone.")): v

@@ -4,10 +4,11 @@ import json
 import pytest
 import torch
 
-from utils import engine
-from utils.engine import (NonFiniteLossError, autocast, check_amp, epoch_lengths, epoch_loader, iterations_per_epoch,
-                          make_grad_scaler, train_one_epoch, weighted_loss)
-from utils.logging import MetricLogger, RunLogger, SmoothedValue
+from engine.interrupts import NonFiniteLossError
+from engine.loop import epoch_lengths, epoch_loader, iterations_per_epoch, train_one_epoch, weighted_loss
+from engine.run_log import MetricLogger, RunLogger, SmoothedValue
+from utils import precision
+from utils.precision import autocast, check_amp, make_grad_scaler
 
 CPU = torch.device("cpu")
 
@@ -140,7 +141,7 @@ def test_amp_flags(monkeypatch):
         check_amp("fp16", CPU)
     with pytest.raises(ValueError, match="--amp fp32"):
         check_amp("fp32", CPU)
-    monkeypatch.setattr(engine, "cpu_bf16_conv3d_grad_is_right", lambda: True)  # as on an AVX2 CPU
+    monkeypatch.setattr(precision, "cpu_bf16_conv3d_grad_is_right", lambda: True)  # as on an AVX2 CPU
     assert not make_grad_scaler("bf16", CPU).is_enabled()
     with autocast("bf16", CPU):
         assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.bfloat16

@@ -1,4 +1,4 @@
-"""utils.cli.launch, the shared end of the entry scripts' main: --dry-run prints the resolved configuration,
+"""engine.launch.launch, the shared end of the entry scripts' main: --dry-run prints the resolved configuration,
 a real run prints one configuration line (the flags that differ from the defaults), works inside the claimed
 output folder and always stops the processes."""
 import json
@@ -11,9 +11,9 @@ import finetune
 import retrieve
 import test as test_script
 import train_ssl
-import utils.cli
-from utils.cli import changed_flags, launch
-from utils.run_dir import OutputDirError, claim_output_dir, run_kind
+from engine import launch as launching
+from engine.launch import changed_flags, launch
+from engine.output_dir import OutputDirError, claim_output_dir, run_kind
 
 
 def test_changed_flags_names_only_what_differs_from_the_defaults():
@@ -32,8 +32,8 @@ def test_changed_flags_names_only_what_differs_from_the_defaults():
 def calls(monkeypatch):
     """Record init_distributed / cleanup instead of starting processes."""
     seen = []
-    monkeypatch.setattr(utils.cli, "init_distributed", lambda args: seen.append("init") or torch.device("cpu"))
-    monkeypatch.setattr(utils.cli, "cleanup", lambda: seen.append("cleanup"))
+    monkeypatch.setattr(launching, "init_distributed", lambda args: seen.append("init") or torch.device("cpu"))
+    monkeypatch.setattr(launching, "cleanup", lambda: seen.append("cleanup"))
     return seen
 
 
@@ -84,8 +84,8 @@ def test_every_entry_script_ends_through_launch(script, monkeypatch):
         raise StopIteration
 
     monkeypatch.setattr(script, "launch", fake_launch)
-    for name in ("read_checkpoint", "resolve_backbone_args", "check_writable", "inherit_flags", "check_modality",
-                 "checkpoint_config", "check_args"):
+    for name in ("read_source", "check_writable", "inherit_flags", "check_modality", "checkpoint_config",
+                 "check_args"):
         if hasattr(script, name):
             monkeypatch.setattr(script, name, lambda *a, **k: {})
     parser = script.get_args_parser()

@@ -17,11 +17,13 @@ import torch.nn as nn
 
 import finetune
 import retrieve
+from conftest import RECIPES
 from dataset import video_dataset as vd
-from dataset.layout import (VideoRecord, flow_frame_name, frame_name, read_split_csv, write_class_index,
-                            write_split_csv)
+from dataset.build import build_dataset
+from dataset.layout import VideoRecord, flow_frame_name, frame_name, read_split_csv, write_class_index, write_split_csv
+from dataset.splits import holdout_split
+from evaluation.inference import classify_videos
 from model.backbones import build_backbone
-from utils.evaluation import classify_videos
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, METHOD.md §3
 STD = (0.229, 0.224, 0.225)
@@ -173,7 +175,7 @@ def record_reads(monkeypatch):
     real_getitem = vd.VideoFrameDataset.__getitem__
 
     def getitem(self, index):
-        reads.append((self.sampler, self.modality, self.records[index].frame_dir))
+        reads.append((self.recipe.name, self.modality, self.records[index].frame_dir))
         return real_getitem(self, index)
 
     monkeypatch.setattr(vd.VideoFrameDataset, "__getitem__", getitem)
@@ -208,8 +210,8 @@ def test_retrieval_gallery_is_train_queries_are_test_and_features_match(small_se
         exported = np.load(out / f"features_{split}.npz")
         assert exported["video_ids"].tolist() == videos  # gallery = the whole train split, queries = test
         args = retrieve.get_args_parser().parse_args(data_flags(small_set) + ["--ckpt", str(ckpt), "--stride", "1"])
-        rgb = vd.build_dataset(args, "trainval" if split == "train" else "test", "eval", modality="rgb")
-        flow = vd.build_dataset(args, "trainval" if split == "train" else "test", "eval", modality="u") \
+        rgb = build_dataset(args, "trainval" if split == "train" else "test", RECIPES["eval"], modality="rgb")
+        flow = build_dataset(args, "trainval" if split == "train" else "test", RECIPES["eval"], modality="u") \
             if merge_modality == "u" else None
         for row, features in enumerate(exported["features"]):
             clips = rgb[row]["clips"]
@@ -235,5 +237,5 @@ def test_finetuning_trains_on_the_train_split_minus_the_holdout_and_validates_on
     assert sorted(validated) == sorted(set(validated)) and len(validated) == 3  # the --val-size 3 hold-out
     # batch size 1: every training video is read once in the epoch, and none of the hold-out
     assert sorted(trained) == sorted(set(train_videos) - set(validated))
-    _, held_out = vd.holdout_split(read_split_csv(small_set / "csv" / "train_split01.csv"), 3)
+    _, held_out = holdout_split(read_split_csv(small_set / "csv" / "train_split01.csv"), 3)
     assert set(validated) == {record.frame_dir for record in held_out}

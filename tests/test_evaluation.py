@@ -1,4 +1,4 @@
-"""utils/evaluation.py: 10-clip aggregation, top-k and per-class accuracy, R@k with ties and k beyond the
+"""evaluation/: 10-clip aggregation, top-k and per-class accuracy, R@k with ties and k beyond the
 gallery, and sharded inference that counts every video once (also with two real processes)."""
 
 import math
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import run_gloo_processes
-from utils import evaluation
-from utils.evaluation import (IncompleteEvaluationError, aggregate_clips, assemble, classification_report,
-                              recall_at_k, run_inference, shard_indices, topk_accuracy)
+from evaluation import inference, metrics
+from evaluation.inference import IncompleteEvaluationError, assemble, run_inference, shard_indices
+from evaluation.metrics import aggregate_clips, classification_report, recall_at_k, topk_accuracy
 
 
 def softmax(row):
@@ -107,12 +107,12 @@ def test_sharded_inference_counts_every_video_once(num_items, batch_size, world_
     assert sorted(i for s in shards for i in s) == list(range(num_items))
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
     parts = []
-    monkeypatch.setattr(evaluation, "get_world_size", lambda: world_size)
-    monkeypatch.setattr(evaluation, "gather_rows", lambda idx, values, n: parts.append((idx, values)))
+    monkeypatch.setattr(inference, "get_world_size", lambda: world_size)
+    monkeypatch.setattr(inference, "gather_rows", lambda idx, values, n: parts.append((idx, values)))
     for rank in range(world_size):
         if not shards[rank]:
             continue  # an empty shard: covered by the real two-process test below
-        monkeypatch.setattr(evaluation, "get_rank", lambda: rank)
+        monkeypatch.setattr(inference, "get_rank", lambda: rank)
         run_inference(features_of, IndexDataset(num_items), batch_size=batch_size, workers=0,
                       device=torch.device("cpu"))
     result = assemble(parts, num_items)
@@ -145,7 +145,7 @@ def test_the_2d_embedding_of_features_that_are_all_alike_is_pca_not_a_crash():
     script = """
 import sys
 import numpy as np
-from utils.evaluation import embed_2d
+from evaluation.plots import embed_2d
 rng = np.random.default_rng(0)
 for name, features in (("zeros", np.zeros((15, 64), np.float32)), ("alike", np.full((15, 64), 0.5, np.float32)),
                        ("tiny", (rng.standard_normal((15, 64)) * 1e-30).astype(np.float32)),
@@ -169,7 +169,7 @@ def _stable_best(similarity: torch.Tensor, k: int):
     return order.values[:, :k], order.indices[:, :k]
 
 
-@pytest.mark.parametrize("k", [1, 2, 7, 20, 50, 100 - evaluation.TIE_MARGIN, 99, 100])
+@pytest.mark.parametrize("k", [1, 2, 7, 20, 50, 100 - metrics.TIE_MARGIN, 99, 100])
 def test_best_of_rows_is_the_stable_sort_ties_included(k):
     """Rows of few distinct values (equal runs longer and shorter than the margin straddle the k-th place), a
     constant row (the full-sort fallback), a NaN and signed zeros: the k best in the stable sort's order."""
@@ -185,7 +185,7 @@ def test_best_of_rows_is_the_stable_sort_ties_included(k):
     zeros = np.where(rng.random(100) < 0.5, 0.0, -0.0)
     rows.append(zeros)
     similarity = torch.tensor(np.stack(rows), dtype=torch.float32)
-    values, columns = evaluation.best_of_rows(similarity, k)
+    values, columns = metrics.best_of_rows(similarity, k)
     expected_values, expected_columns = _stable_best(similarity, k)
     torch.testing.assert_close(columns, expected_columns, rtol=0, atol=0)
     torch.testing.assert_close(values, expected_values, rtol=0, atol=0, equal_nan=True)
@@ -205,11 +205,11 @@ def test_best_of_rows_sorts_only_rows_whose_tie_straddles_the_kth_place(monkeypa
         if x.shape[-1] == 200:
             sorted_rows.append(x.shape[0])
         return real_sort(x, *args, **kwargs)
-    monkeypatch.setattr(evaluation.torch, "sort", counting_sort)
+    monkeypatch.setattr(metrics.torch, "sort", counting_sort)
     for rows, full_sorts in (([distinct, short_tie], []), ([distinct, long_tie, short_tie], [1])):
         sorted_rows.clear()
         similarity = torch.cat(rows)
-        columns = evaluation.best_of_rows(similarity, 10)[1]
+        columns = metrics.best_of_rows(similarity, 10)[1]
         assert sorted_rows == full_sorts
         torch.testing.assert_close(columns, _stable_best(similarity, 10)[1], rtol=0, atol=0)
 
@@ -223,7 +223,7 @@ def test_nearest_neighbours_equal_the_full_stable_sort(gallery_elements):
                              (rng.integers(-1, 2, (300, 16)), rng.integers(-1, 2, (37, 16)))):
         gallery, queries = gallery.astype(np.float32), queries.astype(np.float32)
         for k in (1, 20, 50):
-            got = evaluation.nearest_neighbours(queries, gallery, k, gallery_elements=gallery_elements)
+            got = metrics.nearest_neighbours(queries, gallery, k, gallery_elements=gallery_elements)
             expected = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")[:, :k]
             np.testing.assert_array_equal(got, expected)
 
@@ -237,32 +237,32 @@ def test_recall_and_knn_in_one_search_equal_the_two_protocols_apart(knn_k, monke
     queries = rng.integers(-2, 3, (30, 8)).astype(np.float32) + 1.5  # a mean unlike the gallery's
     gallery_labels, query_labels = rng.integers(0, 4, 120), rng.integers(0, 4, 30)
     recall, neighbours = recall_at_k(queries, query_labels, gallery, gallery_labels)
-    knn = evaluation.knn_classify(queries, gallery, gallery_labels, 4, knn_k, 0.1)
-    own_mean = evaluation.nearest_neighbours(evaluation.centre_and_normalise(queries),
-                                             evaluation.centre_and_normalise(gallery), 20)
-    gallery_mean = evaluation.nearest_neighbours(evaluation.centre_and_normalise(queries, gallery.mean(axis=0)),
-                                                 evaluation.centre_and_normalise(gallery), 20)
+    knn = metrics.knn_classify(queries, gallery, gallery_labels, 4, knn_k, 0.1)
+    own_mean = metrics.nearest_neighbours(metrics.centre_and_normalise(queries),
+                                             metrics.centre_and_normalise(gallery), 20)
+    gallery_mean = metrics.nearest_neighbours(metrics.centre_and_normalise(queries, gallery.mean(axis=0)),
+                                                 metrics.centre_and_normalise(gallery), 20)
     assert (own_mean != gallery_mean).any()
     searches = []
-    real_search = evaluation.search
-    monkeypatch.setattr(evaluation, "search", lambda *a, **kw: searches.append(a[0].shape) or real_search(*a, **kw))
-    got_recall, got_neighbours, got_knn = evaluation.recall_and_knn(queries, query_labels, gallery, gallery_labels,
+    real_search = metrics.search
+    monkeypatch.setattr(metrics, "search", lambda *a, **kw: searches.append(a[0].shape) or real_search(*a, **kw))
+    got_recall, got_neighbours, got_knn = metrics.recall_and_knn(queries, query_labels, gallery, gallery_labels,
                                                                     4, knn_k=knn_k, temperature=0.1)
     assert searches == [(60, 8)]  # one pass over the gallery, both query sets stacked
     assert got_recall == recall
     np.testing.assert_array_equal(got_neighbours, neighbours)
     np.testing.assert_allclose(got_knn, knn, rtol=1e-6)
     # the kNN weights are the cosines of the search itself (no second look-up of the gallery rows)
-    rows = evaluation.nearest_neighbours(evaluation.centre_and_normalise(queries, gallery.mean(axis=0)),
-                                         evaluation.centre_and_normalise(gallery), knn_k)
-    q = evaluation.centre_and_normalise(queries, gallery.mean(axis=0))
-    g = evaluation.centre_and_normalise(gallery)
+    rows = metrics.nearest_neighbours(metrics.centre_and_normalise(queries, gallery.mean(axis=0)),
+                                         metrics.centre_and_normalise(gallery), knn_k)
+    q = metrics.centre_and_normalise(queries, gallery.mean(axis=0))
+    g = metrics.centre_and_normalise(gallery)
     expected = np.zeros((30, 4))
     np.add.at(expected, (np.arange(30)[:, None], gallery_labels[rows]),
               np.exp((np.einsum("qd,qkd->qk", q, g[rows]).astype(np.float64) - 1) / 0.1))
     np.testing.assert_allclose(got_knn, expected, rtol=1e-5)
     with pytest.raises(ValueError, match="k >= 1"):
-        evaluation.recall_and_knn(queries, query_labels, gallery, gallery_labels, 4, knn_k=0)
+        metrics.recall_and_knn(queries, query_labels, gallery, gallery_labels, 4, knn_k=0)
 
 
 # ---------------------------------------------------------------- the linear probe against scikit-learn
@@ -293,7 +293,7 @@ def test_linear_probe_matches_scikit_learn(num_classes, dim, spread):
     rng = np.random.default_rng(dim + num_classes)
     features, labels = _clusters(rng, num_classes, dim, spread, 1500)
     train, train_labels, test, test_labels = features[:1080], labels[:1080], features[1080:], labels[1080:]
-    ours = evaluation.linear_probe(train, train_labels, test, num_classes)
+    ours = metrics.linear_probe(train, train_labels, test, num_classes)
     accuracy = 100 * topk_accuracy(ours, test_labels, (1,))[1]
     reference = 100 * topk_accuracy(_sklearn_probe(train, train_labels, test, num_classes), test_labels, (1,))[1]
     assert abs(accuracy - reference) <= 0.5
@@ -307,12 +307,12 @@ def test_linear_probe_scores_only_the_classes_it_was_trained_on():
     train_labels = np.repeat([2, 5, 7], 30)
     train = np.stack([centres[c] for c in train_labels]) + rng.standard_normal((90, 2))
     test = np.array([[4.0, 0.0], [0.0, 4.0], [-4.0, -4.0]])
-    scores = evaluation.linear_probe(train, train_labels, test, 9)
+    scores = metrics.linear_probe(train, train_labels, test, 9)
     assert scores.shape == (3, 9) and np.isneginf(scores[:, [0, 1, 3, 4, 6, 8]]).all()
     assert scores.argmax(axis=1).tolist() == [2, 5, 7]
     np.testing.assert_allclose(np.exp(scores).sum(axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="at least 2 classes"):
-        evaluation.linear_probe(train, np.zeros(90, dtype=int), test, 9)
+        metrics.linear_probe(train, np.zeros(90, dtype=int), test, 9)
     train[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or infinity"):
-        evaluation.linear_probe(train, train_labels, test, 9)
+        metrics.linear_probe(train, train_labels, test, 9)

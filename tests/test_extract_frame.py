@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-import extract_frame
 from dataset.layout import count_frames
-from extract_frame import FAILURES_FILE, main, output_size, read_failures
-from make_demo_data import generate
+from process_data.src import extract_frame
+from process_data.src.extract_frame import FAILURES_FILE, main, output_size
+from process_data.src.jobs import TMP_SUFFIX, read_failures
+from process_data.src.make_demo_data import generate
 
 FRAMES = 16
 SIZE = (32, 48)  # H, W of the demo videos
@@ -111,7 +112,7 @@ def test_resume_skips_complete_and_redoes_interrupted(videos, tmp_path, capsys):
     mtime = (done / "image_00001.jpg").stat().st_mtime_ns
     # A killed run: one video only reached its temporary folder, with a partial set of frames.
     redo = frames / "MoveRight" / "v_MoveRight_g02_c01"
-    tmp = redo.with_name(redo.name + extract_frame.TMP_SUFFIX)
+    tmp = redo.with_name(redo.name + TMP_SUFFIX)
     redo.rename(tmp)
     (tmp / "image_00016.jpg").unlink()
     capsys.readouterr()
@@ -190,19 +191,20 @@ def test_dry_run(videos, tmp_path, capsys):
 def test_scripts_run_from_any_directory_without_torch(videos, tmp_path):
     import subprocess
     import sys
-    src = Path(__file__).resolve().parents[1] / "process_data" / "src"
+    repo = Path(__file__).resolve().parents[1]
+    src = repo / "process_data" / "src"
     result = subprocess.run([sys.executable, str(src / "extract_frame.py"), "--video-root", str(videos),
                              "--frame-root", "frames", "--workers", "2"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert count_frames(tmp_path / "frames" / "Grow" / "v_Grow_g03_c01") == FRAMES
-    check = ("import sys; sys.path.insert(0, sys.argv[1]); import extract_frame, extract_flow, write_csv, "
-             "make_demo_data; sys.exit('torch' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", check, str(src)], cwd=tmp_path).returncode == 0
+    check = ("import sys; sys.path.insert(0, sys.argv[1]); from process_data.src import extract_frame, extract_flow, "
+             "write_csv, make_demo_data; sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", check, str(repo)], cwd=tmp_path).returncode == 0
 
 
 def test_redo_replaces_a_folder_that_a_training_run_found_corrupt(videos, tmp_path, capsys):
     from dataset.layout import LayoutError
-    from dataset.video_dataset import read_frames
+    from dataset.frame_reader import read_frames
 
     root = copy_videos(videos, tmp_path)
     frames = tmp_path / "frames"

@@ -1,5 +1,5 @@
 """paper_scripts/make_figures.py on fake retrieve.py outputs: the three PNGs, skipped and missing runs,
-the retrieval grid's neighbours (those of utils.evaluation), bad inputs and --dry-run."""
+the retrieval grid's neighbours (those of evaluation.metrics), bad inputs and --dry-run."""
 import json
 import shutil
 import subprocess
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from dataset.layout import frame_name, write_class_index
+from evaluation.metrics import recall_at_k
 from paper_scripts import make_figures
 from paper_scripts.make_figures import FigureError
-from utils.evaluation import recall_at_k
 
 CLASSES = ["MoveRight", "MoveLeft", "Grow", "Shrink"]
 # run folder (paper_scripts/common.sh's run_miniature demo layout) -> seed of its fake features

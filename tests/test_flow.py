@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-import extract_flow
-import extract_frame
 import finetune
 import retrieve
 import train_ssl
-from conftest import tiny_demo_args, tiny_demo_flags, train_iic_steps
+from conftest import RECIPES, tiny_demo_args, tiny_demo_flags, train_iic_steps
 from dataset import sampling
-from dataset import video_dataset as vd
+from dataset.build import build_dataset
+from dataset.flags import add_data_args
 from dataset.layout import (LayoutError, VideoRecord, count_flow_frames, count_frames, flow_frame_name, frame_name,
                             write_class_index, write_split_csv)
 from model import add_method_args, build_method
+from process_data.src import extract_flow, extract_frame
+from process_data.src.jobs import read_failures
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("test_script", REPO / "test.py")  # not the stdlib `test`
@@ -128,7 +129,7 @@ def test_corrupt_frames_are_listed_and_the_rest_processed(tmp_path, capsys):
     (frames / "Move" / "empty").mkdir()
     assert flow_main(frames, flow) == 1
     err = capsys.readouterr().err
-    failures = extract_frame.read_failures(flow / extract_flow.FLOW_FAILURES_FILE)
+    failures = read_failures(flow / extract_flow.FLOW_FAILURES_FILE)
     assert sorted(Path(k).name for k in failures) == ["bad", "empty"]
     assert "image_00003.jpg" in failures[str(frames.resolve() / "Move" / "bad")] and "image_00003.jpg" in err
     assert count_flow_frames(flow / "u" / "Move" / "good") == 4
@@ -189,7 +190,7 @@ def hand_made_set(root, rgb, flow_u, flow_v, num_frames=20, hw=(40, 52)):
 
 
 def hand_made_args(root, *extra):
-    args = vd.add_data_args(argparse.ArgumentParser()).parse_args(
+    args = add_data_args(argparse.ArgumentParser()).parse_args(
         ["--dataset", str(root / "csv"), "--flow-root", str(root / "flow"), "--num-frames", "4", "--size", "32",
          "--resize", "40", "52", *extra])
     args.seed = 0
@@ -199,7 +200,7 @@ def hand_made_args(root, *extra):
 def test_iic_rgb_and_flow_share_the_crop_box(tmp_path):
     pattern = lambda y, x, t: 3 * x + 2 * y  # noqa: E731  distinct per pixel, the same in RGB and flow
     hand_made_set(tmp_path, pattern, pattern, lambda y, x, t: 128 + 0 * x)
-    dataset = vd.build_dataset(hand_made_args(tmp_path), "trainval", "iic", modality="u")
+    dataset = build_dataset(hand_made_args(tmp_path), "trainval", RECIPES["iic"], modality="u")
     boxes = set()
     for epoch in range(6):
         dataset.set_epoch(epoch)
@@ -215,7 +216,7 @@ def test_iic_rgb_and_flow_share_the_crop_box(tmp_path):
 def test_flow_clips_read_the_mapped_flow_frames(tmp_path):
     numbered = lambda y, x, t: 10 + 10 * t + 0 * x  # noqa: E731
     hand_made_set(tmp_path, numbered, numbered, numbered)
-    dataset = vd.build_dataset(hand_made_args(tmp_path, "--stride", "7"), "test", "eval", modality="v")
+    dataset = build_dataset(hand_made_args(tmp_path, "--stride", "7"), "test", RECIPES["eval"], modality="v")
     clips = dataset[0]["clips"]  # (10, 3, T, H, W), 0..255 -> [0, 1], no ImageNet normalisation
     shown = ((clips.mean(dim=(1, 3, 4)) * 255 - 10) / 10).round().long()  # (10, T) flow index per frame
     rgb = sampling.eval_clip_indices(20, 4, 7, 10)
@@ -227,7 +228,7 @@ def test_finetune_flip_negates_u_and_mirrors(tmp_path):
     hand_made_set(tmp_path, lambda y, x, t: 0 * x + 50, lambda y, x, t: 0 * x + 200, lambda y, x, t: 60 + 2 * x)
     values, slopes = set(), set()
     for modality in ("u", "v"):
-        dataset = vd.build_dataset(hand_made_args(tmp_path), "trainval", "finetune", modality=modality)
+        dataset = build_dataset(hand_made_args(tmp_path), "trainval", RECIPES["finetune"], modality=modality)
         for epoch in range(12):
             dataset.set_epoch(epoch)
             clip = dataset[0]["clip"] * 255  # (3, T, H, W)
@@ -243,22 +244,22 @@ def test_finetune_flip_negates_u_and_mirrors(tmp_path):
 def test_missing_flow_gives_the_command_that_writes_it(tmp_path, demo_flow):
     args = tiny_demo_args(demo_flow, "--flow-root", str(tmp_path / "nowhere"))
     with pytest.raises(LayoutError, match=r"(?s)nowhere/u does not exist.*extract_flow\.py --frame-root"):
-        vd.build_dataset(args, "test", "eval", modality="u")
+        build_dataset(args, "test", RECIPES["eval"], modality="u")
     shutil.copytree(demo_flow / "tvl1_flow", tmp_path / "flow")
     shutil.rmtree(tmp_path / "flow" / "u" / "MoveLeft")
-    dataset = vd.build_dataset(tiny_demo_args(demo_flow, "--flow-root", str(tmp_path / "flow")), "test", "finetune",
-                               modality="u")
+    dataset = build_dataset(tiny_demo_args(demo_flow, "--flow-root", str(tmp_path / "flow")), "test",
+                            RECIPES["finetune"], modality="u")
     with pytest.raises(LayoutError, match=r"(?s)flow frame folder .* does not exist.*extract_flow\.py --frame-root"):
         for i in range(len(dataset)):
             dataset[i]
     with pytest.raises(ValueError, match="DualVar"):
-        vd.build_dataset(tiny_demo_args(demo_flow), "test", "dualvar", modality="u")
+        build_dataset(tiny_demo_args(demo_flow), "test", RECIPES["dualvar"], modality="u")
 
 
 # ---------------------------------------------------------------- IIC, finetuning, test, retrieval
 
 def test_iic_trains_on_v_flow(demo_flow):
-    dataset = vd.build_dataset(tiny_demo_args(demo_flow), "trainval", "iic", modality="v")
+    dataset = build_dataset(tiny_demo_args(demo_flow), "trainval", RECIPES["iic"], modality="v")
     parser = argparse.ArgumentParser()
     add_method_args(parser)
     torch.manual_seed(0)

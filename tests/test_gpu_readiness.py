@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils import engine
-from utils.engine import check_amp, resolve_amp, select_amp
+from conftest import RECIPES
+from dataset.build import build_dataset
+from utils import precision
+from utils.precision import check_amp, resolve_amp, select_amp
 
 CPU = torch.device("cpu")
 GPU = torch.device("cuda", 0)
@@ -26,10 +28,10 @@ def fake_gpu(monkeypatch, major: int) -> None:
 @pytest.mark.parametrize("fast_bf16, training, expected", [(True, False, "bf16"), (True, True, "none"),
                                                          (False, False, "none"), (False, True, "none")])
 def test_amp_auto_on_the_cpu_infers_in_native_bf16_and_trains_in_fp32(monkeypatch, fast_bf16, training, expected):
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast_bf16)
     assert resolve_amp("auto", CPU, training)[0] == expected
     assert resolve_amp("none", CPU, training)[0] == "none" and resolve_amp("bf16", CPU, training)[0] == "bf16"
-    with engine.autocast("auto", CPU, training):
+    with precision.autocast("auto", CPU, training):
         assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == (
             torch.bfloat16 if expected == "bf16" else torch.float32)
 
@@ -37,7 +39,7 @@ def test_amp_auto_on_the_cpu_infers_in_native_bf16_and_trains_in_fp32(monkeypatc
 @pytest.mark.parametrize("value, native", [("1", True), ("0", False)])
 def test_vssl_cpu_bf16_makes_auto_resolve_as_on_the_other_kind_of_cpu(monkeypatch, value, native):
     monkeypatch.setenv("VSSL_CPU_BF16", value)
-    assert engine.cpu_has_fast_bf16() is native
+    assert precision.cpu_has_fast_bf16() is native
     assert resolve_amp("auto", CPU)[0] == ("bf16" if native else "none")
     assert resolve_amp("auto", CPU, training=True)[0] == "none"
 
@@ -64,7 +66,7 @@ def test_the_cpu_bf16_gradient_check_predicts_the_r3d_stages_it_guards():
     """The check's verdict on this CPU is the truth for R3D's third stage at 8 frames and its last at 16, the
     layers whose wrong gradient turned finetuning's loss NaN on AVX-512 CPUs (right on AVX2 ones)."""
     from model.backbones import build_backbone
-    check = engine.cpu_bf16_conv3d_grad_is_right.__wrapped__  # not the cached verdict
+    check = precision.cpu_bf16_conv3d_grad_is_right.__wrapped__  # not the cached verdict
     backbone, _ = build_backbone("r3d", 8)
     generator = torch.Generator().manual_seed(0)
     cases = [(backbone.layer3[0].conv2[0], torch.randn(3, 32, 2, 4, 4, generator=generator)),
@@ -73,18 +75,18 @@ def test_the_cpu_bf16_gradient_check_predicts_the_r3d_stages_it_guards():
 
 
 def test_the_cpu_bf16_gradient_check_fails_a_wrong_gradient(monkeypatch):
-    check = engine.cpu_bf16_conv3d_grad_is_right.__wrapped__
+    check = precision.cpu_bf16_conv3d_grad_is_right.__wrapped__
     true_reference = torch.nn.grad.conv3d_weight
     monkeypatch.setattr(torch.nn.grad, "conv3d_weight", lambda *a, **k: true_reference(*a, **k) * 1.5)
     assert check() is False
 
 
 def test_bf16_training_on_a_cpu_whose_gradient_check_fails_is_refused(monkeypatch):
-    monkeypatch.setattr(engine, "cpu_bf16_conv3d_grad_is_right", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_conv3d_grad_is_right", lambda: False)
     with pytest.raises(ValueError, match=r"--amp bf16: this CPU's bf16 Conv3d weight gradients are wrong.*--amp none"):
         select_amp("bf16", CPU, training=True)
     assert select_amp("bf16", CPU) == "bf16"  # inference runs no backward pass
-    monkeypatch.setattr(engine, "cpu_bf16_conv3d_grad_is_right", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_conv3d_grad_is_right", lambda: True)
     assert select_amp("bf16", CPU, training=True) == "bf16"
 
 
@@ -105,10 +107,10 @@ def test_amp_bf16_on_a_pre_ampere_gpu_is_refused(monkeypatch):
 
 
 def test_select_amp_prints_its_choice(monkeypatch, capsys):
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     assert select_amp("auto", CPU) == "none"
     assert "--amp auto: fp32 on cpu" in capsys.readouterr().out
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
     assert select_amp("auto", CPU) == "bf16"
     assert "--amp auto: bf16 autocast on cpu (CPU with AVX512-BF16 or AMX)" in capsys.readouterr().out
     assert select_amp("auto", CPU, training=True) == "none"
@@ -118,11 +120,11 @@ def test_select_amp_prints_its_choice(monkeypatch, capsys):
 
 
 def test_autocast_resolves_auto(monkeypatch):
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
-    with engine.autocast("auto", CPU):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    with precision.autocast("auto", CPU):
         assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.bfloat16
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
-    with engine.autocast("auto", CPU):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    with precision.autocast("auto", CPU):
         assert torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3)).dtype == torch.float32
 
 
@@ -204,7 +206,7 @@ def test_kernel_settings_fast_by_default_deterministic_on_request(monkeypatch):
 # ---------------------------------------------------------------- resume across nodes
 
 def _tiny_checkpointer(output_dir):
-    from utils.checkpoint import Checkpointer
+    from engine.checkpoint import Checkpointer
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -283,7 +285,7 @@ def _real_saved_bytes(net, width, frames, size):
 
 @pytest.mark.parametrize("net", ["r21d", "r3d"])
 def test_the_meta_count_of_activations_equals_a_real_forward(net):
-    from utils.memory_estimate import saved_activation_bytes
+    from engine.memory import saved_activation_bytes
     assert saved_activation_bytes(net, 8, 8, 32) == _real_saved_bytes(net, 8, 8, 32) > 0
 
 
@@ -297,7 +299,7 @@ def _pretrain_args(*argv):
                                           (["--mode", "clip-sr"], 4), (["--model", "moco", "--mode", "clip-sr-tc"], 3),
                                           (["--model", "moco", "--mode", "clip"], 1), (["--model", "iic"], 2)])
 def test_the_estimate_counts_the_passes_with_gradient(argv, passes):
-    from utils.memory_estimate import clips_with_gradient
+    from engine.memory import clips_with_gradient
     assert clips_with_gradient(_pretrain_args(*argv)) == passes
 
 
@@ -306,7 +308,7 @@ def test_the_estimate_scales_with_batch_and_precision_and_is_in_the_dry_run(caps
 
     import train_ssl
     from model import build_method
-    from utils.memory_estimate import pretraining_memory, saved_activation_bytes
+    from engine.memory import pretraining_memory, saved_activation_bytes
     args = _pretrain_args("--batch-size", "4")
     method = build_method(args)
     fp32 = pretraining_memory(args, method, "none")
@@ -322,7 +324,7 @@ def test_the_estimate_scales_with_batch_and_precision_and_is_in_the_dry_run(caps
 
 
 def test_a_step_that_cannot_fit_the_gpu_is_refused_with_the_flags_to_use(monkeypatch):
-    from utils.memory_estimate import check_fits
+    from engine.memory import check_fits
     fake_gpu(monkeypatch, 8)
     estimate = {"peak_per_gpu_gib": 90.9, "batch_per_process": 64, "clips_with_gradient_per_video": 4,
                 "clip": "16x112x112", "amp": "none", "grad_checkpoint": False,
@@ -351,11 +353,11 @@ def test_uint8_clips_become_the_float_clips_on_the_device(tiny_demo, sampler, to
     """Byte clips give the float clips of before: exactly (to float rounding) where no colour work is done (IIC's
     [0, 1] crops, the centre crops of evaluation), within half a byte step after jitter and blur."""
     from conftest import tiny_demo_args
-    from dataset.video_dataset import build_dataset
+    from dataset.build import build_dataset
     args = tiny_demo_args(tiny_demo)
     split = "test" if sampler == "eval" else "trainval"
-    floats = _batch(build_dataset(args, split, sampler))
-    shipped = build_dataset(args, split, sampler, uint8=True)
+    floats = _batch(build_dataset(args, split, RECIPES[sampler]))
+    shipped = build_dataset(args, split, RECIPES[sampler], uint8=True)
     raw = _batch(shipped)
     key = "clip" if sampler in ("iic", "finetune") else "clips"
     assert raw[key].dtype == torch.uint8 and raw[key].element_size() * 4 == floats[key].element_size()
@@ -369,13 +371,12 @@ def test_uint8_clips_become_the_float_clips_on_the_device(tiny_demo, sampler, to
 def test_uint8_flow_clips_stay_in_zero_one(tmp_path, sampler, modality):
     import numpy as np
 
-    from dataset import video_dataset as vd
     from test_flow import hand_made_args, hand_made_set
     hand_made_set(tmp_path, lambda y, x, t: 3 * x + 2 * y, lambda y, x, t: 60 + 2 * x, lambda y, x, t: 10 + 0 * x + t)
     args = hand_made_args(tmp_path)
     split = "test" if sampler == "eval" else "trainval"
-    floats = vd.build_dataset(args, split, sampler, modality=modality)[0]
-    shipped = vd.build_dataset(args, split, sampler, modality=modality, uint8=True)
+    floats = build_dataset(args, split, RECIPES[sampler], modality=modality)[0]
+    shipped = build_dataset(args, split, RECIPES[sampler], modality=modality, uint8=True)
     batch = shipped.to_device({k: torch.as_tensor(v)[None] for k, v in shipped[0].items()}, CPU)
     for key in set(floats) & {"clip", "clips", "flow"}:
         np.testing.assert_allclose(batch[key][0].numpy(), floats[key].numpy(), rtol=0, atol=1e-6)
@@ -393,7 +394,7 @@ def _neighbours_in_one_piece(queries, gallery, k):
 @pytest.mark.parametrize("k", [50, 5])
 def test_blockwise_neighbours_equal_the_whole_matrix(block_elements, gallery_elements, k):
     """Blocks of queries, chunks of the gallery (17 rows, or k rows at least): the neighbours of the whole matrix."""
-    from utils.evaluation import centre_and_normalise, nearest_neighbours
+    from evaluation.metrics import centre_and_normalise, nearest_neighbours
     rng = np.random.default_rng(0)
     gallery = centre_and_normalise(rng.standard_normal((60, 16)).astype(np.float32))
     queries = centre_and_normalise(rng.standard_normal((23, 16)).astype(np.float32))
@@ -415,7 +416,7 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def _gather_worker(rank, port, out_dir):
-    from utils.evaluation import run_inference
+    from evaluation.inference import run_inference
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
@@ -477,7 +478,7 @@ def test_moco_in_one_process_shuffles_keys_across_sub_batches_with_their_own_sta
 
 
 def test_moco_sync_bn_converts_the_query_encoder_only(monkeypatch):
-    from utils import training
+    from engine import training
     method = _tiny_moco()
     monkeypatch.setattr(training, "is_dist", lambda: True)
     converted = training.convert_sync_bn(method, True, GPU)
@@ -636,6 +637,7 @@ def test_pretraining_ddp_does_not_broadcast_buffers(tiny_demo, tmp_path, monkeyp
     """IIC's banks and MoCo's queue are identical on every rank by construction: no 59 MB broadcast per step."""
     import train_ssl
     from conftest import tiny_demo_flags
+    from engine import training
 
     class Wrapped(Exception):
         pass
@@ -648,6 +650,7 @@ def test_pretraining_ddp_does_not_broadcast_buffers(tiny_demo, tmp_path, monkeyp
 
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", fake_ddp)
     monkeypatch.setattr(train_ssl, "is_dist", lambda: True)
+    monkeypatch.setattr(training, "is_dist", lambda: True)  # where the run is wrapped
     args = train_ssl.parse_args([*tiny_demo_flags(tiny_demo), "--model", "iic", "--net", "r3d", "--base-width", "8",
                                  "--batch-size", "2", "--output-dir", str(tmp_path / "run")])
     with pytest.raises(Wrapped):

@@ -166,7 +166,7 @@ def _pretrain_args(*argv):
 @pytest.mark.parametrize("net", ["r21d", "c3d"])
 def test_the_stage_counts_equal_a_real_forward_stage_by_stage(net):
     """Per stage, the input's bytes and what autograd saves inside, as a real CPU forward of one clip has them."""
-    from utils.memory_estimate import stage_activation_bytes
+    from engine.memory import stage_activation_bytes
     torch.manual_seed(0)
     backbone, _ = build_backbone(net, 8)
     parameters = {p.untyped_storage().data_ptr() for p in backbone.parameters()}
@@ -190,7 +190,7 @@ def test_the_estimate_with_grad_checkpoint_keeps_stage_inputs_and_one_recomputed
     import json
 
     import train_ssl
-    from utils.memory_estimate import GIB, pretraining_memory, stage_activation_bytes
+    from engine.memory import GIB, pretraining_memory, stage_activation_bytes
     args = _pretrain_args("--batch-size", "256", "--grad-checkpoint")
     method = build_method(args)
     stages = stage_activation_bytes("r21d", 8, 8, 32)
@@ -206,7 +206,7 @@ def test_the_estimate_with_grad_checkpoint_keeps_stage_inputs_and_one_recomputed
 
 
 def test_the_refusal_names_grad_checkpoint_and_what_it_would_need(monkeypatch):
-    from utils.memory_estimate import check_fits
+    from engine.memory import check_fits
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=80 * 2**30))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "Fake GPU")
     gpu = torch.device("cuda", 0)

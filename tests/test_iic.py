@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 import train_ssl
-from conftest import run_gloo_processes, tiny_demo_args, tiny_demo_flags, train_iic_steps
-from dataset.video_dataset import build_dataset
+from conftest import RECIPES, run_gloo_processes, tiny_demo_args, tiny_demo_flags, train_iic_steps
+from dataset.build import build_dataset
 from model import add_method_args, build_method
 from model.backbones import build_backbone
-from model.classifier import load_backbone
 from model.iic import MemoryBanks, normalize_imagenet, repeat_negative, residual_frames, shuffle_negative
+from model.weights import load_backbone
 from utils import distributed
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint_io import load_checkpoint
 
 BATCH = 4
 NUM_VIDEOS = 15  # the tiny demo's train split
@@ -170,7 +170,7 @@ def test_checkpoint_round_trip_keeps_the_banks(tmp_path):
 @pytest.mark.parametrize("modality", ["res", "rgb"])
 @pytest.mark.parametrize("intra_neg", ["repeat", "shuffle", "none"])
 def test_short_training_on_demo_data(tiny_demo, modality, intra_neg):
-    dataset = build_dataset(tiny_demo_args(tiny_demo), "trainval", "iic")
+    dataset = build_dataset(tiny_demo_args(tiny_demo), "trainval", RECIPES["iic"])
     assert len(dataset) == NUM_VIDEOS
     method = tiny_iic("--modality", modality, "--intra-neg", intra_neg)
     assert method.banks.names == ("view1", "view2") + (("intra_neg",) if intra_neg != "none" else ())

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.metrics import knn_classify, linear_probe, topk_accuracy
 from model import add_method_args, build_method
-from paper_scripts import collect_results
 from model.references import ColourStatistics
-from utils.evaluation import knn_classify, linear_probe, topk_accuracy
+from paper_scripts import collect_results
 
 
 def test_knn_votes_match_a_hand_computation():
@@ -86,7 +86,7 @@ def test_training_logs_the_split_rank_accuracy():
     torch.manual_seed(0)
     out = method(torch.randn(4, 3, 3, 8, 32, 32))
     assert {"acc_rank", "acc_rank_identity", "acc_rank_shuffled"} <= set(out)
-    from utils.logging import MetricLogger
+    from engine.run_log import MetricLogger
     meters = MetricLogger()
     meters.update({"acc_rank_identity": float("nan")})
     meters.update({"acc_rank_identity": 0.5})

@@ -358,7 +358,7 @@ def test_collect_results_names_the_broken_file(tmp_path):
 
 def test_random_init_checkpoint_loads_like_a_pretrained_one(tmp_path):
     from model.backbones import build_backbone
-    from model.classifier import load_backbone, read_checkpoint
+    from model.weights import load_backbone, read_checkpoint
 
     random_init = load_entry("paper_scripts/random_init.py")
     path = tmp_path / "random.pth"

@@ -4,12 +4,11 @@ import cv2
 import numpy as np
 import pytest
 
-import reencode_videos
-import write_csv
-from conftest import tiny_demo_args
+from conftest import RECIPES, tiny_demo_args
+from dataset.build import build_dataset
 from dataset.layout import LayoutError, read_split_csv, video_file
-from dataset.video_dataset import build_dataset
 from dataset.video_reader import _open, frame_table, probe, read_video_frames
+from process_data.src import reencode_videos, write_csv
 from video_fixtures import decode_all, smooth_frames, write_h264
 
 FRAMES = 30
@@ -65,7 +64,7 @@ def test_a_csv_of_the_demos_avi_files_reads_their_copies(tiny_demo, tmp_path, ca
 
     def dataset(video_root):
         args = tiny_demo_args(tiny_demo, "--dataset", str(csv_dir), "--video-root", str(video_root))
-        return build_dataset(args, "test", "eval", uint8=True)
+        return build_dataset(args, "test", RECIPES["eval"], uint8=True)
     originals, copied = dataset(tiny_demo / "videos"), dataset(copies)
     for index in (0, len(originals) - 1):
         a, b = originals[index]["clips"].float(), copied[index]["clips"].float()

@@ -17,15 +17,16 @@ import torch
 import finetune
 import retrieve
 import train_ssl
-from conftest import tiny_demo_args, tiny_demo_flags
-from dataset import video_dataset
+from conftest import RECIPES, tiny_demo_args, tiny_demo_flags
+from dataset import frame_counts
+from dataset.build import build_dataset
 from dataset.layout import LayoutError, read_split_csv
-from dataset.video_dataset import build_dataset
+from engine.checkpoint import CHECKPOINT_NAME, Checkpointer
+from engine.launch import describe, printable, run_cli
+from engine.output_dir import LOCK_NAME, RUN_KIND_NAME, OutputDirError, OutputDirLock, claim_output_dir
 from model.backbones import build_backbone
-from utils.checkpoint import CHECKPOINT_NAME, CheckpointError, Checkpointer, load_checkpoint, save_checkpoint
-from utils.cli import describe, printable, run_cli
-from utils.run_dir import (LOCK_NAME, RUN_KIND_NAME, OutputDirError, OutputDirLock, claim_output_dir,
-                           close_inherited_locks)
+from utils.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
+from utils.workers import close_inherited_locks
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("test_script", REPO / "test.py")  # not the stdlib `test`
@@ -191,16 +192,16 @@ def test_a_frame_folder_that_disagrees_with_the_csv_stops_the_run_at_its_start(t
     frames = tmp_path / "frames"
     shutil.copytree(tiny_demo / "frames", frames)
     args = tiny_demo_args(tiny_demo, "--frame-root", str(frames))
-    build_dataset(args, "trainval", "finetune")  # consistent: lists every folder once, and caches the counts
-    monkeypatch.setattr(video_dataset, "count_frames", lambda folder: pytest.fail(f"{folder} listed again"))
-    build_dataset(args, "trainval", "finetune")  # unchanged folders: one stat each, no listing
+    build_dataset(args, "trainval", RECIPES["finetune"])  # consistent: lists every folder once, and caches the counts
+    monkeypatch.setattr(frame_counts, "count_frames", lambda folder: pytest.fail(f"{folder} listed again"))
+    build_dataset(args, "trainval", RECIPES["finetune"])  # unchanged folders: one stat each, no listing
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     short = frames / read_split_csv(tiny_demo / "csv" / "train_split01.csv")[4].frame_dir
     (short / "image_00016.jpg").unlink()
     with pytest.raises(LayoutError, match=rf"1 of 15 frame folders do not hold .* e.g. {short}: 15 on disk, 16 in the "
                                           r"CSV\. .*write_csv\.py.*--redo "):
-        build_dataset(args, "trainval", "finetune")
+        build_dataset(args, "trainval", RECIPES["finetune"])
 
 
 # ---------------------------------------------------------------- 7. one line, not a traceback
@@ -302,7 +303,7 @@ def test_checkpoint_read_errors_give_the_scripts_own_fix(tmp_path):
 
 @pytest.mark.parametrize("content", [b"e" + bytes(range(256)) * 4, b"\x80\x02garbage" * 50, "pickled"])
 def test_an_unreadable_init_from_file_is_named_once_without_torchs_advice(content, tmp_path):
-    from model.classifier import init_from
+    from model.weights import init_from
     path = tmp_path / "release.pth"
     if content == "pickled":
         torch.save({"state_dict": {}, "payload": object()}, path)
@@ -319,8 +320,7 @@ def test_an_unreadable_init_from_file_is_named_once_without_torchs_advice(conten
 def test_process_data_tools_name_an_output_folder_they_cannot_write(tiny_demo, tmp_path, capsys):
     """One line and exit status 2, not an OSError traceback: a file in the way here (a read-only folder takes the
     same path, but the tests may run as root, who writes there anyway)."""
-    import extract_frame
-    import write_csv
+    from process_data.src import extract_frame, write_csv
     blocked = tmp_path / "a_file"
     blocked.write_text("")
     assert write_csv.main(["--dataset", "ucf101", "--frame-root", str(tiny_demo / "frames"), "--split-dir",

@@ -13,11 +13,10 @@ import pytest
 import torch
 
 from conftest import tiny_demo_flags
-from utils.checkpoint import load_checkpoint
+from paper_scripts import submit
+from utils.checkpoint_io import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "paper_scripts"))
-import submit  # noqa: E402  (paper_scripts is not a package)
 
 try:
     import submitit

@@ -1,11 +1,8 @@
 """bench/timing.py: variants timed in turn within one loop, ratios taken within each loop."""
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import timing  # noqa: E402
+from bench import timing
 
 
 class DriftingMachine:

@@ -19,10 +19,10 @@ import torch
 
 import train_ssl
 from dataset.layout import VideoRecord, write_class_index, write_split_csv
+from engine.interrupts import NonFiniteLossError
+from engine.training import lr_factor
 from model.dualvar import MODES
-from utils.checkpoint import load_checkpoint
-from utils.engine import NonFiniteLossError
-from utils.training import lr_factor
+from utils.checkpoint_io import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_VIDEOS = 6  # batch 2 -> 3 iterations per epoch
@@ -124,7 +124,7 @@ def test_resume_after_sigkill_mid_epoch_reaches_the_same_weights(tiny_data, unin
     # The child sleeps in every step so that the kill lands mid-epoch; nothing else is patched.
     child = textwrap.dedent(f"""
         import sys, time
-        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "process_data" / "src")!r}]
+        sys.path[:0] = [{str(REPO)!r}]
         import train_ssl
         forward = train_ssl.ssl_forward
         train_ssl.ssl_forward = lambda *a: (time.sleep(0.5), forward(*a))[1]
@@ -163,9 +163,9 @@ def test_sigterm_saves_at_the_next_iteration_boundary_and_the_resume_is_exact(ti
     # As a cluster scheduler does, the signal goes to the whole process group, DataLoader worker included.
     child = textwrap.dedent(f"""
         import sys, time
-        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "process_data" / "src")!r}]
+        sys.path[:0] = [{str(REPO)!r}]
         import train_ssl
-        from utils.cli import run_cli
+        from engine.launch import run_cli
         forward = train_ssl.ssl_forward
         train_ssl.ssl_forward = lambda *a: (time.sleep(0.5), forward(*a))[1]
         run_cli(train_ssl.main, train_ssl.parse_args(sys.argv[1:]))
@@ -196,9 +196,9 @@ def test_sigterm_saves_at_the_next_iteration_boundary_and_the_resume_is_exact(ti
 
 ELASTIC_WORKER = """
 import os, signal, sys, time
-sys.path[:0] = [{repo!r}, {extract!r}]
+sys.path[:0] = [{repo!r}]
 import train_ssl
-from utils.cli import run_cli
+from engine.launch import run_cli
 if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "1":
     # join the restarted group late, so that rank 0 looks up rank 1's address before rank 1 publishes it: a key
     # left by the dead group would be read then (utils.distributed.restart_scoped_store)
@@ -220,7 +220,7 @@ def test_torchrun_elastic_restart_after_a_killed_worker_reaches_the_same_weights
     """torchrun --max-restarts restarts both gloo workers when one is SIGKILLed mid-epoch; --resume auto makes
     the restarted group end with the weights of an uninterrupted 2-process run."""
     worker = tmp_path / "worker.py"
-    worker.write_text(ELASTIC_WORKER.format(repo=str(REPO), extract=str(REPO / "process_data" / "src")))
+    worker.write_text(ELASTIC_WORKER.format(repo=str(REPO)))
 
     def torchrun(output_dir, **env):
         args = cli_args(tiny_data, output_dir, "--batch-size", "1", "--save-every-iters", "1", "--dist-backend",

@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.backbones import build_backbone, load_vcop_backbone, vcop_name
-from utils.checkpoint import CheckpointError
+from model.backbones import build_backbone
+from model.vcop import load_vcop_backbone, vcop_name
+from utils.checkpoint_io import CheckpointError
 
 LAYOUTS = Path(__file__).resolve().parents[1].parent / "shared" / "docs" / "vcop_layouts"
 needs_layouts = pytest.mark.skipif(not LAYOUTS.is_dir(), reason=f"no VCOP layout listings at {LAYOUTS}")

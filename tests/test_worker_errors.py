@@ -18,8 +18,8 @@ import torch
 
 from dataset.layout import VideoRecord, write_class_index, write_split_csv
 from model.classifier import VideoClassifier
-from utils.checkpoint import save_checkpoint
-from utils.engine import quiet_worker
+from utils.checkpoint_io import save_checkpoint
+from utils.workers import quiet_worker
 from video_fixtures import smooth_frames, write_h264
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,14 +30,14 @@ NUM_VIDEOS, FRAMES = 6, 10
 KILL_FIRST_WORKER = """
 import os, runpy, signal, sys
 sys.path[:0] = [{repo!r}]
-import utils.engine
-quiet = utils.engine.quiet_worker
+import utils.workers
+quiet = utils.workers.quiet_worker
 
 def dying_worker(worker_id):
     quiet(worker_id)
     if worker_id == 0:
         os.kill(os.getpid(), signal.SIGKILL)
-utils.engine.quiet_worker = dying_worker
+utils.workers.quiet_worker = dying_worker
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -64,7 +64,7 @@ def data(tmp_path_factory):
         write_split_csv(root / kind / "train_split01.csv", records)
         write_split_csv(root / kind / "test_split01.csv", records)
         write_class_index(root / kind / "ClassInd.txt", ["Class0", "Class1"])
-    model = VideoClassifier("r3d", 4, 2)
+    model = VideoClassifier.build("r3d", 4, 2)
     save_checkpoint({"model": model.state_dict(), "epoch": 1,
                      "config": {"net": "r3d", "base_width": 4, "num_frames": 8, "stride": 1, "size": 32,
                                 "resize": [36, 40], "pretrain": "none"}}, root / "finetuned.pth")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from dataset.layout import read_class_index, read_split_csv
-from write_csv import FrameIndex, main, parse_folder, parse_hmdb51, parse_kinetics, parse_ucf101
+from process_data.src.write_csv import FrameIndex, main, parse_folder, parse_hmdb51, parse_kinetics, parse_ucf101
 
 # the official split files live in the shared folder beside the repository: <repo>/../shared/data/splits
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "splits"
@@ -175,7 +175,7 @@ def test_kinetics_cli_spaces_underscores_and_plain_ids(tmp_path):
 
 
 def test_kinetics_parser_rejects_unknown_test_class_and_bad_header(tmp_path):
-    from write_csv import SplitFileError
+    from process_data.src.write_csv import SplitFileError
     header = "label,youtube_id,time_start,time_end,split\n"
     (tmp_path / "train.csv").write_text(header + "a,x,0,10,train\n")
     (tmp_path / "val.csv").write_text(header + "b,y,0,10,val\n")

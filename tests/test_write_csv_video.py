@@ -7,9 +7,8 @@ import shutil
 import av
 import pytest
 
-import extract_frame
-import write_csv
 from dataset.layout import read_split_csv
+from process_data.src import extract_frame, write_csv
 from video_fixtures import smooth_frames, write_h264
 
 FRAMES = 24

@@ -1,9 +1,9 @@
 """Stop training at the next iteration boundary when a scheduler asks (time limit or preemption).
 
-`paper_scripts/submit.py` calls `request_stop` from its signal handler. `train_one_epoch` reads this
-process's `requested()` at every iteration and all-reduces it in the collective it runs anyway (the finite-loss
-and stop-signal check), so every rank answers the same, saves the same checkpoint and raises `Preempted`
-together. Until `enable()` has been called nothing is ever requested: plain runs are unaffected.
+A launcher that runs the training in its own process (the Slurm launcher, under submitit) calls `request_stop`
+from its signal handler. The training loop (engine/loop.py) reads this process's `requested()` at every
+iteration and all-reduces it in the collective it runs anyway (the finite-loss and stop-signal check), so every
+rank answers the same, saves the same checkpoint and raises `Preempted` together. Until `enable()` has been called nothing is ever requested: plain runs are unaffected.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ t + 1) is the motion from RGB frame t to t + 1 on grayscale frames, a one-frame 
 zero-motion frame. Algorithm: TV-L1 (``cv2.optflow.DualTVL1OpticalFlow_create``, opencv-contrib) when
 available, else Farnebäck; the choice is printed. Each component is clipped to [-B, B] pixels (B =
 ``--flow-bound``, 20) and mapped linearly to 0..255 (128 = no motion; u > 128 = moving right, v > 128 =
-moving down). Resumable, through extract_frame.py's job runner: a video whose u and v folders both hold
-the expected number of frames is skipped, anything else is redone, and both components are written
-under temporary names and renamed when complete. Unreadable frames fail that video only, listed in
+moving down). Resumable, through the job runner it shares with extract_frame.py (jobs.py): a video whose u
+and v folders both hold the expected number of frames is skipped, anything else is redone, and both components
+are written under temporary names and renamed when complete. Unreadable frames fail that video only, listed in
 ``O/flow_failures.txt``; the exit status is 1 when any video failed.
 """
 
@@ -26,16 +26,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dataset.layout import (FLOW_COMPONENTS, FLOW_FOLDER, count_flow_frames, count_frames,  # noqa: E402
                             expected_flow_frames, flow_frame_name, frame_name)
-from extract_frame import (OLD_SUFFIX, TMP_SUFFIX, ExtractError, Result, _class_entries, _dry_run,  # noqa: E402
-                           check_job_args, run_jobs)
+from process_data.src.jobs import (OLD_SUFFIX, TMP_SUFFIX, ExtractError, Result, check_job_args,  # noqa: E402
+                                   class_entries, dry_run, run_jobs)
 from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
 
 FLOW_FAILURES_FILE = "flow_failures.txt"
@@ -197,7 +197,7 @@ def _flow_in_worker(payload) -> Result:
 def find_frame_dirs(frame_root: Path) -> list[Path]:
     """Video frame folders ``frame_root/<Class>/<video>``, sorted; temporary folders of a running or
     killed extraction are not videos."""
-    return _class_entries(frame_root, lambda v: v.is_dir() and not v.name.endswith((TMP_SUFFIX, OLD_SUFFIX)))
+    return class_entries(frame_root, lambda v: v.is_dir() and not v.name.endswith((TMP_SUFFIX, OLD_SUFFIX)))
 
 
 def flow_complete(job: FlowJob) -> bool:
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     if not frame_dirs:
         raise ExtractError(f"no frame folders found in {args.frame_root}/<Class>/<video>/: extract the frames first")
     if args.dry_run:
-        return _dry_run(args, len(frame_dirs))
+        return dry_run(args, len(frame_dirs))
     jobs = [FlowJob(d, tuple(args.flow_root / c / d.parent.name / d.name for c in FLOW_COMPONENTS))
             for d in frame_dirs]
     print(f"extract_flow.py: optical flow with {args.flow_algorithm} "

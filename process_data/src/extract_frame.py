@@ -18,52 +18,37 @@ found corrupt, a video replaced since): each is given as the CSV writes it (``<C
 its path, and its new frames replace the old ones only once complete.
 
 Optical flow from the extracted frames is process_data/src/extract_flow.py, which shares this script's
-resumable job runner (``run_jobs``); ``extract_frame.py --flow ...`` still runs it, with a note.
+resumable job runner (process_data/src/jobs.py); ``extract_frame.py --flow ...`` still runs it, with a note.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import cv2  # noqa: E402
 
 from dataset.layout import VIDEO_EXTENSIONS, count_frames, frame_name  # noqa: E402
 from dataset.video_reader import shortfall, to_rgb  # noqa: E402
+from process_data.src.jobs import (OLD_SUFFIX, TMP_SUFFIX, ExtractError, Result, check_job_args,  # noqa: E402
+                                   class_entries, dry_run, run_jobs)
 from utils.atomic import cannot_write  # noqa: E402
-from utils.malloc import keep_freed_memory_for_reuse  # noqa: E402
-from utils.progress import progress_bar  # noqa: E402
 
 FAILURES_FILE = "extract_failures.txt"
-TMP_SUFFIX = ".tmp-extract"
-OLD_SUFFIX = ".old-extract"  # a folder being replaced by --redo, deleted once the new one is in place
 DEFAULT_SHORT_SIDE = 128
-class ExtractError(RuntimeError):
-    """A configuration problem that stops the whole run (as opposed to one bad video)."""
 
 
 @dataclass(frozen=True)
 class Job:
     video: Path
     out_dir: Path
-
-
-@dataclass(frozen=True)
-class Result:
-    video: Path
-    status: str  # "done" | "failed"
-    frames: int = 0
-    reason: str = ""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -101,14 +86,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_job_args(args: argparse.Namespace) -> None:
-    """The flags that frame and flow extraction share."""
-    if not 1 <= args.quality <= 100:
-        raise ExtractError(f"--quality must be in 1..100, got {args.quality}")
-    if args.workers < 1:
-        raise ExtractError(f"--workers must be >= 1, got {args.workers}")
-
-
 def check_args(args: argparse.Namespace) -> None:
     check_job_args(args)
     if args.size is not None and args.short_side is not None:
@@ -128,21 +105,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ExtractError(f"--list {args.list_file} does not exist")
 
 
-def _class_entries(root: Path, keep: Callable[[os.DirEntry], bool]) -> list[Path]:
-    """The entries ``root/<Class>/<name>`` that ``keep`` accepts, sorted. os.scandir, not glob: real file
-    names contain glob metacharacters such as ``[`` and ``]`` (HMDB51)."""
-    found = []
-    with os.scandir(root) as classes:
-        for class_entry in classes:
-            if class_entry.is_dir():
-                with os.scandir(class_entry.path) as entries:
-                    found += [Path(e.path) for e in entries if keep(e)]
-    return sorted(found)
-
-
 def find_videos(video_root: Path, extensions: set[str]) -> list[Path]:
     """Videos at ``video_root/<Class>/<video>.<ext>``, sorted."""
-    return _class_entries(video_root, lambda f: f.is_file() and f.name.rpartition(".")[2].lower() in extensions)
+    return class_entries(video_root, lambda f: f.is_file() and f.name.rpartition(".")[2].lower() in extensions)
 
 
 def read_video_list(list_file: Path, video_root: Path | None) -> list[Path]:
@@ -289,31 +254,6 @@ def _extract_in_worker(payload) -> Result:
     return extract_video(*payload)
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # the pool already uses every core; nested threads only oversubscribe
-    keep_freed_memory_for_reuse()
-
-
-def read_failures(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    failures = {}
-    for line in path.read_text().splitlines():
-        video, _, reason = line.partition("\t")
-        if video:
-            failures[video] = reason
-    return failures
-
-
-def write_failures(path: Path, failures: dict[str, str]) -> None:
-    if not failures:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{video}\t{reason}\n" for video, reason in sorted(failures.items())))
-    os.replace(tmp, path)
-
-
 def make_jobs(videos: list[Path], frame_root: Path) -> list[Job]:
     # Absolute video paths: they are the keys of the failures file, whatever the working directory.
     videos = [Path(os.path.abspath(v)) for v in videos]
@@ -327,55 +267,6 @@ def make_jobs(videos: list[Path], frame_root: Path) -> list[Job]:
         raise ExtractError(f"{len(clashes)} frame folder(s) would be written by several videos, e.g. {out} "
                            f"by {', '.join(map(str, vs))}: keep one video per <Class>/<stem>")
     return jobs
-
-
-@contextmanager
-def _results(function: Callable[[tuple], Result], payloads: list[tuple], workers: int) -> Iterator[Iterator[Result]]:
-    """``function`` over ``payloads``, in a process pool when ``workers`` > 1, in completion order."""
-    pool = None
-    try:
-        if workers > 1 and len(payloads) > 1:
-            # spawn, not fork: a forked child can deadlock on decoder thread pools the parent already started.
-            context = multiprocessing.get_context("spawn")
-            pool = context.Pool(min(workers, len(payloads)), initializer=_init_worker)
-            yield pool.imap_unordered(function, payloads)
-        else:
-            yield (function(p) for p in payloads)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-
-
-def run_jobs(function: Callable[[tuple], Result], payloads: list[tuple], skipped: list[Path], failures_path: Path,
-             workers: int, desc: str) -> tuple[int, int, int]:
-    """Run the jobs, keeping ``failures_path`` up to date (also when interrupted); (done, failed, frames)."""
-    failures = read_failures(failures_path)
-    for key in skipped:
-        failures.pop(str(key), None)
-    done = failed = frames = 0
-    failed_now: set[str] = set()
-    try:
-        with _results(function, payloads, workers) as results:
-            bar = progress_bar(len(payloads), desc=desc, unit="video")
-            for result in results:
-                bar.update()
-                if result.status == "done":
-                    done += 1
-                    frames += result.frames
-                    failures.pop(str(result.video), None)
-                else:
-                    failed += 1
-                    failures[str(result.video)] = result.reason
-                    failed_now.add(str(result.video))
-                    bar.write(f"FAILED {result.video}: {result.reason}", file=sys.stderr)
-            bar.close()
-    finally:
-        # Entries of videos outside this run stay (another --list may share the frame root) unless
-        # the video is gone. Written also when interrupted: keep what was learned so far.
-        failures = {v: r for v, r in failures.items() if v in failed_now or os.path.exists(v)}
-        write_failures(failures_path, failures)
-    return done, failed, frames
 
 
 def redo_folders(names: list[str], frame_root: Path, jobs: list[Job]) -> set[Path]:
@@ -395,17 +286,10 @@ def redo_folders(names: list[str], frame_root: Path, jobs: list[Job]) -> set[Pat
     return chosen
 
 
-def _dry_run(args: argparse.Namespace, found: int) -> int:
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    config["videos_found"] = found
-    print(json.dumps(config, indent=2))
-    return 0
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--flow" in argv:  # the flow's old place: hand over to its own script
-        import extract_flow
+        from process_data.src import extract_flow
 
         print("extract_frame.py --flow: optical flow is now process_data/src/extract_flow.py (the same flags, "
               "without --flow); running it", file=sys.stderr, flush=True)
@@ -429,7 +313,7 @@ def main(argv=None) -> int:
         return 2
 
     if args.dry_run:
-        return _dry_run(args, len(jobs))
+        return dry_run(args, len(jobs))
     size = tuple(args.size) if args.size else None
     reason = cannot_write(args.frame_root)
     if reason:

@@ -18,7 +18,7 @@ the data rewards:
   the arrow of time: the second class of a pair is rendered exactly like the first, then played
   backwards, so both have identical appearance distributions;
 - videos are 128 frames long, so that DualVar's two clips (8 frames at stride 4 in the miniature)
-  are usually disjoint in time (`clip_overlap`: their spans meet in 39 % of pairs, and they share a
+  are usually disjoint in time (tests/test_demo_data.py measures it: their spans meet in 39 % of pairs, and they share a
   frame in 12 %).
 Every video is a pure function of (seed, class name, group, clip).
 """
@@ -34,10 +34,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
 SCENES = ("sky", "grass", "tiles", "stripes", "blobs")
 SHAPES = ("circle", "square", "triangle", "star", "bar")
@@ -285,20 +283,6 @@ def num_test_groups(videos_per_class: int) -> int:
     """Groups 1-7 of 25 are the test split; with fewer groups, the first 28 % of them (at least one)."""
     groups = video_names("x", videos_per_class)[-1][0]
     return max(1, min(len(TEST_GROUPS), round(groups * len(TEST_GROUPS) / NUM_GROUPS)))
-
-
-def clip_overlap(num_frames: int, clip_len: int, stride: int, trials: int = 20000, seed: int = 0) -> dict[str, float]:
-    """How often DualVar's two clips (METHOD.md section 2) meet: ``shared_frame`` = they hold a frame in
-    common, ``span`` = their time spans (first to last frame) intersect."""
-    from dataset.sampling import dualvar_clip_pair
-
-    rng = np.random.default_rng(seed)
-    shared = spans = 0
-    for _ in range(trials):
-        a, b = dualvar_clip_pair(num_frames, rng, clip_len, stride)
-        shared += bool(np.intersect1d(a, b).size)
-        spans += int(max(a.min(), b.min()) <= min(a.max(), b.max()))
-    return {"shared_frame": shared / trials, "span": spans / trials}
 
 
 def _rng(seed: int, class_name: str, group: int, clip: int) -> np.random.Generator:

@@ -30,7 +30,8 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataset.layout import VIDEO_EXTENSIONS, is_video_file  # noqa: E402
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import hashlib
 import json
 import multiprocessing
 import os
@@ -50,12 +49,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if not __package__:  # run as a file: the repository root is not on the path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dataset.layout import (VideoRecord, count_frames, is_video_file, write_class_index,  # noqa: E402
-                            write_split_csv)
+from dataset.layout import VideoRecord, count_frames, is_video_file, write_class_index, write_split_csv  # noqa: E402
 from dataset.video_reader import VideoInfo, VideoReadError, probe, shortfall  # noqa: E402
 from utils.atomic import cannot_write, write_text  # noqa: E402
+from utils.cache import cache_file  # noqa: E402
 
 REPORT_NAMES = 20  # names printed per problem kind; the rest are counted
 PROBE_REPORT = "video_frames.tsv"
@@ -384,12 +384,6 @@ def match_split(name: str, videos: list[tuple[str, int]], index: FrameIndex,
 # Probing video files: frame counts, in parallel, cached.
 
 
-def probe_cache_path(video_root: Path) -> Path:
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    key = hashlib.sha1(str(Path(video_root).resolve()).encode()).hexdigest()[:16]
-    return cache_home / "vssl" / "video_probe" / f"{key}.json"
-
-
 def _probe_one(job: tuple[Path, str, bool]) -> tuple[str, VideoInfo | str]:
     root, rel, count = job
     try:
@@ -417,7 +411,7 @@ def probe_videos(video_root: Path, videos: list[str], workers: int, count: bool 
     """(video -> VideoInfo or the reason it cannot be read, how many were probed now rather than cached) for
     ``videos`` relative to ``video_root``. A cached result is reused while the file keeps its size and
     modification time (and, with ``count``, was counted)."""
-    cache_path = cache_path or probe_cache_path(video_root)
+    cache_path = cache_path or cache_file("video_probe", video_root)
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
@@ -559,7 +553,7 @@ def main(argv=None) -> int:
     if videos:
         found = sorted({f for f in (index.find(v) for v, _ in lists.train + lists.test) if f is not None})
         probes, probed = probe_videos(args.root, found, args.workers, args.count_frames)
-        print(f"probed {probed} videos, {len(found) - probed} from the cache ({probe_cache_path(args.root)})")
+        print(f"probed {probed} videos, {len(found) - probed} from the cache ({cache_file('video_probe', args.root)})")
         write_probe_report(args.out_dir / PROBE_REPORT, probes)
     reports = [match_split("train", lists.train, index, probes), match_split("test", lists.test, index, probes)]
     incomplete = False

@@ -15,6 +15,7 @@ import argparse
 
 import torch
 
+from model import build_method
 from model.backbones import build_backbone
 
 GIB = 2**30
@@ -22,13 +23,17 @@ MARGIN = 1.25  # for what the estimate leaves out (see the module docstring)
 HALF_PRECISION = ("bf16", "fp16")
 
 
-def saved_activation_bytes(net: str, base_width: int, num_frames: int, size: int) -> int:
-    """Bytes autograd saves for backward in one training-mode forward of one (3, T, size, size) fp32 clip,
-    parameters excluded, each storage counted once."""
+def _meta_backbone(net: str, base_width: int, num_frames: int, size: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The backbone in training mode and one (1, 3, T, size, size) fp32 clip, on the meta device."""
     with torch.device("meta"):
         backbone, _ = build_backbone(net, base_width)
         clip = torch.empty(1, 3, num_frames, size, size)
-    parameters = {p.untyped_storage()._cdata for p in backbone.parameters()}
+    return backbone.train(), clip
+
+
+def _saved_bytes(module: torch.nn.Module, x: torch.Tensor, parameters: set[int]) -> tuple[torch.Tensor, int]:
+    """``module(x)`` and the bytes autograd saves for its backward, the storages of ``parameters`` excluded and
+    every storage counted once."""
     saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -37,54 +42,36 @@ def saved_activation_bytes(net: str, base_width: int, num_frames: int, size: int
             saved[storage._cdata] = storage.nbytes()
         return tensor
 
-    backbone.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        backbone(clip)
-    return sum(saved.values())
+        out = module(x)
+    return out, sum(saved.values())
+
+
+def saved_activation_bytes(net: str, base_width: int, num_frames: int, size: int) -> int:
+    """Bytes autograd saves for backward in one training-mode forward of one (3, T, size, size) fp32 clip,
+    parameters excluded, each storage counted once."""
+    backbone, clip = _meta_backbone(net, base_width, num_frames, size)
+    return _saved_bytes(backbone, clip, {p.untyped_storage()._cdata for p in backbone.parameters()})[1]
 
 
 def stage_activation_bytes(net: str, base_width: int, num_frames: int, size: int) -> list[tuple[int, int]]:
     """Per backbone stage (model.backbones ``stages``) of one training-mode forward of one (3, T, size, size) fp32
     clip: (bytes of the stage's input, bytes autograd saves inside the stage), parameters excluded."""
-    with torch.device("meta"):
-        backbone, _ = build_backbone(net, base_width)
-        x = torch.empty(1, 3, num_frames, size, size)
+    backbone, x = _meta_backbone(net, base_width, num_frames, size)
     parameters = {p.untyped_storage()._cdata for p in backbone.parameters()}
-    backbone.train()
     stages = []
     for stage in backbone.stages():
-        saved: dict[int, int] = {}
-
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
-            storage = tensor.untyped_storage()
-            if storage._cdata not in parameters:
-                saved[storage._cdata] = storage.nbytes()
-            return tensor
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            out = stage(x)
-        stages.append((x.untyped_storage().nbytes(), sum(saved.values())))
+        out, saved = _saved_bytes(stage, x, parameters)
+        stages.append((x.untyped_storage().nbytes(), saved))
         x = out
     return stages
 
 
 def clips_with_gradient(args: argparse.Namespace) -> int:
-    """Backbone passes per video that keep activations for backward (METHOD.md §5-6)."""
-    if args.model == "iic":
-        return 2  # view 1 and view 2; the intra-negative runs without gradient
-    with_sr = "sr" in args.mode.split("-")
-    if args.model == "moco":
-        return 1 + 2 * with_sr  # the query (A), and A' with its shuffled copy; keys (B) run without gradient
-    return (3 if with_sr else 2) + with_sr  # A, B (and A'), then the shuffled A'
-
-
-def clips_in_largest_pass(args: argparse.Namespace) -> int:
-    """Clips per video in the largest backbone call that gets gradients (what one recomputed stage holds)."""
-    with_sr = "sr" in args.mode.split("-")
-    if args.model == "iic":
-        return 1  # view 1 and view 2 run one after the other
-    if args.model == "moco":
-        return 2 if with_sr else 1  # A' with its shuffled copy; the query alone
-    return 3 if with_sr else 2  # A, B (and A') in one call
+    """Backbone passes per video that keep activations for backward, as the method of ``args`` states them
+    (METHOD.md §5-6)."""
+    with torch.device("meta"):
+        return build_method(args).clips_with_gradient
 
 
 def pretraining_memory(args: argparse.Namespace, method: torch.nn.Module, amp: str = "none") -> dict:
@@ -96,10 +83,10 @@ def pretraining_memory(args: argparse.Namespace, method: torch.nn.Module, amp: s
     stages = stage_activation_bytes(args.net, args.base_width, args.num_frames, args.size)
     kept_per_clip = sum(inputs for inputs, _ in stages) // halve
     recomputed_per_clip = max(saved for _, saved in stages) // halve
-    passes = clips_with_gradient(args)
+    passes = method.clips_with_gradient
     activations = {False: per_clip * passes * args.batch_size,
                    True: kept_per_clip * passes * args.batch_size
-                   + recomputed_per_clip * clips_in_largest_pass(args) * args.batch_size}
+                   + recomputed_per_clip * method.clips_in_largest_pass * args.batch_size}
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in method.parameters() if not p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in method.buffers())

@@ -26,11 +26,11 @@ from typing import TypeVar
 
 import torch
 
-from utils.checkpoint import CheckpointError
+from engine.interrupts import NonFiniteLossError, TrainingInterrupted
+from engine.output_dir import OutputDirError, claim_output_dir, run_kind
+from utils.checkpoint_io import CheckpointError
+from utils.config import config_to_dict, git_revision
 from utils.distributed import cleanup, init_distributed, is_main_process
-from utils.engine import NonFiniteLossError, TrainingInterrupted
-from utils.logging import config_to_dict, git_revision
-from utils.run_dir import OutputDirError, claim_output_dir, run_kind
 
 Result = TypeVar("Result")
 
@@ -103,7 +103,7 @@ def _stop_now(signum, frame) -> None:
 
 def run_cli(main: Callable, args) -> None:
     """``main(args)``; a failure that ``describe`` knows becomes ``error: <one line>`` and its exit status.
-    SIGTERM outside a training loop (which saves first, see utils.engine) stops with a line too, not silently."""
+    SIGTERM outside a training loop (which saves first, see engine.interrupts) stops with a line too, not silently."""
     signal.signal(signal.SIGTERM, _stop_now)
     try:
         main(args)

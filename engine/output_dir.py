@@ -28,15 +28,12 @@ from pathlib import Path
 
 from utils.atomic import cannot_write
 from utils.distributed import all_reduce_mean, is_dist, is_main_process
+from utils.workers import hold_lock_fd, release_lock_fd
 
 LOCK_NAME = "run.lock"
 RUN_KIND_NAME = "run_kind.json"
 _STALE_TMP = re.compile(r"\..+\.tmp(\d+)")
 _KIND_FIELDS = ("kind", "model", "net")
-
-# file descriptors of the locks this process holds: forked DataLoader workers close their copies
-_held_lock_fds: set[int] = set()
-
 
 class OutputDirError(RuntimeError):
     """The output folder cannot be used; the message names it and what to do."""
@@ -59,15 +56,6 @@ def check_writable(output_dir: str | os.PathLike, flag: str = "--output-dir", cr
         raise OutputDirError(f"{flag} {path} is not writable ({reason}): choose a folder you can write to, "
                              f"or fix its permissions")
     return path
-
-
-def close_inherited_locks(*_) -> None:
-    """For forked children (DataLoader workers): drop their copies of the parent's lock descriptors, so that
-    an orphaned worker can never keep a folder locked after its parent died. The parent keeps its lock."""
-    for fd in list(_held_lock_fds):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _held_lock_fds.clear()
 
 
 def _holder_text() -> str:
@@ -93,13 +81,13 @@ class OutputDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (_holder_text() + "\n").encode(), 0)
         self.fd = fd
-        _held_lock_fds.add(fd)
+        hold_lock_fd(fd)
 
     def release(self) -> None:
         if self.fd is None:
             return
         # the file stays: unlinking it would let a third run lock a new file while a second holds the old one
-        _held_lock_fds.discard(self.fd)
+        release_lock_fd(self.fd)
         os.ftruncate(self.fd, 0)
         os.close(self.fd)
         self.fd = None

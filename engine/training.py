@@ -1,16 +1,21 @@
-"""Optimiser, learning-rate schedule and seeding, shared by train_ssl.py and finetune.py."""
+"""The training run that train_ssl.py and finetune.py share: their flags, the optimiser, the learning-rate schedule,
+seeding, and ``fit``, which trains a built model to the end of its budget with checkpoints, exact resume and logs."""
 
 from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from utils.distributed import is_dist
-from utils.engine import AMP_CHOICES
-from utils.run_dir import check_output_dir, run_kind
+from engine.checkpoint import Checkpointer, unwrap
+from engine.loop import epoch_lengths, epoch_loader, iterations_per_epoch, train_one_epoch
+from engine.output_dir import check_output_dir, run_kind
+from engine.run_log import RunLogger
+from utils.distributed import get_rank, get_world_size, is_dist
+from utils.precision import AMP_CHOICES, make_grad_scaler
 
 
 def seed_everything(seed: int) -> None:
@@ -128,3 +133,62 @@ def check_training_args(args: argparse.Namespace, minimums: dict[str, int] | Non
     if args.lr <= 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     check_output_dir(args.output_dir, run_kind(args))
+
+
+def fit(model: torch.nn.Module, dataset, args: argparse.Namespace, *, device: torch.device,
+        forward: Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]], loss_weights: dict[str, float],
+        config: dict, videos: str, broadcast_buffers: bool = True, extra_state: dict[str, dict] | None = None,
+        end_of_epoch: Callable[[int, dict, bool], str | None] | None = None) -> Checkpointer:
+    """Train ``model`` (built, seeded and on ``device``) on ``dataset`` for the budget of ``args`` (--epochs or
+    --steps): one random stream per rank for the randomness inside forward, SyncBatchNorm and DistributedDataParallel
+    under torchrun, --optimizer with its per-epoch schedule, a GradScaler for fp16, OUTPUT_DIR/checkpoint.pth every
+    epoch (and every --save-every-iters iterations) with --resume, and the run log. ``config`` is written to
+    config.json and into every checkpoint, its "resolved" entry completed with the epochs and steps.
+
+    ``forward(model, batch)`` returns the loss terms and metrics of a batch, ``loss_weights`` weighs the ``loss_*``
+    ones. ``extra_state`` maps names to dicts that every checkpoint keeps and a resume restores in place.
+    ``end_of_epoch(epoch, stats, last)`` runs after each epoch's schedule step; it may add entries to the epoch's
+    stats (validation) and returns the name of a copy of this epoch's checkpoint to keep, or None. ``videos`` says
+    what the run trains on, in its first line. Returns the checkpointer (``latest_path``)."""
+    seed_everything(args.seed + 1_000 * get_rank())  # one stream per rank for the randomness inside forward
+    model = convert_sync_bn(model, args.sync_bn, device)
+    if is_dist():
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=broadcast_buffers)
+    optimizer = build_optimizer(unwrap(model), args)
+    scheduler = build_scheduler(optimizer, args)
+    scaler = make_grad_scaler(args.amp, device)
+    iters = iterations_per_epoch(dataset, args.batch_size, args.max_iters_per_epoch)
+    lengths = epoch_lengths(iters, args.epochs, args.steps)
+    config["resolved"].update(epochs=len(lengths), steps=sum(lengths))
+    checkpointer = Checkpointer(args.output_dir, model, optimizer, scheduler, scaler, config, extra_state)
+    start = checkpointer.resume(args.resume)  # last: it restores the RNG states
+    logger = RunLogger(args.output_dir, purge_step=start.global_step + 1 if start.path else None)
+    logger.start(config)
+    if logger.enabled:
+        where = f"resuming from {start.path} at epoch {start.epoch}, iteration {start.iteration}" \
+            if start.path else "starting afresh"
+        print(f"{where}; {videos}, {iters} iterations per epoch, {get_world_size()} process(es) on {device}",
+              flush=True)
+
+    global_step, start_iter = start.global_step, start.iteration
+    try:
+        with checkpointer.naming_last_good():
+            for epoch in range(start.epoch, len(lengths)):
+                loader = epoch_loader(dataset, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                                      epoch=epoch, start_iter=start_iter, pin_memory=device.type == "cuda")
+                stats, global_step = train_one_epoch(
+                    model, loader, optimizer, forward_fn=forward, loss_weights=loss_weights, epoch=epoch,
+                    num_iters=lengths[epoch], start_iter=start_iter, global_step=global_step, device=device,
+                    amp=args.amp, scaler=scaler, logger=logger, log_every=args.log_every,
+                    save_every_iters=args.save_every_iters, save_fn=checkpointer.save)
+                start_iter = 0
+                scheduler.step()
+                copy_name = end_of_epoch(epoch, stats, epoch + 1 == len(lengths)) if end_of_epoch else None
+                logger.log("epoch", global_step, stats, epoch=epoch)  # before the save: a resume purges it
+                checkpointer.save(epoch + 1, 0, global_step, copy_name=copy_name)
+                if logger.enabled:
+                    print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
+    finally:
+        logger.close()
+    return checkpointer

@@ -13,38 +13,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from collections import deque
 from pathlib import Path
 
 import torch
 
+from utils.config import git_revision
 from utils.distributed import all_reduce_mean, is_main_process
 from utils.progress import progress_bar
-
-
-def config_to_dict(args) -> dict:
-    """argparse namespace (or dict) -> a JSON-safe plain dict (paths and other objects become strings)."""
-    config = vars(args) if not isinstance(args, dict) else args
-    return json.loads(json.dumps(config, default=str))
-
-
-def git_revision(repo_dir: str | os.PathLike | None = None) -> dict:
-    """``{"commit": HEAD or None, "dirty": True/False/None}``; None where git or the repository is missing."""
-    repo_dir = repo_dir or Path(__file__).resolve().parent.parent
-
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], cwd=repo_dir, capture_output=True, text=True, timeout=10)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return {"commit": None, "dirty": None}
-        status = git("status", "--porcelain", "--untracked-files=no")
-        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
 
 
 class SmoothedValue:
@@ -86,9 +63,6 @@ class MetricLogger:
         for name, value in values.items():
             self.meters.setdefault(name, SmoothedValue(self.window)).update(value, n)
 
-    def smoothed(self) -> dict[str, float]:
-        return {name: meter.avg for name, meter in self.meters.items()}
-
     def global_averages(self) -> dict[str, float]:
         """Mean of each meter over the epoch and over processes (every rank must call this, with the
         same meter names)."""
@@ -97,9 +71,6 @@ class MetricLogger:
             return {}
         local = torch.tensor([self.meters[k].global_avg for k in names], dtype=torch.float64)
         return dict(zip(names, all_reduce_mean(local).tolist()))
-
-    def __str__(self) -> str:
-        return "  ".join(f"{name} {meter.avg:.4f}" for name, meter in self.meters.items())
 
 
 class RunLogger:
@@ -133,7 +104,7 @@ class RunLogger:
 
     def start(self, config: dict) -> dict:
         """Write OUTPUT_DIR/config.json with the git revision; returns what was written. Nothing is printed:
-        utils.cli.launch prints one line naming this file and the flags that differ from the defaults."""
+        engine.launch.launch prints one line naming this file and the flags that differ from the defaults."""
         info = {"git": git_revision(), "config": config}
         if self.enabled:
             tmp = self.output_dir / ".config.json.tmp"

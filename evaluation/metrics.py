@@ -1,11 +1,8 @@
-"""Evaluation plumbing shared by finetune.py, test.py and retrieve.py.
+"""Evaluation metrics of finetune.py, test.py and retrieve.py.
 
-- `run_inference`: one pass over a dataset, sharded across processes *without padding*
-  (rank r takes rows r, r+W, ...), outputs written into a preallocated array, gathered with their row
-  indices, and checked so that every video is counted exactly once (METHOD.md §7, §10).
 - 10-clip aggregation, top-k, per-class accuracy and the confusion matrix.
-- Retrieval: centring, L2 normalisation, cosine similarity and R@k.
-- Plots (matplotlib, Agg): confusion matrix, retrieval examples, t-SNE (PCA fallback).
+- Retrieval: centring, L2 normalisation, cosine similarity, R@k and kNN from one nearest-neighbour search.
+- The linear probe on frozen features (L-BFGS in torch).
 
 Ties are broken by index everywhere: among equal scores the lower class index (top-k) or the lower
 gallery row (retrieval) ranks first, as a stable sort orders them (retrieval finds them by topk and sorts
@@ -14,163 +11,15 @@ only where a tie straddles the k-th place, ``best_of_rows``).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
-
-from utils.distributed import get_rank, get_world_size, is_dist, is_main_process
-from utils.engine import autocast, quiet_worker
-from utils.progress import progress_bar
 
 RECALL_KS = (1, 5, 10, 20, 50)
 
 
-# ---------------------------------------------------------------- sharded inference
-
-class IncompleteEvaluationError(RuntimeError):
-    """Some video was scored zero or several times; the message lists the rows."""
-
-
-def shard_indices(num_items: int, rank: int, world_size: int) -> range:
-    """Rows of this process: rank, rank + W, ...; shards differ in size by at most one, no padding."""
-    return range(rank, num_items, world_size)
-
-
-def eval_loader(dataset, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
-    """This process's shard, in order, last partial batch kept."""
-    shard = Subset(dataset, shard_indices(len(dataset), get_rank(), get_world_size()))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=workers,
-                      pin_memory=pin_memory, persistent_workers=False, worker_init_fn=quiet_worker)
-
-
-def assemble(parts: list[tuple[np.ndarray, np.ndarray]], num_items: int) -> np.ndarray:
-    """Rows ``(indices, values)`` of every process -> values ``(num_items, ...)`` in dataset order.
-
-    Raises IncompleteEvaluationError unless every index in [0, num_items) appears exactly once.
-    """
-    indices = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    counts = np.bincount(indices, minlength=num_items) if len(indices) else np.zeros(num_items, np.int64)
-    if len(counts) != num_items or (counts != 1).any():
-        missing = np.flatnonzero(counts[:num_items] == 0)
-        repeated = np.flatnonzero(counts[:num_items] > 1)
-        raise IncompleteEvaluationError(
-            f"evaluation covered {len(indices)} rows for {num_items} videos: missing rows {missing[:5].tolist()}, "
-            f"repeated rows {repeated[:5].tolist()}, out-of-range rows {indices[indices >= num_items][:5].tolist()}")
-    values = np.concatenate([p[1] for p in parts])
-    out = np.empty_like(values)
-    out[indices] = values
-    return out
-
-
-def gather_rows(indices: np.ndarray, values: np.ndarray, num_items: int) -> np.ndarray:
-    """Collect every process's rows and assemble them (a collective; every rank gets the result)."""
-    parts = [(indices, values)]
-    if is_dist():
-        parts = [None] * get_world_size()
-        dist.all_gather_object(parts, (indices, values))
-    return assemble(parts, num_items)
-
-
-def gather_rows_to_main(indices: np.ndarray, values: np.ndarray, num_items: int) -> np.ndarray | None:
-    """``gather_rows`` whose result only rank 0 receives (None elsewhere): for features too large to hold
-    once per process (Kinetics-400's conv5 features are tens of GB)."""
-    if not is_dist():
-        return assemble([(indices, values)], num_items)
-    parts = [None] * get_world_size() if is_main_process() else None
-    dist.gather_object((indices, values), parts, dst=0)
-    return assemble(parts, num_items) if is_main_process() else None
-
-
-@torch.no_grad()
-def run_inference(fn: Callable[[dict], torch.Tensor], dataset, *, batch_size: int, workers: int,
-                  device: torch.device, amp: str = "none", desc: str = "eval",
-                  timings: dict | None = None, everywhere: bool = True) -> np.ndarray | None:
-    """``fn(batch) -> (B, D)`` over every item of ``dataset``; returns ``(len(dataset), D)`` float32 in
-    dataset order on every process (on rank 0 only, None elsewhere, when not ``everywhere``).
-
-    Each process writes its shard into one preallocated array (no Python lists of tensors). With
-    ``timings`` the seconds spent inside ``fn`` are added under "model" and the whole pass under "total".
-    """
-    loader = eval_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
-    shard_size = len(loader.dataset)
-    indices = np.empty(shard_size, dtype=np.int64)
-    values = None  # (shard_size, D), allocated at the first batch when D is known
-    filled = 0
-    bar = None
-    if is_main_process():
-        bar = progress_bar(shard_size, desc=desc, leave=False)
-    model_time = 0.0
-    start = time.perf_counter()
-    for batch in loader:
-        tic = time.perf_counter()
-        with autocast(amp, device):
-            out = fn(batch)
-        out = out.float().cpu().numpy()  # (B, D); the copy also waits for the device
-        model_time += time.perf_counter() - tic
-        if values is None:
-            values = np.empty((shard_size, out.shape[1]), dtype=np.float32)
-        n = len(out)
-        values[filled:filled + n] = out
-        indices[filled:filled + n] = torch.as_tensor(batch["index"]).numpy()
-        filled += n
-        if bar is not None:
-            bar.update(n)
-    if bar is not None:
-        bar.close()
-    if timings is not None:
-        timings["model"] = timings.get("model", 0.0) + model_time
-        timings["total"] = timings.get("total", 0.0) + time.perf_counter() - start
-    if values is None:  # an empty shard (more processes than videos): agree on D with the others
-        values = np.empty((0, _feature_dim_from_peers(None)), dtype=np.float32)
-    elif is_dist():
-        _feature_dim_from_peers(values.shape[1])
-    gather = gather_rows if everywhere else gather_rows_to_main
-    return gather(indices[:filled], values[:filled], len(dataset))
-
-
-def _feature_dim_from_peers(dim: int | None) -> int:
-    """The feature width, known to every process with a non-empty shard (rank 0 always has one)."""
-    if not is_dist():
-        return dim or 0
-    dims = [None] * get_world_size()
-    dist.all_gather_object(dims, dim)
-    return next(d for d in dims if d is not None)
-
-
-def classify_videos(model: torch.nn.Module, dataset, *, prepare: Callable[[torch.Tensor], torch.Tensor],
-                    aggregate: str = "softmax", batch_size: int, workers: int, device: torch.device,
-                    amp: str = "none", desc: str = "test") -> np.ndarray:
-    """Video scores (N, K) of a classifier over a dataset of 10-clip items, in dataset order."""
-    model.eval()
-
-    def scores(batch: dict) -> torch.Tensor:
-        # (B, n_clips, 3, T, H, W); a dataset that ships uint8 clips makes them float on the device
-        clips = dataset.to_device(batch, device)["clips"] if hasattr(dataset, "to_device") \
-            else batch["clips"].to(device, non_blocking=True)
-        logits = model(prepare(clips.flatten(0, 1)))  # (B·n_clips, K)
-        return aggregate_clips(logits.unflatten(0, clips.shape[:2]), aggregate)  # (B, K)
-
-    return run_inference(scores, dataset, batch_size=batch_size, workers=workers, device=device, amp=amp, desc=desc)
-
-
-def dataset_labels(dataset) -> np.ndarray:
-    return np.array([r.label for r in dataset.records], dtype=np.int64)
-
-
-def inherit_flags(args, config: dict, fallbacks: dict) -> None:
-    """Flags left at None take the value recorded in a checkpoint's ``config``, else ``fallbacks``."""
-    for name, fallback in fallbacks.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, config.get(name, fallback))
-
-
-# ---------------------------------------------------------------- classification metrics
+# ---------------------------------------------------------------- classification
 
 def aggregate_clips(logits: torch.Tensor, how: str = "softmax") -> torch.Tensor:
     """Video scores from clip logits (B, n_clips, K) -> (B, K): mean of the softmax over clips, or the
@@ -467,96 +316,3 @@ def linear_probe(train_features: np.ndarray, train_labels: np.ndarray, test_feat
     scores = np.full((len(test_features), num_classes), -np.inf)
     scores[:, classes] = log_probabilities.double().cpu().numpy()
     return scores
-
-
-# ---------------------------------------------------------------- plots
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: str | Path) -> None:
-    plt = _pyplot()
-    num_classes = len(matrix)
-    side = min(4 + 0.25 * num_classes, 30)
-    fig, ax = plt.subplots(figsize=(side, side))
-    rows = np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    image = ax.imshow(matrix / rows, cmap="Blues", vmin=0, vmax=1)
-    ticks = np.arange(num_classes)
-    if num_classes <= 60:
-        ax.set_xticks(ticks, class_names, rotation=90, fontsize=7)
-        ax.set_yticks(ticks, class_names, fontsize=7)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title("confusion matrix (row-normalised)")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_retrieval_examples(query_frames: list[np.ndarray], neighbour_frames: list[list[np.ndarray]],
-                            query_labels: list[str], neighbour_labels: list[list[str]], path: str | Path) -> None:
-    """One row per query: its middle frame, then its nearest neighbours' (green title = same class)."""
-    plt = _pyplot()
-    rows, cols = len(query_frames), 1 + max(len(n) for n in neighbour_frames)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.8 * rows), squeeze=False)
-    for r in range(rows):
-        axes[r, 0].imshow(query_frames[r])
-        axes[r, 0].set_title(f"query: {query_labels[r]}", fontsize=7)
-        for c, (frame, label) in enumerate(zip(neighbour_frames[r], neighbour_labels[r]), start=1):
-            axes[r, c].imshow(frame)
-            axes[r, c].set_title(f"{c}: {label}", fontsize=7,
-                                 color="green" if label == query_labels[r] else "red")
-        for ax in axes[r]:
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def embed_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
-    """2-D embedding for a scatter plot: t-SNE when scikit-learn is present (PCA otherwise, for < 5 points, and for
-    features that are all alike)."""
-    centred = features - features.mean(axis=0)
-    spread = float(np.abs(centred).max()) if centred.size else 0.0
-    # scikit-learn 1.9's Barnes-Hut t-SNE crashes the process (a segfault) on identical or vanishingly close points,
-    # the features of a collapsed network; t-SNE does not depend on the scale, so it sees them scaled to 1.
-    # (A NaN spread goes on to scikit-learn, which names non-finite input in its error.)
-    if len(features) >= 5 and spread != 0:
-        try:
-            from sklearn.manifold import TSNE
-            from threadpoolctl import threadpool_limits
-            perplexity = float(min(30, (len(features) - 1) / 3))
-            # Small sets run single-threaded: OpenMP threads spinning next to torch's took 100x longer.
-            with threadpool_limits(1 if len(features) < 1000 else None, user_api="openmp"):
-                return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-                    centred / spread), "t-SNE"
-        except ImportError:
-            pass
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    points = centred @ vt[:2].T  # (N, <=2)
-    return np.pad(points, ((0, 0), (0, 2 - points.shape[1]))), "PCA"
-
-
-def plot_embedding(features: np.ndarray, labels: np.ndarray, class_names: list[str], path: str | Path,
-                   title: str = "test features") -> str:
-    """Scatter of a 2-D embedding coloured by class; returns the method used ("t-SNE" or "PCA")."""
-    plt = _pyplot()
-    points, method = embed_2d(features)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    cmap = plt.get_cmap("tab20" if len(class_names) > 10 else "tab10")
-    for c in np.unique(labels):
-        mask = labels == c
-        name = class_names[c] if 0 <= c < len(class_names) else str(c)
-        ax.scatter(points[mask, 0], points[mask, 1], s=12, color=cmap(int(c) % cmap.N), label=name)
-    if len(class_names) <= 20:
-        ax.legend(fontsize=7, markerscale=1.5, loc="best")
-    ax.set_title(f"{method} of {title}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return method

@@ -22,7 +22,7 @@ from utils.atomic import write_text
 
 CARD_NAME = "card.json"
 EVAL_CLIPS, EVAL_CROPS = 10, 1  # dataset.video_dataset.NUM_EVAL_CLIPS, one centre crop
-# what each resolved --amp mode computes in (utils.engine prints the same names; this module stays free of torch)
+# what each resolved --amp mode computes in (utils.precision prints the same names; this module stays free of torch)
 PRECISIONS = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 
 
@@ -84,30 +84,24 @@ def _batches(config: dict) -> dict:
             "global_batch": resolved.get("global_batch_size")}
 
 
-def negatives(config: dict) -> str:
-    """Where a pretraining run's contrastive negatives came from."""
-    model, processes = config.get("model"), (config.get("resolved") or {}).get("world_size") or 1
-    if model == "simclr":
-        if processes > 1:
-            return f"the global batch, gathered across {processes} processes"
-        return "the batch of the single process"
-    if model == "moco":
-        return f"a queue of {config.get('moco_k')} keys, filled from all {processes} process(es)"
-    if model == "iic":
-        return f"memory banks, {config.get('bank_k')} rows drawn per sample"
-    return "unknown"
+def method_fields(config: dict) -> dict:
+    """The mode, the source of the contrastive negatives and the clip settings of a pretraining run, as its method
+    states them (``card_fields``); a run of no known method (the random-weights reference) names its mode only."""
+    from model import METHODS
+    processes = (config.get("resolved") or {}).get("world_size") or 1
+    method = METHODS.get(config.get("model"))
+    if method is None:
+        return {"mode": config.get("mode"), "negatives": "unknown", "clip": {}}
+    return method.card_fields(config, processes)
 
 
 def _pretraining(config: dict, git: dict, checkpoint_epoch: int | None) -> dict:
-    model = config.get("model")
-    mode = (f"intra-negative {config.get('intra_neg')}, view 2 {config.get('modality')}" if model == "iic"
-            else config.get("mode"))
-    return {"model": model, "mode": mode, "net": config.get("net"),
+    model, fields = config.get("model"), method_fields(config)
+    return {"model": model, "mode": fields["mode"], "net": config.get("net"),
             "base_width": config.get("base_width"), "dataset": config.get("dataset"), "split": config.get("split"),
             **_budget(config), "checkpoint_epoch": checkpoint_epoch, **_batches(config),
-            "negatives": negatives(config), "sync_bn": config.get("sync_bn"), "precision": precision(config),
-            # IIC's sampler takes consecutive frames whatever --stride says (dataset.video_dataset.build_dataset)
-            "clip": {**_clip(config), **({"stride": 1} if model == "iic" else {})},
+            "negatives": fields["negatives"], "sync_bn": config.get("sync_bn"), "precision": precision(config),
+            "clip": {**_clip(config), **fields["clip"]},
             "videos": {"listed": _listed_videos(config, "train"),
                        "used": (config.get("resolved") or {}).get("train_videos")},
             "seed": config.get("seed"), "revision": git}

@@ -11,10 +11,8 @@ holds ``epoch = e + 1, iteration = 0``; ``epochNNN.pth`` copies are named after 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import random
-import shutil
 import socket
 import warnings
 from dataclasses import dataclass
@@ -24,15 +22,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from engine.interrupts import NonFiniteLossError, TrainingInterrupted, stop_at_iteration_boundary
+from engine.output_dir import SCRIPT_OF_KIND, run_kind
+from utils.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint, state_mismatch
 from utils.distributed import get_rank, get_world_size, is_dist, is_main_process
-from utils.engine import NonFiniteLossError, TrainingInterrupted, stop_at_iteration_boundary
-from utils.run_dir import SCRIPT_OF_KIND, run_kind
 
 CHECKPOINT_NAME = "checkpoint.pth"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the model; the message names the file and the fix."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -80,64 +75,6 @@ def gather_rng_states() -> list[dict]:
     return states
 
 
-def _out_of_space(error: BaseException, folder: Path) -> bool:
-    """Whether a failed write ran out of space: torch's zip writer reports it as a RuntimeError that may hide
-    the OSError (ENOSPC) in its context, or not carry it at all."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    try:
-        return isinstance(error, RuntimeError) and shutil.disk_usage(folder).free < 64 * 2**20
-    except OSError:
-        return False
-
-
-def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically: a crash at any moment leaves the previous file intact.
-    A full disk raises OSError(ENOSPC) naming the folder (the previous file is kept)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        if _out_of_space(e, path.parent):
-            raise OSError(errno.ENOSPC, f"no space left on {path.parent} while writing {path.name} (the previous "
-                                        f"{path.name} is kept)", str(path.parent)) from None
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: str | os.PathLike, fix: str = "check the path, or delete the file") -> dict:
-    """Load a checkpoint on the CPU with ``weights_only=True``; errors name the file and ``fix`` (what the
-    calling script's user can do about it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: {fix}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several unrelated types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path} ({why_unreadable(e)}): {fix}") from None
-
-
-def why_unreadable(error: Exception) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in one clause, without torch's advice to pass
-    ``weights_only=False`` (which would run whatever code the file carries) or its unpickler's opcodes."""
-    text = str(error)
-    if "Unsupported global" in text:
-        return "it holds Python objects that a safe load refuses"
-    # torch's zip reader says what is wrong (a missing central directory: a truncated file) in its first sentence
-    detail = text.strip().splitlines()[0].split(". ")[0] if isinstance(error, RuntimeError) and text.strip() else ""
-    return "it is truncated, corrupt or not a PyTorch checkpoint" + (f": {detail}" if detail else "")
-
-
 def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
     """``auto``: OUTPUT_DIR/checkpoint.pth when it exists, else a fresh start; ``none``: a fresh start;
     anything else: a checkpoint path that must exist."""
@@ -151,19 +88,6 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint file (use 'auto' to restart from "
                                 f"{Path(output_dir) / CHECKPOINT_NAME} when present, or 'none')")
     return path
-
-
-def _state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], shown: int = 3) -> str:
-    """A short account of how two state dicts differ ('' when they fit), naming only a few keys."""
-    def few(keys: list[str]) -> str:
-        return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
-
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    reshaped = [f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
-                for k in sorted(set(expected) & set(given)) if given[k].shape != expected[k].shape]
-    return "; ".join(f"{label}: {few(keys)}" for label, keys in (
-        ("missing", missing), ("unexpected", unexpected), ("other shape in the checkpoint", reshaped)) if keys)
 
 
 def agreed_resume_path(resume: str, output_dir: str | os.PathLike) -> Path | None:
@@ -243,10 +167,14 @@ class Checkpointer:
                                    "video_root", "max_bad_videos", "resolved"})
     REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "iteration", "global_step", "rng")
 
-    def __init__(self, output_dir, model, optimizer, scheduler=None, scaler=None, config: dict | None = None):
+    def __init__(self, output_dir, model, optimizer, scheduler=None, scaler=None, config: dict | None = None,
+                 extra: dict[str, dict] | None = None):
+        """``extra``: named dicts of the run's own (finetuning's best validation so far) that every checkpoint keeps
+        beside the training state and a resume restores in place."""
         self.output_dir = Path(output_dir)
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.config = config or {}
+        self.extra = extra or {}
 
     @property
     def latest_path(self) -> Path:
@@ -264,6 +192,7 @@ class Checkpointer:
             "config": self.config,
             "run_kind": run_kind(self.config),
             "rng": gather_rng_states(),
+            **{name: dict(value) for name, value in self.extra.items()},
         }
 
     def save(self, epoch: int, iteration: int, global_step: int, copy_name: str | None = None) -> None:
@@ -275,7 +204,11 @@ class Checkpointer:
                 save_checkpoint(state, self.output_dir / copy_name)
 
     def restore_extra(self, ckpt: dict) -> None:
-        """Hook for subclasses whose ``state`` adds entries: restore them from a loaded checkpoint."""
+        """Restore the ``extra`` dicts from a loaded checkpoint (those it holds)."""
+        for name, value in self.extra.items():
+            if name in ckpt:
+                value.clear()
+                value.update(ckpt[name])
 
     @contextlib.contextmanager
     def naming_last_good(self):
@@ -307,7 +240,8 @@ class Checkpointer:
                                   "project and cannot be resumed (to start from its weights, use the script's "
                                   "weight-loading option instead of --resume)")
         self._check_kind(path, ckpt)
-        mismatch = _state_mismatch(unwrap(self.model).state_dict(), ckpt["model"])
+        mismatch = state_mismatch(unwrap(self.model).state_dict(), ckpt["model"], shown=3, more=" and {} more",
+                                  reshaped="other shape in the checkpoint")
         if mismatch:
             raise CheckpointError(f"checkpoint {path} does not fit this model ({mismatch}); was it written with "
                                   "other --model/--mode/--net/--base-width flags? Pass those, or --resume none")

@@ -1,0 +1,1 @@
+"""Evaluation: sharded inference over a data set, metrics (top-k, R@k, kNN, linear probe) and plots."""
