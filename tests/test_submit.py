@@ -29,7 +29,8 @@ def flag(command: list[str], name: str) -> str:
     return command[len(command) - 1 - command[::-1].index(name) + 1]  # the last occurrence wins in argparse
 
 
-def test_commands_come_from_the_launcher_table_for_every_process():
+def test_commands_come_from_the_launcher_table_for_every_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("VSSL_DATA_ROOT", str(tmp_path / "data"))  # no demo data yet: its preparation is printed
     commands, helpers = submit.launcher_commands("pretrain", "simclr_clip-sr-tc_r21d_ucf101", 16, ["--workers", "8"])
     assert helpers == [] and len(commands) == 1
     command = commands[0]
