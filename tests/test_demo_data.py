@@ -152,6 +152,9 @@ def test_default_videos_make_the_two_clips_usually_disjoint():
     overlap = clip_overlap(128, 8, 4, trials=4000)
     assert overlap["span"] < 0.45 and overlap["shared_frame"] < 0.2
     assert clip_overlap(32, 8, 4, trials=2000)["shared_frame"] > 0.5  # the first demo's videos
+    # the miniature's calibrated recipe (docs/miniature.md): 9 frames at stride 8 meet far more often
+    recipe = clip_overlap(128, 9, 8, trials=4000)
+    assert 0.17 < recipe["shared_frame"] < 0.25 and 0.7 < recipe["span"] < 0.8
 
 
 def test_mp4_output_decodes(tmp_path):
