@@ -305,6 +305,26 @@ miniature_pairs() {
   if [ -z "${MINI_DATA:-}" ] || [ -f "$file" ]; then out=(--direction-pairs "$file"); else out=(); fi
 }
 
+# Finetuning into $1/finetune with the finetune.py arguments that follow, then the 10-clip test into $1/test; skipped
+# when the test's results exist. $common (the caller's data and runtime flags) goes to the test.
+finetune_and_test() {
+  local dir="$1"; shift
+  [ -f "$dir/test/test_results.json" ] && return
+  run_python finetune.py "$@" --output-dir "$dir/finetune"
+  run_python test.py --ckpt "$dir/finetune/checkpoint.pth" "${common[@]}" --output-dir "$dir/test"
+}
+
+# The no-learning references (colour and motion statistics of each clip) through retrieve.py into
+# $1/<reference>/seed0/test_retrieval, with the retrieve.py arguments that follow; each skipped when it exists.
+reference_retrievals() {
+  local root="$1" reference; shift
+  for reference in colour_stats motion_stats; do
+    [ -f "$root/$reference/seed0/test_retrieval/retrieval.json" ] || run_python retrieve.py \
+      --ckpt "${MINI_REFERENCES[$reference]}" "$@" --num-examples 0 --no-tsne \
+      --output-dir "$root/$reference/seed0/test_retrieval"
+  done
+}
+
 # The miniature: methods $MINI_METHODS (default: random simclr dualvar; iic and the runs with a planted bug on
 # request) x seeds $SEEDS (default 0 1 2) on the demo data set, or on MINI_DATA (a folder in the UCF101 layout:
 # videos/<Class>/*.avi and splits/{classInd,trainlist01,testlist01}.txt, optionally splits/arrow_of_time_pairs.txt;
@@ -337,12 +357,7 @@ run_miniature() {
   }
 
   # No-learning references: colour and motion statistics of each clip, in retrieval; colour in the clip contrast.
-  local reference
-  for reference in colour_stats motion_stats; do
-    [ -f "$root/$reference/seed0/test_retrieval/retrieval.json" ] || run_python retrieve.py \
-      --ckpt "${MINI_REFERENCES[$reference]}" "${common[@]}" "${DEMO_CLIP_FLAGS[@]:2}" "${MINI_EVAL_FLAGS[@]}" \
-      --num-examples 0 --no-tsne --output-dir "$root/$reference/seed0/test_retrieval"
-  done
+  reference_retrievals "$root" "${common[@]}" "${DEMO_CLIP_FLAGS[@]:2}" "${MINI_EVAL_FLAGS[@]}"
   if [ ! -f "$root/colour_stats/contrast/colour_contrast.json" ]; then
     run_single paper_scripts/colour_reference.py "${data_flags[@]}" "${DEMO_RUNTIME_FLAGS[@]}" "${DEMO_CLIP_FLAGS[@]}" \
       --stride "$DEMO_STRIDE" --batch-size "$DEMO_PRETRAIN_GLOBAL_BATCH" --output-dir "$root/colour_stats/contrast"
@@ -370,21 +385,15 @@ run_miniature() {
       [ -f "$dir/test_retrieval/retrieval.json" ] || run_python retrieve.py --ckpt "$ckpt" "${common[@]}" \
         "${MINI_EVAL_FLAGS[@]}" --num-examples 0 --no-tsne --output-dir "$dir/test_retrieval"
       reversal "$ckpt" "$dir/reversal.json"
-      if [ ! -f "$dir/test/test_results.json" ]; then
-        local scratch_flags=()
-        [ "$pretrain" = none ] && scratch_flags=("${MINI_INPUT_FLAGS[@]}")
-        run_python finetune.py --pretrain "$pretrain" "${common[@]}" "${ft_flags[@]}" "${scratch_flags[@]}" \
-          --seed "$seed" --output-dir "$dir/finetune"
-        run_python test.py --ckpt "$dir/finetune/checkpoint.pth" "${common[@]}" --output-dir "$dir/test"
-      fi
+      local scratch_flags=()
+      [ "$pretrain" = none ] && scratch_flags=("${MINI_INPUT_FLAGS[@]}")
+      finetune_and_test "$dir" --pretrain "$pretrain" "${common[@]}" "${ft_flags[@]}" "${scratch_flags[@]}" \
+        --seed "$seed"
     done
     dir="$root/supervised/seed$seed"
     if [ "${MINI_SUPERVISED:-1}" = 1 ]; then
-      if [ ! -f "$dir/test/test_results.json" ]; then
-        run_python finetune.py --pretrain none "${common[@]}" "${ft_flags[@]}" "${MINI_INPUT_FLAGS[@]}" \
-          --steps "$MINI_SUPERVISED_STEPS" --seed "$seed" --output-dir "$dir/finetune"
-        run_python test.py --ckpt "$dir/finetune/checkpoint.pth" "${common[@]}" --output-dir "$dir/test"
-      fi
+      finetune_and_test "$dir" --pretrain none "${common[@]}" "${ft_flags[@]}" "${MINI_INPUT_FLAGS[@]}" \
+        --steps "$MINI_SUPERVISED_STEPS" --seed "$seed"
       reversal "$dir/finetune/checkpoint.pth" "$dir/reversal.json"
     fi
   done
@@ -418,18 +427,14 @@ run_miniature_calibration() {
   ft_batch="$(per_process_batch "$DEMO_FINETUNE_GLOBAL_BATCH")"
   local pairs=()
   miniature_pairs pairs "$data_dir"
-  local config input stride steps out seed dir reference
+  local config input stride steps out seed dir
   local -A rows=()
   for config in "${configs[@]}"; do
     IFS=: read -r input stride steps <<<"$config"
     [ -n "$steps" ] || die "MINI_CALIBRATION: '$config' is not input:stride:steps"
     out="$root/${input}_s${stride}"
     rows[$out]+=" supervised_$steps"
-    for reference in colour_stats motion_stats; do
-      [ -f "$out/$reference/seed0/test_retrieval/retrieval.json" ] || run_python retrieve.py \
-        --ckpt "${MINI_REFERENCES[$reference]}" "${common[@]}" "${DEMO_CLIP_FLAGS[@]:2}" --layer pool \
-        --stride "$stride" --num-examples 0 --no-tsne --output-dir "$out/$reference/seed0/test_retrieval"
-    done
+    reference_retrievals "$out" "${common[@]}" "${DEMO_CLIP_FLAGS[@]:2}" --layer pool --stride "$stride"
     for seed in "${seeds[@]}"; do
       dir="$out/random/seed$seed"
       [ -f "$dir/random_init.pth" ] || run_single paper_scripts/random_init.py --net r21d "${DEMO_CLIP_FLAGS[@]}" \
@@ -437,12 +442,9 @@ run_miniature_calibration() {
       [ -f "$dir/test_retrieval/retrieval.json" ] || run_python retrieve.py --ckpt "$dir/random_init.pth" \
         "${common[@]}" --layer pool --stride "$stride" --num-examples 0 --no-tsne --output-dir "$dir/test_retrieval"
       dir="$out/supervised_$steps/seed$seed"
-      if [ ! -f "$dir/test/test_results.json" ]; then
-        run_python finetune.py --pretrain none "${common[@]}" --net r21d "${DEMO_CLIP_FLAGS[@]}" \
-          "${DEMO_FINETUNE_FLAGS[@]}" --clip-input "$input" --stride "$stride" --steps "$steps" \
-          --batch-size "$ft_batch" "${SYNC_BN_FLAGS[@]}" --seed "$seed" --output-dir "$dir/finetune"
-        run_python test.py --ckpt "$dir/finetune/checkpoint.pth" "${common[@]}" --output-dir "$dir/test"
-      fi
+      finetune_and_test "$dir" --pretrain none "${common[@]}" --net r21d "${DEMO_CLIP_FLAGS[@]}" \
+        "${DEMO_FINETUNE_FLAGS[@]}" --clip-input "$input" --stride "$stride" --steps "$steps" \
+        --batch-size "$ft_batch" "${SYNC_BN_FLAGS[@]}" --seed "$seed"
     done
   done
   for out in "${!rows[@]}"; do
