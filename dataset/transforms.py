@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114])  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114])  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
 # Per-view recipes of METHOD.md §3. jitter_p 0.64 = 0.8 (RandomApply) x 0.8 (inner ColorJitter p)
 # in the authors' pipeline.
@@ -88,7 +88,7 @@ def contrast_map(factor, rgb_means: np.ndarray) -> np.ndarray:
     """Blend with each frame's mean grey level; ``rgb_means`` (T, 3) are the frames' channel means."""
     f = _frame_factors(factor, len(rgb_means))
     maps = _scaled_identity(f)
-    maps[:, :, 3] = ((1 - f) * (rgb_means @ _GRAY_WEIGHTS))[:, None]
+    maps[:, :, 3] = ((1 - f) * (rgb_means @ GRAY_WEIGHTS))[:, None]
     return maps
 
 
@@ -96,7 +96,7 @@ def saturation_map(factor, frames: int) -> np.ndarray:
     """Blend with the pixel's own grey level: f * rgb + (1 - f) * (w . rgb) on every channel."""
     f = _frame_factors(factor, frames)
     maps = _scaled_identity(f)
-    maps[:, :, :3] += (1 - f)[:, None, None] * _GRAY_WEIGHTS
+    maps[:, :, :3] += (1 - f)[:, None, None] * GRAY_WEIGHTS
     return maps
 
 

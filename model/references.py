@@ -18,9 +18,8 @@ import cv2
 import numpy as np
 import torch
 
-from dataset.transforms import unnormalize
+from dataset.transforms import GRAY_WEIGHTS, unnormalize
 
-GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 # Farneback's parameters for clips of a few dozen pixels: 2 pyramid levels and a 7-pixel window follow motions
 # of a few pixels per frame without smoothing a 32-pixel crop into one vector.
 FARNEBACK = dict(pyr_scale=0.5, levels=2, winsize=7, iterations=3, poly_n=5, poly_sigma=1.1, flags=0)
@@ -51,7 +50,8 @@ class MotionStatistics(torch.nn.Module):
     """(N, 3, T, H, W) -> (N, 10, 1, 1, 1): optical-flow statistics of each clip (computed on the CPU)."""
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        grey = torch.einsum("nc...,c->n...", unnormalize(clips.float()), torch.tensor(GREY_WEIGHTS, device=clips.device))
+        weights = torch.tensor(GRAY_WEIGHTS, dtype=torch.float32, device=clips.device)
+        grey = torch.einsum("nc...,c->n...", unnormalize(clips.float()), weights)
         grey = (grey.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # (N, T, H, W)
         features = np.stack([flow_statistics(clip) for clip in grey])  # (N, 10)
         return torch.from_numpy(features).to(clips.device)[:, :, None, None, None]
