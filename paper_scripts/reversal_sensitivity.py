@@ -33,7 +33,6 @@ from utils.atomic import write_text  # noqa: E402
 from utils.config import inherit_flags  # noqa: E402
 
 
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
